@@ -1,0 +1,53 @@
+"""``vibedream-emulator``: a local VibeDream-compatible API server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from airflow_vibedream.constants import API_KEY_ENV_VAR
+from airflow_vibedream.emulator.server import base_url_of, bind_socket, build_server
+from airflow_vibedream.emulator.state import EmulatorConfig
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="vibedream-emulator", description="A local VibeDream-compatible API server (offline)."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV_VAR) or "emulator-key",
+        help=f"the accepted API key (default: ${API_KEY_ENV_VAR}, else 'emulator-key')",
+    )
+    parser.add_argument("--processing-seconds", type=float, default=2.0, help="minimum time a job runs")
+    parser.add_argument("--cost-cents", type=int, default=2, help="costCents of one run")
+    parser.add_argument("--assets-url", default=None, help="base URL of output downloads (default: own URL)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="where outputs go (default: a temp dir)")
+    parser.add_argument("--sync-wait-seconds", type=float, default=60.0, help="longest sync-mode wait")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = EmulatorConfig(
+        api_key=args.api_key,
+        processing_seconds=args.processing_seconds,
+        cost_cents=args.cost_cents,
+        assets_base_url=args.assets_url,
+        data_dir=args.data_dir,
+        sync_wait_seconds=args.sync_wait_seconds,
+    )
+    sock = bind_socket(args.host, args.port)
+    server = build_server(config, sock)
+    # The first line on stdout is the contract with scripts and tests: they read the URL from it.
+    print(f"VibeDream emulator listening on {base_url_of(sock)}", flush=True)
+    server.run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Real image work for the emulator: decode the input, resample it with Pillow, encode the output."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from airflow_vibedream.constants import INPUT_IMAGE_FORMATS, TARGET_RESOLUTIONS
+
+#: Pillow's encoder name and the file extension for each ``output_format``.
+ENCODERS: dict[str, tuple[str, str]] = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
+MEDIA_TYPES: dict[str, str] = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+class InputImageError(ValueError):
+    """The input is not an image the API accepts; the text becomes the prediction's ``error``."""
+
+
+def target_size(size: tuple[int, int], target_resolution: str) -> tuple[int, int]:
+    """Scale ``size`` so its long edge is the resolution's, keeping the aspect ratio."""
+    long_edge = TARGET_RESOLUTIONS[target_resolution]
+    width, height = size
+    scale = long_edge / max(width, height)
+    if width >= height:
+        return long_edge, max(1, round(height * scale))
+    return max(1, round(width * scale)), long_edge
+
+
+def upscale_to_file(data: bytes, target_resolution: str, output_format: str, destination: Path) -> tuple[int, int]:
+    """Decode ``data``, resample it to the target resolution and write it to ``destination``.
+
+    Returns the output's (width, height). Raises :class:`InputImageError` for undecodable input.
+    """
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # GIF/WebP animations: the first frame is the one upscaled
+    except Exception as exc:  # Pillow raises many types for bad data; all mean the same here
+        raise InputImageError(f"The input image could not be decoded ({type(exc).__name__})") from exc
+    if image.format not in INPUT_IMAGE_FORMATS:
+        raise InputImageError(
+            f"Unsupported input image format {image.format}; accepted: JPEG, PNG, GIF, WebP"
+        )
+    encoder, _ = ENCODERS[output_format]
+    # JPEG has no alpha channel; PNG and WebP keep it.
+    mode = "RGB" if encoder == "JPEG" or image.mode not in ("RGBA", "LA") else "RGBA"
+    image = image.convert(mode)
+    resized = image.resize(target_size(image.size, target_resolution), Image.Resampling.LANCZOS)
+    save_options: dict[str, object] = {"JPEG": {"quality": 90}, "PNG": {"compress_level": 1}, "WEBP": {"quality": 85}}[
+        encoder
+    ]
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".partial")
+    resized.save(partial, format=encoder, **save_options)
+    partial.replace(destination)
+    return resized.size
+
+
+def sample_image(width: int, height: int, image_format: str) -> bytes:
+    """A deterministic test card (gradient, grid, circle) to use as an input image offline."""
+    # Gradients built by Pillow, not per-pixel Python, so large samples (benchmarks) stay cheap.
+    down = Image.linear_gradient("L").resize((width, height))
+    across = Image.linear_gradient("L").rotate(90).resize((width, height))
+    image = Image.merge("RGB", (across, down, Image.new("L", (width, height), 128)))
+    draw = ImageDraw.Draw(image)
+    step = max(8, min(width, height) // 8)
+    for x in range(0, width, step):
+        draw.line([(x, 0), (x, height)], fill=(255, 255, 255), width=1)
+    for y in range(0, height, step):
+        draw.line([(0, y), (width, y)], fill=(255, 255, 255), width=1)
+    radius = min(width, height) / 4
+    cx, cy = width / 2, height / 2
+    draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=(0, 0, 0), width=max(1, math.ceil(radius / 20)))
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format)
+    return buffer.getvalue()

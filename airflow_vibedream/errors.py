@@ -1,0 +1,102 @@
+"""Typed errors of the VibeDream API. Each carries the HTTP status and the API's own message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VibeDreamError(Exception):
+    """Base of every error this provider raises about the VibeDream API.
+
+    :param message: what went wrong, in words a DAG author can act on.
+    :param status_code: the HTTP status of the API's answer, when there was one.
+    :param api_message: the API's own error text, verbatim, when it gave one.
+    :param prediction_id: the prediction concerned, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        api_message: str | None = None,
+        prediction_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.api_message = api_message
+        self.prediction_id = prediction_id
+
+
+class VibeDreamConfigError(VibeDreamError, ValueError):
+    """The client cannot be built: no API key, a malformed base URL, a bad connection extra."""
+
+
+class VibeDreamValidationError(VibeDreamError, ValueError):
+    """A request parameter is invalid (checked locally before sending, or a 400/422 from the API).
+
+    :param field: the name of the offending parameter, when known.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.field = field
+
+
+class VibeDreamAuthError(VibeDreamError):
+    """401/403: the API key is missing, wrong or not allowed to do this."""
+
+
+class VibeDreamNotFoundError(VibeDreamError):
+    """404: the model or prediction does not exist (for this API key)."""
+
+
+class VibeDreamRateLimitedError(VibeDreamError):
+    """429: too many requests. ``retry_after`` is the server's requested wait, in seconds.
+
+    :param retry_after: seconds the server asked to wait before the next request, if it said.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class VibeDreamServerError(VibeDreamError):
+    """408 or 5xx: the API failed to answer this time; a later attempt may succeed."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class VibeDreamTransportError(VibeDreamError):
+    """No HTTP answer at all: connect error, read timeout, dropped connection.
+
+    :param request_sent: False only when the request surely never reached the server (connect error,
+        connect or pool timeout); a submit may then be retried without risk of a second job.
+    """
+
+    def __init__(self, message: str, *, request_sent: bool, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.request_sent = request_sent
+
+
+class VibeDreamSubmissionStateUnknownError(VibeDreamError):
+    """A submit failed after the request was sent: the job may or may not exist (and be billed).
+
+    The client never resubmits in this case, because a second job would be billed twice.
+    """
+
+
+class VibeDreamProtocolError(VibeDreamError):
+    """The API answered with something that is not the documented JSON."""
+
+
+class VibeDreamPredictionFailedError(VibeDreamError):
+    """The prediction ended with status ``failed``; ``api_message`` holds the API's reason."""
+
+
+class VibeDreamTimeoutError(VibeDreamError):
+    """The prediction did not finish before the deadline; ``prediction_id`` says which one to check."""
