@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -421,6 +422,19 @@ def _error_for_status(response: httpx.Response, what: str) -> VibeDreamError:
     return VibeDreamError(message, **common)
 
 
+def _surely_not_sent(exc: httpx.TransportError) -> bool:
+    """True when the request never left this machine, so a submit can be retried without a
+    second job: connect errors and connect/pool timeouts happen before a byte is sent."""
+    if not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return False
+    cause = exc.__cause__
+    if cause is not None and type(cause).__module__.startswith("aiohttp"):
+        # httpx-aiohttp maps every aiohttp ClientConnectionError to ConnectTimeout, including
+        # ServerDisconnectedError after the request was sent; only its connector errors are pre-send.
+        return any(klass.__name__ == "ClientConnectorError" for klass in type(cause).__mro__)
+    return True
+
+
 @dataclass(frozen=True)
 class _ApiCall:
     """One request and how to read its answer. ``submits`` marks a call that creates a billed job:
@@ -431,8 +445,7 @@ class _ApiCall:
     submits: bool = False
 
     def on_transport_error(self, exc: httpx.TransportError) -> VibeDreamError:
-        # Connect errors and pool/connect timeouts happen before a byte of the request is sent.
-        request_sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+        request_sent = not _surely_not_sent(exc)
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if self.submits and request_sent:
             return self._state_unknown(reason)
@@ -641,6 +654,18 @@ def next_sleep(poll_interval: float, deadline: float | None) -> float:
     return max(0.0, min(poll_interval, deadline - time.time()))
 
 
+def elapsed_since(created_at: str | None, fallback_start: float) -> float:
+    """Seconds since the prediction was created (by the API's clock, so a restarted trigger still
+    reports the true age), or since ``fallback_start`` (monotonic) when the API gave no time."""
+    if created_at:
+        try:
+            created = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+            return max(0.0, time.time() - created.timestamp())
+        except ValueError:
+            pass
+    return time.monotonic() - fallback_start
+
+
 class StatusTracker:
     """Calls ``on_change(prediction, elapsed_seconds)`` when the status differs from the last one seen."""
 
@@ -653,7 +678,7 @@ class StatusTracker:
         changed = prediction.status != self._last_status
         self._last_status = prediction.status
         if changed and self._on_change is not None:
-            self._on_change(prediction, time.monotonic() - self._started)
+            self._on_change(prediction, elapsed_since(prediction.created_at, self._started))
         return changed
 
 

@@ -84,7 +84,9 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
     """
     config = config or EmulatorConfig()
     owns_data_dir = config.data_dir is None
-    data_dir = Path(tempfile.mkdtemp(prefix="vibedream-emulator-")) if owns_data_dir else Path(config.data_dir)
+    data_dir = (
+        Path(tempfile.mkdtemp(prefix="vibedream-emulator-")) if owns_data_dir else Path(config.data_dir)
+    )
     state = EmulatorState(config, data_dir)
     state.public_base_url = public_base_url
 
@@ -143,7 +145,9 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
         path = state.output_file(prediction_id, name)
         if path is None:
             return error(404, "Not found")
-        return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix.lstrip("."), "application/octet-stream"))
+        return FileResponse(
+            path, media_type=MEDIA_TYPES.get(path.suffix.lstrip("."), "application/octet-stream")
+        )
 
     @app.get("/samples/{width}x{height}.{extension}")
     async def get_sample(width: int, height: int, extension: str) -> Response:

@@ -11,7 +11,11 @@ from PIL import Image, ImageDraw
 from airflow_vibedream.constants import INPUT_IMAGE_FORMATS, TARGET_RESOLUTIONS
 
 #: Pillow's encoder name and the file extension for each ``output_format``.
-ENCODERS: dict[str, tuple[str, str]] = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
+ENCODERS: dict[str, tuple[str, str]] = {
+    "jpeg": ("JPEG", "jpg"),
+    "png": ("PNG", "png"),
+    "webp": ("WEBP", "webp"),
+}
 MEDIA_TYPES: dict[str, str] = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
@@ -29,7 +33,9 @@ def target_size(size: tuple[int, int], target_resolution: str) -> tuple[int, int
     return max(1, round(width * scale)), long_edge
 
 
-def upscale_to_file(data: bytes, target_resolution: str, output_format: str, destination: Path) -> tuple[int, int]:
+def upscale_to_file(
+    data: bytes, target_resolution: str, output_format: str, destination: Path
+) -> tuple[int, int]:
     """Decode ``data``, resample it to the target resolution and write it to ``destination``.
 
     Returns the output's (width, height). Raises :class:`InputImageError` for undecodable input.
@@ -48,9 +54,11 @@ def upscale_to_file(data: bytes, target_resolution: str, output_format: str, des
     mode = "RGB" if encoder == "JPEG" or image.mode not in ("RGBA", "LA") else "RGBA"
     image = image.convert(mode)
     resized = image.resize(target_size(image.size, target_resolution), Image.Resampling.LANCZOS)
-    save_options: dict[str, object] = {"JPEG": {"quality": 90}, "PNG": {"compress_level": 1}, "WEBP": {"quality": 85}}[
-        encoder
-    ]
+    save_options: dict[str, object] = {
+        "JPEG": {"quality": 90},
+        "PNG": {"compress_level": 1},
+        "WEBP": {"quality": 85},
+    }[encoder]
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".partial")
     resized.save(partial, format=encoder, **save_options)
@@ -72,7 +80,11 @@ def sample_image(width: int, height: int, image_format: str) -> bytes:
         draw.line([(0, y), (width, y)], fill=(255, 255, 255), width=1)
     radius = min(width, height) / 4
     cx, cy = width / 2, height / 2
-    draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=(0, 0, 0), width=max(1, math.ceil(radius / 20)))
+    draw.ellipse(
+        [cx - radius, cy - radius, cx + radius, cy + radius],
+        outline=(0, 0, 0),
+        width=max(1, math.ceil(radius / 20)),
+    )
     buffer = io.BytesIO()
     image.save(buffer, format=image_format)
     return buffer.getvalue()

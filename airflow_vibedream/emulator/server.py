@@ -31,7 +31,9 @@ def base_url_of(sock: socket.socket) -> str:
 
 def build_server(config: EmulatorConfig, sock: socket.socket) -> uvicorn.Server:
     app = create_app(config, public_base_url=base_url_of(sock))
-    uv_config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2)
+    uv_config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2
+    )
     return uvicorn.Server(uv_config)
 
 
@@ -46,12 +48,16 @@ class EmulatorServer:
     :param port: the port; 0 picks a free one.
     """
 
-    def __init__(self, config: EmulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, config: EmulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.config = config or EmulatorConfig()
         self._sock = bind_socket(host, port)
         self.base_url = base_url_of(self._sock)
         self._server = build_server(self.config, self._sock)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
 
     @property
     def state(self) -> EmulatorState:

@@ -158,7 +158,12 @@ class EmulatorState:
             await asyncio.sleep(remaining)
 
     def _finish(
-        self, prediction: EmulatedPrediction, status: str, *, outputs: list[str] | None = None, error: str | None = None
+        self,
+        prediction: EmulatedPrediction,
+        status: str,
+        *,
+        outputs: list[str] | None = None,
+        error: str | None = None,
     ) -> None:
         prediction.status = status
         prediction.outputs = outputs
@@ -196,7 +201,9 @@ class EmulatorState:
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > MAX_INPUT_BYTES:
-                        raise InputImageError(f"The input image at {url} is larger than {MAX_INPUT_BYTES} bytes")
+                        raise InputImageError(
+                            f"The input image at {url} is larger than {MAX_INPUT_BYTES} bytes"
+                        )
                     chunks.append(chunk)
                 return b"".join(chunks)
         except httpx.HTTPError as exc:

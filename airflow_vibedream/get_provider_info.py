@@ -1,0 +1,70 @@
+"""Provider metadata, read by Airflow through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_vibedream import __version__
+
+INTEGRATION = "VibeDream"
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe the provider to Airflow's providers manager (validated by its JSON schema)."""
+    return {
+        "package-name": "airflow-provider-vibedream",
+        "name": "VibeDream",
+        "description": "`VibeDream <https://vibedream.ai>`__ image upscaling (2k/4k/8k) from Airflow DAGs, "
+        "deferrable, with an offline emulator.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": INTEGRATION,
+                "external-doc-url": "https://vibedream.ai",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": INTEGRATION, "python-modules": ["airflow_vibedream.hooks.vibedream"]}],
+        "operators": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_vibedream.operators.vibedream"]}
+        ],
+        "sensors": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_vibedream.sensors.vibedream"]}
+        ],
+        "triggers": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_vibedream.triggers.vibedream"]}
+        ],
+        "connection-types": [
+            {
+                "hook-class-name": "airflow_vibedream.hooks.vibedream.VibeDreamHook",
+                "hook-name": "VibeDream",
+                "connection-type": "vibedream",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "login", "port"],
+                    "relabeling": {"host": "Base URL", "password": "API Key"},
+                    "placeholders": {
+                        "host": "https://api.vibedream.ai",
+                        "password": "your VibeDream API key (empty: $VIBEDREAM_API_KEY)",
+                    },
+                },
+                "conn-fields": {
+                    "timeout": {
+                        "label": "Request timeout (seconds)",
+                        "description": "Timeout of each HTTP request to the API. Default 30.",
+                        "schema": {"type": ["number", "null"], "minimum": 0},
+                    },
+                    "max_retries": {
+                        "label": "Max retries",
+                        "description": "Retries of transient failures (429, 5xx, network). Default 5.",
+                        "schema": {"type": ["integer", "null"], "minimum": 0},
+                    },
+                    "allow_insecure_http": {
+                        "label": "Allow plain http",
+                        "description": "Allow an http:// base URL on a non-loopback host "
+                        "(sends the key unencrypted).",
+                        "schema": {"type": ["boolean", "null"]},
+                    },
+                },
+            }
+        ],
+    }

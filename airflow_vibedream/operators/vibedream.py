@@ -1,0 +1,317 @@
+"""Operators: validate, submit, persist the prediction id, defer (or wait), finish.
+
+They stay thin: HTTP, retries and parsing live in :mod:`airflow_vibedream.client`, waiting in the
+trigger, and output persistence in :mod:`airflow_vibedream.storage`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator, conf
+
+from airflow_vibedream.client import (
+    Prediction,
+    UpscaleRequest,
+    VibeDreamAuthError,
+    VibeDreamConfigError,
+    VibeDreamError,
+    VibeDreamPredictionFailedError,
+    VibeDreamSubmissionStateUnknownError,
+    VibeDreamTimeoutError,
+    VibeDreamValidationError,
+    validate_bool,
+    validate_model_id,
+)
+from airflow_vibedream.constants import UPSCALER_MODEL_ID
+from airflow_vibedream.hooks.vibedream import VibeDreamHook
+from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, persist_outputs
+from airflow_vibedream.triggers.vibedream import (
+    EVENT_FAILED,
+    EVENT_SUCCESS,
+    EVENT_TIMEOUT,
+    VibeDreamPredictionTrigger,
+)
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Context
+
+#: XCom key of the prediction id, pushed right after the submit.
+XCOM_PREDICTION_ID = "prediction_id"
+#: XCom key of the submit answer's cost: poll answers do not repeat it, and XCom (unlike defer
+#: kwargs, which ``dag.test()`` drops) survives until the task finishes.
+XCOM_COST_CENTS = "cost_cents"
+
+#: Errors no retry of the task can cure: bad input, bad key, bad configuration. And a submit whose
+#: outcome is unknown: a blind retry could create, and bill, a second job.
+_PERMANENT_ERRORS = (
+    VibeDreamValidationError,
+    VibeDreamAuthError,
+    VibeDreamConfigError,
+    VibeDreamSubmissionStateUnknownError,
+)
+
+
+def _is_templated(value: Any) -> bool:
+    """Values rendered later (Jinja strings, XComArgs) are validated after rendering instead."""
+    return not isinstance(value, (str, bool, int, float, Mapping)) or (
+        isinstance(value, str) and "{{" in value
+    )
+
+
+def _seconds(value: float | timedelta, field_name: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise VibeDreamValidationError(
+            f"{field_name} must be a positive number of seconds; got {value!r}", field=field_name
+        )
+    return float(seconds)
+
+
+class VibeDreamGenerateOperator(BaseOperator):
+    """Runs any VibeDream model and returns its prediction.
+
+    The XCom return value is ``{"id", "model_id", "status", "outputs", "error", "created_at",
+    "completed_at", "cost_cents"}``; ``outputs`` lists the stored URIs when ``output_path`` is set
+    (details per file under ``"files"``), else the API's temporary download URLs. The prediction id is
+    pushed under XCom key ``prediction_id`` as soon as the job is submitted.
+
+    :param model_id: the model, e.g. ``image-upscaler``. Templated.
+    :param input: the model's input parameters (JSON object). Templated.
+    :param output_path: where to store the outputs: a local directory, ``file://`` or ``s3://...``
+        (any ObjectStoragePath). None keeps the API's download URLs. Templated.
+    :param output_name_template: name of each stored output relative to ``output_path``; fields
+        ``dag_id``, ``run_id``, ``task_id``, ``map_suffix``, ``prediction_id``, ``index``, ``ext``.
+    :param vibedream_conn_id: the Airflow connection of type ``vibedream``.
+    :param poll_interval: seconds between status polls (the API suggests 1-2).
+    :param timeout: the longest the prediction may take, seconds or timedelta; one wall-clock
+        deadline from the submit, for the worker and the trigger alike.
+    :param deferrable: wait in the triggerer (no worker slot held). Default: ``[operators]
+        default_deferrable``.
+    """
+
+    template_fields: Sequence[str] = ("model_id", "input", "output_path", "vibedream_conn_id")
+    template_fields_renderers = {"input": "json"}
+    ui_color = "#f3e8ff"
+
+    def __init__(
+        self,
+        *,
+        model_id: str,
+        input: dict[str, Any],
+        output_path: str | None = None,
+        output_name_template: str = DEFAULT_OUTPUT_NAME,
+        vibedream_conn_id: str = VibeDreamHook.default_conn_name,
+        poll_interval: float = 2.0,
+        timeout: float | timedelta = timedelta(minutes=30),
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_id = model_id
+        self.input = input
+        self.output_path = output_path
+        self.output_name_template = output_name_template
+        self.vibedream_conn_id = vibedream_conn_id
+        self.poll_interval = _seconds(poll_interval, "poll_interval")
+        self.timeout = _seconds(timeout, "timeout")
+        self.deferrable = deferrable
+        if not _is_templated(model_id):
+            validate_model_id(model_id)
+
+    @cached_property
+    def hook(self) -> VibeDreamHook:
+        return VibeDreamHook(vibedream_conn_id=self.vibedream_conn_id)
+
+    # -- what to submit ---------------------------------------------------------------------------
+
+    def build_request(self) -> tuple[str, dict[str, Any]]:
+        """The model id and JSON input, validated (after templates were rendered)."""
+        if not isinstance(self.input, Mapping):
+            raise VibeDreamValidationError(
+                f"input must be a JSON object of the model's parameters; got {self.input!r}", field="input"
+            )
+        return validate_model_id(self.model_id), dict(self.input)
+
+    def requested_output_format(self) -> str | None:
+        """The ``output_format`` input, if any: it names the stored files' extension."""
+        value = self.input.get("output_format") if isinstance(self.input, Mapping) else None
+        return value if isinstance(value, str) else None
+
+    # -- the task ---------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            model_id, payload = self.build_request()
+            submitted = self.hook.get_client().submit(model_id, payload)
+        except _PERMANENT_ERRORS as exc:
+            raise AirflowFailException(str(exc)) from exc
+        context["ti"].xcom_push(key=XCOM_PREDICTION_ID, value=submitted.id)
+        context["ti"].xcom_push(key=XCOM_COST_CENTS, value=submitted.cost_cents)
+        self.log.info(
+            "Submitted VibeDream prediction %s to model %s (cost %s cents)",
+            submitted.id,
+            model_id,
+            submitted.cost_cents,
+        )
+        if submitted.is_terminal:  # sync mode answers with the finished prediction
+            return self._finish(context, submitted)
+        deadline = time.time() + self.timeout
+        if self.deferrable:
+            self.defer(
+                trigger=VibeDreamPredictionTrigger(
+                    prediction_id=submitted.id,
+                    vibedream_conn_id=self.vibedream_conn_id,
+                    poll_interval=self.poll_interval,
+                    end_time=deadline,
+                ),
+                method_name="execute_complete",
+            )
+        prediction = self.hook.get_client().wait_for_prediction(
+            submitted.id,
+            poll_interval=self.poll_interval,
+            deadline=deadline,
+            on_status_change=self._log_status_change,
+        )
+        return self._finish(context, prediction.with_cost(submitted.cost_cents))
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume after the trigger fired. Only a ``success`` event succeeds."""
+        ti = context["ti"]
+        cost_cents = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_COST_CENTS, map_indexes=ti.map_index)
+        status = event.get("status")
+        prediction_id = event.get("prediction_id")
+        if status == EVENT_SUCCESS:
+            data = event.get("prediction") or {}
+            if data.get("outputs_omitted") or not data:
+                # Base64 outputs stay out of trigger events; fetch them here, in the worker.
+                prediction = self.hook.get_client().get_prediction(str(prediction_id))
+            else:
+                prediction = Prediction.from_dict(data)
+            return self._finish(context, prediction.with_cost(cost_cents))
+        message = event.get("message") or "no message"
+        if status == EVENT_FAILED:
+            raise VibeDreamPredictionFailedError(
+                f"VibeDream prediction {prediction_id} failed: {message}",
+                api_message=message,
+                prediction_id=prediction_id,
+            )
+        if status == EVENT_TIMEOUT:
+            raise VibeDreamTimeoutError(message, prediction_id=prediction_id)
+        raise VibeDreamError(
+            f"Waiting for VibeDream prediction {prediction_id} failed: {message}", prediction_id=prediction_id
+        )
+
+    def _finish(self, context: Context, prediction: Prediction) -> dict[str, Any]:
+        if not prediction.succeeded:
+            raise VibeDreamPredictionFailedError(
+                f"VibeDream prediction {prediction.id} failed: {prediction.error or 'no reason given'}",
+                api_message=prediction.error,
+                prediction_id=prediction.id,
+            )
+        result = prediction.to_result()
+        self.log.info(
+            "VibeDream prediction %s completed (cost %s cents)", prediction.id, prediction.cost_cents
+        )
+        if self.output_path and prediction.outputs:
+            ti = context["ti"]
+            stored = persist_outputs(
+                prediction.outputs,
+                self.output_path,
+                names={
+                    "dag_id": ti.dag_id,
+                    "run_id": ti.run_id,
+                    "task_id": ti.task_id,
+                    "map_index": getattr(ti, "map_index", -1),
+                    "prediction_id": prediction.id,
+                },
+                output_format=self.requested_output_format(),
+                name_template=self.output_name_template,
+            )
+            for item in stored:
+                self.log.info(
+                    "Stored %s (%d bytes, %sx%s %s)",
+                    item.uri,
+                    item.bytes,
+                    item.width,
+                    item.height,
+                    item.format,
+                )
+            result["outputs"] = [item.uri for item in stored]
+            result["files"] = [item.to_dict() for item in stored]
+        return result
+
+    def _log_status_change(self, prediction: Prediction, elapsed: float) -> None:
+        self.log.info("VibeDream prediction %s is %s after %.1fs", prediction.id, prediction.status, elapsed)
+
+
+class VibeDreamUpscaleImageOperator(VibeDreamGenerateOperator):
+    """Upscales one image with VibeDream's ``image-upscaler`` model.
+
+    Every input is checked before any request: at DAG parse time when it is a plain value, right
+    after rendering when it is templated. The result is that of :class:`VibeDreamGenerateOperator`.
+
+    :param image: http(s) URL of the image (JPEG, PNG, GIF or WebP). Templated.
+    :param target_resolution: ``2k``, ``4k`` or ``8k`` (long edge 2048, 3840 or 7680 px). Templated.
+    :param output_format: ``jpeg``, ``png`` or ``webp``. Templated.
+    :param enable_base64_output: have the API return base64 text instead of a URL; needs
+        ``output_path``, because image data never goes through XCom.
+    :param enable_sync_mode: have the API answer the submit only when the image is ready.
+    :param output_path: see :class:`VibeDreamGenerateOperator`.
+    :param vibedream_conn_id: see :class:`VibeDreamGenerateOperator`.
+    :param poll_interval: see :class:`VibeDreamGenerateOperator`.
+    :param timeout: see :class:`VibeDreamGenerateOperator`.
+    :param deferrable: see :class:`VibeDreamGenerateOperator`.
+    """
+
+    template_fields: Sequence[str] = (
+        "image",
+        "target_resolution",
+        "output_format",
+        "output_path",
+        "vibedream_conn_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        image: str,
+        target_resolution: str,
+        output_format: str,
+        enable_base64_output: bool = False,
+        enable_sync_mode: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model_id=UPSCALER_MODEL_ID, input={}, **kwargs)
+        self.image = image
+        self.target_resolution = target_resolution
+        self.output_format = output_format
+        self.enable_base64_output = validate_bool("enable_base64_output", enable_base64_output)
+        self.enable_sync_mode = validate_bool("enable_sync_mode", enable_sync_mode)
+        if enable_base64_output and not kwargs.get("output_path"):
+            raise VibeDreamValidationError(
+                "enable_base64_output=True needs output_path: base64 images are decoded to storage, "
+                "never passed through XCom",
+                field="output_path",
+            )
+        if not any(_is_templated(v) for v in (image, target_resolution, output_format)):
+            self._upscale_request()  # fail at parse time, before any task runs
+
+    def _upscale_request(self) -> UpscaleRequest:
+        return UpscaleRequest(
+            image=self.image,
+            target_resolution=self.target_resolution,
+            output_format=self.output_format,
+            enable_base64_output=self.enable_base64_output,
+            enable_sync_mode=self.enable_sync_mode,
+        )
+
+    def build_request(self) -> tuple[str, dict[str, Any]]:
+        return UPSCALER_MODEL_ID, self._upscale_request().to_payload()
+
+    def requested_output_format(self) -> str | None:
+        return self.output_format

@@ -1,0 +1,96 @@
+"""VibeDreamPredictionSensor: waits for a prediction that was submitted elsewhere."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue, conf
+
+from airflow_vibedream.client import VibeDreamError, VibeDreamPredictionFailedError, VibeDreamTimeoutError
+from airflow_vibedream.hooks.vibedream import VibeDreamHook
+from airflow_vibedream.triggers.vibedream import (
+    EVENT_FAILED,
+    EVENT_SUCCESS,
+    EVENT_TIMEOUT,
+    VibeDreamPredictionTrigger,
+)
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Context
+
+
+class VibeDreamPredictionSensor(BaseSensorOperator):
+    """Succeeds when a VibeDream prediction completes, fails when it fails; returns its result dict.
+
+    :param prediction_id: the prediction to watch (e.g. ``{{ ti.xcom_pull(key='prediction_id') }}``).
+        Templated.
+    :param vibedream_conn_id: the Airflow connection of type ``vibedream``.
+    :param deferrable: wait in the triggerer instead of poking from a worker.
+    :param poke_interval: seconds between polls (also the trigger's poll interval).
+    :param timeout: seconds before the sensor gives up (BaseSensorOperator's own argument).
+    """
+
+    template_fields: Sequence[str] = ("prediction_id", "vibedream_conn_id")
+
+    def __init__(
+        self,
+        *,
+        prediction_id: str,
+        vibedream_conn_id: str = VibeDreamHook.default_conn_name,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poke_interval: float | timedelta = 2.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(poke_interval=poke_interval, **kwargs)
+        self.prediction_id = prediction_id
+        self.vibedream_conn_id = vibedream_conn_id
+        self.deferrable = deferrable
+
+    @cached_property
+    def hook(self) -> VibeDreamHook:
+        return VibeDreamHook(vibedream_conn_id=self.vibedream_conn_id)
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        # One poll first: a prediction that is already over needs no trigger.
+        done = self.poke(context)
+        if done.is_done:
+            return done.xcom_value
+        self.defer(
+            trigger=VibeDreamPredictionTrigger(
+                prediction_id=self.prediction_id,
+                vibedream_conn_id=self.vibedream_conn_id,
+                poll_interval=float(self.poke_interval),
+                end_time=time.time() + float(self.timeout),
+            ),
+            method_name="execute_complete",
+        )
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        prediction = self.hook.get_client().get_prediction(self.prediction_id)
+        self.log.info("VibeDream prediction %s is %s", prediction.id, prediction.status)
+        if prediction.failed:
+            raise VibeDreamPredictionFailedError(
+                f"VibeDream prediction {prediction.id} failed: {prediction.error or 'no reason given'}",
+                api_message=prediction.error,
+                prediction_id=prediction.id,
+            )
+        return PokeReturnValue(is_done=prediction.succeeded, xcom_value=prediction.to_result())
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        status, message = event.get("status"), event.get("message")
+        if status == EVENT_SUCCESS:
+            return self.hook.get_client().get_prediction(self.prediction_id).to_result()
+        if status == EVENT_FAILED:
+            raise VibeDreamPredictionFailedError(
+                f"VibeDream prediction {self.prediction_id} failed: {message}",
+                prediction_id=self.prediction_id,
+            )
+        if status == EVENT_TIMEOUT:
+            raise VibeDreamTimeoutError(str(message), prediction_id=self.prediction_id)
+        raise VibeDreamError(f"Waiting for VibeDream prediction {self.prediction_id} failed: {message}")

@@ -1,0 +1,213 @@
+"""Output persistence: the API's download links (or base64 text) become files that last.
+
+Every output is streamed (bounded memory), hashed and measured on the way, and written atomically:
+a failed download leaves nothing at the final path. Destinations are Airflow ``ObjectStoragePath``
+URIs (a local directory, ``file://``, ``s3://`` and every other scheme Airflow supports).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+from PIL import ImageFile
+
+from airflow_vibedream.client import VibeDreamError
+
+CHUNK_SIZE = 1024 * 1024
+
+#: Default name of a stored output, relative to ``output_path``. Deterministic: a retry of the same
+#: task for the same prediction overwrites rather than duplicates.
+DEFAULT_OUTPUT_NAME = "{dag_id}/{run_id}/{task_id}{map_suffix}/{prediction_id}-{index}.{ext}"
+
+_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+class OutputStorageError(VibeDreamError):
+    """An output could not be downloaded, decoded or written."""
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    """One persisted output.
+
+    :param uri: where it is stored.
+    :param bytes: its size.
+    :param sha256: hex digest of its bytes.
+    :param width: pixel width (None if the bytes are not a recognisable image).
+    :param height: pixel height.
+    :param format: image format as Pillow names it (``JPEG``, ``PNG``, ``WEBP``).
+    """
+
+    uri: str
+    bytes: int
+    sha256: str
+    width: int | None
+    height: int | None
+    format: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def safe_segment(value: object) -> str:
+    """A path segment from a run id or similar: ``manual__2026-01-01T00:00:00+00:00`` keeps its shape
+    but loses the characters object stores and file systems disagree about."""
+    return _UNSAFE.sub("_", str(value)).strip("._") or "_"
+
+
+def as_storage_path(output_path: str) -> Any:
+    """``output_path`` as an ObjectStoragePath; a plain path means the local file system."""
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    if "://" not in output_path:
+        output_path = "file://" + str(Path(output_path).expanduser().resolve())
+    return ObjectStoragePath(output_path)
+
+
+def is_data_output(output: str) -> bool:
+    """Base64 outputs are not URLs; the API may send them bare or as ``data:`` URIs."""
+    return not output.startswith(("http://", "https://"))
+
+
+def _decoded_chunks(output: str) -> Iterator[bytes]:
+    text = output.split(",", 1)[1] if output.startswith("data:") else output
+    try:
+        yield base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise OutputStorageError(f"An output is neither a URL nor valid base64 text ({exc})") from exc
+
+
+class _Inspector:
+    """Hashes, counts and identifies an output while it streams past, reading the header only."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self._parser: ImageFile.Parser | None = ImageFile.Parser()
+        self.width: int | None = None
+        self.height: int | None = None
+        self.format: str | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        self.sha256.update(chunk)
+        self.size += len(chunk)
+        if self._parser is None:
+            return
+        try:
+            self._parser.feed(chunk)
+        except Exception:  # not an image Pillow knows: keep the bytes, report no dimensions
+            self._parser = None
+            return
+        image = self._parser.image
+        if image is not None:
+            self.width, self.height = image.size
+            self.format = image.format
+            # The header is all we need; feeding more would decode megapixels for nothing.
+            self._parser = None
+
+
+def _write_atomically(target: Any, chunks: Iterable[bytes], inspector: _Inspector) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.protocol in ("file", "local", ""):
+        # Local: a hidden temporary name beside the target, renamed into place when complete.
+        temporary = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"
+        try:
+            with temporary.open("wb") as handle:
+                _copy(chunks, handle, inspector)
+            temporary.rename(target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        return
+    # Object stores publish an object only when its upload completes; on failure abort the upload
+    # (fsspec's discard) so the buffered part is never committed at the final key.
+    handle = target.open("wb")
+    try:
+        _copy(chunks, handle, inspector)
+    except BaseException:
+        discard = getattr(handle, "discard", None)
+        if callable(discard):
+            discard()
+        raise
+    handle.close()
+
+
+def _copy(chunks: Iterable[bytes], handle: IO[bytes], inspector: _Inspector) -> None:
+    for chunk in chunks:
+        inspector.feed(chunk)
+        handle.write(chunk)
+
+
+def store_output(output: str, target: Any, *, http: httpx.Client) -> StoredOutput:
+    """Stream one output (URL or base64) to ``target`` atomically and describe what was stored."""
+    inspector = _Inspector()
+    try:
+        if is_data_output(output):
+            _write_atomically(target, _decoded_chunks(output), inspector)
+        else:
+            # A plain client with no Authorization: outputs live on another host than the API.
+            with http.stream("GET", output) as response:
+                if response.status_code != 200:
+                    raise OutputStorageError(f"Downloading {output} failed: HTTP {response.status_code}")
+                _write_atomically(target, response.iter_bytes(CHUNK_SIZE), inspector)
+    except httpx.HTTPError as exc:
+        raise OutputStorageError(f"Downloading {output} failed: {type(exc).__name__} {exc}") from exc
+    return StoredOutput(
+        uri=str(target),
+        bytes=inspector.size,
+        sha256=inspector.sha256.hexdigest(),
+        width=inspector.width,
+        height=inspector.height,
+        format=inspector.format,
+    )
+
+
+def output_extension(output: str, output_format: str | None) -> str:
+    if output_format:
+        return _EXTENSIONS.get(output_format.upper(), output_format.lower())
+    if output.startswith("data:image/"):
+        return output[len("data:image/") :].split(";", 1)[0].replace("jpeg", "jpg")
+    suffix = Path(httpx.URL(output).path).suffix.lstrip(".") if not is_data_output(output) else ""
+    return suffix or "bin"
+
+
+def persist_outputs(
+    outputs: list[str],
+    output_path: str,
+    *,
+    names: dict[str, Any],
+    output_format: str | None = None,
+    name_template: str = DEFAULT_OUTPUT_NAME,
+    timeout: float = 300.0,
+) -> list[StoredOutput]:
+    """Store every output of one prediction under ``output_path``.
+
+    :param outputs: the prediction's outputs (download URLs or base64 text).
+    :param output_path: destination directory URI.
+    :param names: values for ``name_template`` (dag_id, run_id, task_id, map_index, prediction_id).
+    :param output_format: the requested format, for the file extension.
+    :param name_template: relative name of each output, a ``str.format`` template.
+    :param timeout: seconds allowed per download read.
+    """
+    base = as_storage_path(output_path)
+    map_index = names.get("map_index", -1)
+    fields = {key: safe_segment(value) for key, value in names.items()}
+    fields["map_suffix"] = f"/map_{map_index}" if isinstance(map_index, int) and map_index >= 0 else ""
+    stored: list[StoredOutput] = []
+    with httpx.Client(timeout=timeout, follow_redirects=True) as http:
+        for index, output in enumerate(outputs):
+            relative = name_template.format(
+                **fields, index=index, ext=output_extension(output, output_format)
+            )
+            stored.append(store_output(output, base / relative, http=http))
+    return stored

@@ -1,0 +1,120 @@
+"""VibeDreamPredictionTrigger: waits for a prediction in the triggerer, without a worker slot."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_vibedream.client import (
+    Prediction,
+    StatusTracker,
+    VibeDreamError,
+    deadline_reached,
+    next_sleep,
+)
+from airflow_vibedream.hooks.vibedream import VibeDreamHook
+
+#: Event statuses. The operator treats only ``success`` as success.
+EVENT_SUCCESS = "success"
+EVENT_FAILED = "failed"
+EVENT_TIMEOUT = "timeout"
+EVENT_ERROR = "error"
+
+
+def make_event(
+    status: str, prediction_id: str, message: str, prediction: Prediction | None = None
+) -> dict[str, Any]:
+    """The one event shape: status, prediction_id, prediction (dict or None), message."""
+    return {
+        "status": status,
+        "prediction_id": prediction_id,
+        "prediction": event_prediction(prediction) if prediction is not None else None,
+        "message": message,
+    }
+
+
+def event_prediction(prediction: Prediction) -> dict[str, Any]:
+    """The prediction as stored in the event. Base64 outputs are left out: events are written to the
+    metadata database, and an 8K image as text is tens of megabytes. The worker fetches them."""
+    data = prediction.to_dict()
+    outputs = prediction.outputs or []
+    if any(not output.startswith(("http://", "https://")) for output in outputs):
+        data["outputs"] = None
+        data["outputs_omitted"] = True
+    return data
+
+
+class VibeDreamPredictionTrigger(BaseTrigger):
+    """Polls one VibeDream prediction until it is completed or failed, then fires exactly one event.
+
+    The event is ``{"status": "success"|"failed"|"timeout"|"error", "prediction_id": ...,
+    "prediction": {...} or None, "message": ...}``. The trigger keeps no state it cannot rebuild from
+    its arguments, so a restart on another triggerer simply resumes polling; the deadline is wall-clock.
+
+    :param prediction_id: the prediction to wait for.
+    :param vibedream_conn_id: the Airflow connection (the trigger never carries the API key itself).
+    :param poll_interval: seconds between polls (the API suggests 1-2 s).
+    :param end_time: epoch seconds after which a ``timeout`` event fires; None waits forever.
+    """
+
+    def __init__(
+        self,
+        prediction_id: str,
+        vibedream_conn_id: str = VibeDreamHook.default_conn_name,
+        poll_interval: float = 2.0,
+        end_time: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.prediction_id = prediction_id
+        self.vibedream_conn_id = vibedream_conn_id
+        self.poll_interval = float(poll_interval)
+        self.end_time = float(end_time) if end_time is not None else None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "prediction_id": self.prediction_id,
+                "vibedream_conn_id": self.vibedream_conn_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        yield TriggerEvent(await self._wait())
+
+    async def _wait(self) -> dict[str, Any]:
+        tracker = StatusTracker(self._log_status_change)
+        try:
+            async with await VibeDreamHook(self.vibedream_conn_id).get_async_client() as client:
+                while True:
+                    if self.end_time is not None and time.time() >= self.end_time:
+                        return make_event(
+                            EVENT_TIMEOUT,
+                            self.prediction_id,
+                            deadline_reached(self.prediction_id, self.end_time).message,
+                        )
+                    prediction = await client.get_prediction(self.prediction_id)
+                    tracker.observe(prediction)
+                    if prediction.succeeded:
+                        return make_event(EVENT_SUCCESS, self.prediction_id, "completed", prediction)
+                    if prediction.failed:
+                        return make_event(
+                            EVENT_FAILED,
+                            self.prediction_id,
+                            prediction.error or "failed (no reason given)",
+                            prediction,
+                        )
+                    await asyncio.sleep(next_sleep(self.poll_interval, self.end_time))
+        except VibeDreamError as exc:
+            # Transient errors were already retried by the client; what reaches here is final.
+            self.log.error("Stopped waiting for VibeDream prediction %s: %s", self.prediction_id, exc)
+            return make_event(EVENT_ERROR, self.prediction_id, str(exc))
+
+    def _log_status_change(self, prediction: Prediction, elapsed: float) -> None:
+        self.log.info("VibeDream prediction %s is %s after %.1fs", prediction.id, prediction.status, elapsed)
