@@ -161,7 +161,9 @@ class VibeDreamHook(BaseHook):
             self._client = VibeDreamClient(self.get_settings())
         return self._client
 
-    get_client = get_conn
+    def get_client(self) -> VibeDreamClient:
+        """The blocking client (same as :meth:`get_conn`, under a name that says what it returns)."""
+        return self.get_conn()
 
     async def get_async_client(self) -> AsyncVibeDreamClient:
         """A new async client; use it as ``async with`` and reuse it for every poll."""

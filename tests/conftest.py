@@ -1,0 +1,62 @@
+"""Test-wide setup: a throwaway AIRFLOW_HOME before anything imports Airflow, and emulator fixtures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+# Airflow reads its configuration on first import: point it at a private home before that happens.
+_HOME = Path(tempfile.mkdtemp(prefix="vibedream-tests-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME / 'airflow.db'}"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "example_dags")
+os.environ.pop("VIBEDREAM_API_KEY", None)
+os.environ.pop("AIRFLOW_CONN_VIBEDREAM_DEFAULT", None)
+
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+
+from airflow_vibedream.emulator import EmulatorConfig, EmulatorServer  # noqa: E402
+
+TEST_KEY = "test-key-7f3a9c1e5b"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def airflow_home() -> Path:
+    return _HOME
+
+
+def connection_json(base_url: str, api_key: str | None = TEST_KEY, **extra: object) -> str:
+    conn: dict[str, object] = {"conn_type": "vibedream", "host": base_url}
+    if api_key is not None:
+        conn["password"] = api_key
+    if extra:
+        conn["extra"] = extra
+    return json.dumps(conn)
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    """A fresh emulator on a free loopback port (in a thread), fast jobs."""
+    with EmulatorServer(EmulatorConfig(api_key=TEST_KEY, processing_seconds=0.3)) as server:
+        yield server
+
+
+@pytest.fixture
+def vibedream_conn(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> EmulatorServer:
+    """``vibedream_default`` pointing at the emulator, through Airflow's env-var connection backend."""
+    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json(emulator.base_url))
+    return emulator
+
+
+def emulator_stats(base_url: str) -> dict[str, int]:
+    return httpx.get(f"{base_url}/_emulator/stats").json()["counters"]

@@ -1,0 +1,88 @@
+"""VibeDreamHook: connection fields to client settings, the key fallback, masking, test_connection."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_vibedream.client import VibeDreamConfigError
+from airflow_vibedream.emulator import EmulatorServer
+from airflow_vibedream.hooks.vibedream import VibeDreamHook, base_url_from_connection
+from tests.conftest import TEST_KEY, connection_json, emulator_stats
+
+
+def test_connection_fields_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_VIBEDREAM_DEFAULT",
+        connection_json("https://api.vibedream.test", timeout=12, max_retries=2),
+    )
+    settings = VibeDreamHook().get_settings()
+    assert settings.base_url == "https://api.vibedream.test"
+    assert settings.api_key == TEST_KEY
+    assert settings.timeout == 12.0
+    assert settings.retry.max_retries == 2
+
+
+def test_api_key_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test", api_key=None))
+    monkeypatch.setenv("VIBEDREAM_API_KEY", "from-env-key")
+    assert VibeDreamHook().get_settings().api_key == "from-env-key"
+
+
+def test_no_key_anywhere_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test", api_key=None))
+    monkeypatch.delenv("VIBEDREAM_API_KEY", raising=False)
+    with pytest.raises(VibeDreamConfigError, match=r"'API Key' \(password\) field .*VIBEDREAM_API_KEY"):
+        VibeDreamHook().get_settings()
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [({"timeout": "soon"}, "'timeout' must be a number"), ({"max_retries": 1.5}, "'max_retries' must be a whole")],
+)
+def test_bad_extra_is_named(monkeypatch: pytest.MonkeyPatch, extra: dict[str, object], words: str) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test", **extra))
+    with pytest.raises(VibeDreamConfigError, match=words):
+        VibeDreamHook().get_settings()
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        (None, None, "https://api.vibedream.ai"),
+        ("api.vibedream.test", None, "https://api.vibedream.test"),
+        ("http://127.0.0.1", 8080, "http://127.0.0.1:8080"),
+        ("http://127.0.0.1:9000", 8080, "http://127.0.0.1:9000"),
+    ],
+)
+def test_base_url_from_connection(host: str | None, port: int | None, expected: str) -> None:
+    assert base_url_from_connection(host, port) == expected
+
+
+def test_key_is_registered_with_the_secrets_masker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk._shared.secrets_masker import redact
+
+    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test", api_key=None))
+    monkeypatch.setenv("VIBEDREAM_API_KEY", "env-only-key-91b2")
+    VibeDreamHook().get_settings()
+    assert "env-only-key-91b2" not in str(redact("the key is env-only-key-91b2"))
+
+
+async def test_async_settings_match_sync(vibedream_conn: EmulatorServer) -> None:
+    hook = VibeDreamHook()
+    assert await hook.aget_settings() == hook.get_settings()
+    async with await hook.get_async_client() as client:
+        with pytest.raises(Exception, match="not found"):
+            await client.get_prediction("00000000-0000-0000-0000-000000000000")
+
+
+def test_test_connection_against_the_emulator(vibedream_conn: EmulatorServer) -> None:
+    ok, message = VibeDreamHook().test_connection()
+    assert ok, message
+    assert emulator_stats(vibedream_conn.base_url)["requests"] == 1
+
+
+def test_test_connection_with_a_wrong_key(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json(emulator.base_url, api_key="wrong"))
+    ok, message = VibeDreamHook().test_connection()
+    assert not ok
+    assert "401" in message and "API key" in message

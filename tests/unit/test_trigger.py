@@ -1,0 +1,108 @@
+"""VibeDreamPredictionTrigger: serialization and every event status, against the emulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
+from airflow_vibedream.emulator import EmulatorConfig, EmulatorServer
+from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
+from tests.conftest import TEST_KEY, connection_json
+
+
+def submit(emulator: EmulatorServer, image: str | None = None) -> str:
+    client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=emulator.base_url))
+    request = UpscaleRequest(image or f"{emulator.base_url}/samples/64x48.png", "2k", "jpeg")
+    return client.upscale(request).id
+
+
+async def events_of(trigger: VibeDreamPredictionTrigger) -> list[dict[str, Any]]:
+    return [event.payload async for event in trigger.run()]
+
+
+def test_serialize_round_trip_carries_no_secret() -> None:
+    trigger = VibeDreamPredictionTrigger("pid-1", "my_conn", poll_interval=1.5, end_time=1_900_000_000.0)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_vibedream.triggers.vibedream.VibeDreamPredictionTrigger"
+    assert kwargs == {
+        "prediction_id": "pid-1",
+        "vibedream_conn_id": "my_conn",
+        "poll_interval": 1.5,
+        "end_time": 1_900_000_000.0,
+    }
+    assert VibeDreamPredictionTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+async def test_success_event(vibedream_conn: EmulatorServer) -> None:
+    prediction_id = submit(vibedream_conn)
+    trigger = VibeDreamPredictionTrigger(prediction_id, poll_interval=0.1, end_time=time.time() + 30)
+    [event] = await events_of(trigger)
+    assert event["status"] == "success" and event["prediction_id"] == prediction_id
+    assert event["prediction"]["status"] == "completed"
+    assert event["prediction"]["outputs"][0].startswith(vibedream_conn.base_url)
+    assert TEST_KEY not in json.dumps(event)
+
+
+async def test_failed_event_carries_the_api_error(vibedream_conn: EmulatorServer) -> None:
+    prediction_id = submit(vibedream_conn, image="http://127.0.0.1:9/nothing.png")
+    [event] = await events_of(VibeDreamPredictionTrigger(prediction_id, poll_interval=0.1))
+    assert event["status"] == "failed"
+    assert "Failed to fetch the input image" in event["message"]
+    assert event["prediction"]["error"] == event["message"]
+
+
+async def test_timeout_event_at_the_wall_clock_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    with EmulatorServer(EmulatorConfig(api_key=TEST_KEY, processing_seconds=60)) as slow:
+        monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json(slow.base_url))
+        prediction_id = submit(slow)
+        started = time.monotonic()
+        [event] = await events_of(VibeDreamPredictionTrigger(prediction_id, poll_interval=5, end_time=time.time() + 0.5))
+        elapsed = time.monotonic() - started
+    assert event["status"] == "timeout" and event["prediction"] is None
+    assert prediction_id in event["message"]
+    assert elapsed < 3  # it woke at the deadline instead of sleeping a whole poll interval
+
+
+async def test_error_event_on_permanent_api_error(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json(emulator.base_url, api_key="wrong-key"))
+    [event] = await events_of(VibeDreamPredictionTrigger("any-id", poll_interval=0.1))
+    assert event["status"] == "error"
+    assert "401" in event["message"] and "wrong-key" not in event["message"]
+
+
+async def test_error_event_for_unknown_prediction(vibedream_conn: EmulatorServer) -> None:
+    [event] = await events_of(VibeDreamPredictionTrigger("no-such-prediction", poll_interval=0.1))
+    assert event["status"] == "error" and "404" in event["message"]
+
+
+async def test_base64_outputs_stay_out_of_the_event(vibedream_conn: EmulatorServer) -> None:
+    client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=vibedream_conn.base_url))
+    request = UpscaleRequest(f"{vibedream_conn.base_url}/samples/64x48.png", "2k", "png", enable_base64_output=True)
+    prediction_id = client.upscale(request).id
+    [event] = await events_of(VibeDreamPredictionTrigger(prediction_id, poll_interval=0.1))
+    assert event["status"] == "success"
+    assert event["prediction"]["outputs"] is None and event["prediction"]["outputs_omitted"] is True
+    assert len(json.dumps(event)) < 2000
+
+
+async def test_poll_uses_one_client_for_all_polls(vibedream_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from httpx_aiohttp import AiohttpTransport
+
+    created: list[AiohttpTransport] = []
+    original = AiohttpTransport.__init__
+
+    def counting_init(self: AiohttpTransport, *args: Any, **kwargs: Any) -> None:
+        created.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AiohttpTransport, "__init__", counting_init)
+    prediction_id = submit(vibedream_conn)
+    [event] = await events_of(VibeDreamPredictionTrigger(prediction_id, poll_interval=0.05))
+    assert event["status"] == "success"
+    # submit + the emulator fetching its own sample + at least two polls ...
+    assert vibedream_conn.state.counters["requests"] >= 4
+    assert len(created) == 1  # ... through one client (one connection pool)
