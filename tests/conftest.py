@@ -14,7 +14,13 @@ _HOME = Path(tempfile.mkdtemp(prefix="vibedream-tests-airflow-"))
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME / 'airflow.db'}"
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "example_dags")
+# The DAGs folder holds the examples and the tests' own DAGs: dag.test() runs only DAGs of a bundle.
+_DAGS = _HOME / "dags"
+_DAGS.mkdir()
+for _source in ("example_dags", "tests/dags"):
+    for _dag_file in (Path(__file__).resolve().parent.parent / _source).glob("*.py"):
+        shutil.copy(_dag_file, _DAGS / _dag_file.name)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_DAGS)
 os.environ.pop("VIBEDREAM_API_KEY", None)
 os.environ.pop("AIRFLOW_CONN_VIBEDREAM_DEFAULT", None)
 
@@ -33,6 +39,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def airflow_home() -> Path:
     return _HOME
+
+
+@pytest.fixture(scope="session")
+def dags_folder() -> Path:
+    return _DAGS
 
 
 def connection_json(base_url: str, api_key: str | None = TEST_KEY, **extra: object) -> str:

@@ -1,0 +1,18 @@
+"""Integration tests run DAGs in-process with ``dag.test()``: they need a migrated Airflow database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def airflow_db(airflow_home: Path) -> Path:
+    airflow_cli = str(Path(sys.executable).parent / "airflow")
+    result = subprocess.run([airflow_cli, "db", "migrate"], capture_output=True, text=True, env=os.environ)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return airflow_home / "airflow.db"
