@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint clean
 
 install: $(STAMP)
 
@@ -24,9 +24,6 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check airflow_vibedream example_dags tests scripts benchmarks
 	$(VENV)/bin/ruff format --check airflow_vibedream example_dags tests scripts benchmarks
 	$(VENV)/bin/mypy
-
-bench: $(STAMP)
-	$(PY) -m benchmarks
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache .mypy_cache

@@ -42,7 +42,9 @@ def run(command: list[str], env: dict[str, str], log: Path) -> None:
         result = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
         sys.stderr.write(log.read_text()[-6000:])
-        raise SystemExit(f"demo: `{' '.join(command[1:3])}` failed (exit {result.returncode}); full log: {log}")
+        raise SystemExit(
+            f"demo: `{' '.join(command[1:3])}` failed (exit {result.returncode}); full log: {log}"
+        )
 
 
 def main() -> int:

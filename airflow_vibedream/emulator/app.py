@@ -84,9 +84,7 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
     """
     config = config or EmulatorConfig()
     owns_data_dir = config.data_dir is None
-    data_dir = (
-        Path(tempfile.mkdtemp(prefix="vibedream-emulator-")) if owns_data_dir else Path(config.data_dir)
-    )
+    data_dir = Path(config.data_dir or tempfile.mkdtemp(prefix="vibedream-emulator-"))
     state = EmulatorState(config, data_dir)
     state.public_base_url = public_base_url
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -52,9 +53,9 @@ def upscale_to_file(
     encoder, _ = ENCODERS[output_format]
     # JPEG has no alpha channel; PNG and WebP keep it.
     mode = "RGB" if encoder == "JPEG" or image.mode not in ("RGBA", "LA") else "RGBA"
-    image = image.convert(mode)
-    resized = image.resize(target_size(image.size, target_resolution), Image.Resampling.LANCZOS)
-    save_options: dict[str, object] = {
+    converted = image.convert(mode)
+    resized = converted.resize(target_size(converted.size, target_resolution), Image.Resampling.LANCZOS)
+    save_options: dict[str, Any] = {
         "JPEG": {"quality": 90},
         "PNG": {"compress_level": 1},
         "WEBP": {"quality": 85},

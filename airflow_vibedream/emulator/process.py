@@ -36,7 +36,16 @@ class EmulatorProcess:
     def start(self) -> EmulatorProcess:
         self._log = self.log_path.open("a") if self.log_path else None
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "airflow_vibedream.emulator", "--host", "127.0.0.1", "--port", "0", *self.args],
+            [
+                sys.executable,
+                "-m",
+                "airflow_vibedream.emulator",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                *self.args,
+            ],
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
@@ -50,7 +59,9 @@ class EmulatorProcess:
         line = self._process.stdout.readline() if ready else ""
         if not line.startswith(READY_PREFIX):
             self.stop()
-            raise RuntimeError(f"The emulator did not start (first output: {line!r}); see {self.log_path or 'stderr'}")
+            raise RuntimeError(
+                f"The emulator did not start (first output: {line!r}); see {self.log_path or 'stderr'}"
+            )
         self.base_url = line[len(READY_PREFIX) :].strip()
         return self
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import TracebackType
 
 import uvicorn
+from fastapi import FastAPI
 
 from airflow_vibedream.emulator.app import create_app
 from airflow_vibedream.emulator.state import EmulatorConfig, EmulatorState
@@ -29,12 +30,15 @@ def base_url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def build_server(config: EmulatorConfig, sock: socket.socket) -> uvicorn.Server:
-    app = create_app(config, public_base_url=base_url_of(sock))
+def serve(app: FastAPI) -> uvicorn.Server:
     uv_config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2
     )
     return uvicorn.Server(uv_config)
+
+
+def build_server(config: EmulatorConfig, sock: socket.socket) -> uvicorn.Server:
+    return serve(create_app(config, public_base_url=base_url_of(sock)))
 
 
 class EmulatorServer:
@@ -54,14 +58,16 @@ class EmulatorServer:
         self.config = config or EmulatorConfig()
         self._sock = bind_socket(host, port)
         self.base_url = base_url_of(self._sock)
-        self._server = build_server(self.config, self._sock)
+        self._app = create_app(self.config, public_base_url=self.base_url)
+        self._server = serve(self._app)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
         )
 
     @property
     def state(self) -> EmulatorState:
-        return self._server.config.app.state.emulator  # type: ignore[no-any-return]
+        state: EmulatorState = self._app.state.emulator
+        return state
 
     @property
     def data_dir(self) -> Path:

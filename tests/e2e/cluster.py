@@ -4,6 +4,7 @@ its own session and stopped through its own pid (its process group), never by na
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -27,7 +28,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = "condition") -> Any:
+def wait_for(
+    condition: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = "condition"
+) -> Any:
     """Poll an observable state until it holds. The states here (task states, HTTP readiness) have no
     push notification, so a bounded poll is the event; the bound turns a hang into a clear failure."""
     deadline = time.monotonic() + timeout
@@ -95,7 +98,9 @@ class AirflowCluster:
         if result.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
 
-    def start(self, component: str, name: str | None = None, extra_env: Mapping[str, str] | None = None) -> int:
+    def start(
+        self, component: str, name: str | None = None, extra_env: Mapping[str, str] | None = None
+    ) -> int:
         """Start one component (``name`` tells two triggerers apart); returns its pid."""
         name = name or component
         args = [AIRFLOW_CLI, component]
@@ -122,10 +127,8 @@ class AirflowCluster:
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the process group of the component we started as ``name``."""
         process = self.processes.pop(name)
-        try:
+        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
             os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -158,7 +161,11 @@ class AirflowCluster:
         return httpx.request(method, f"{self.base_url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
-        wait_for(lambda: self.api("GET", f"/dags/{dag_id}").status_code == 200, timeout=timeout, what=f"DAG {dag_id}")
+        wait_for(
+            lambda: self.api("GET", f"/dags/{dag_id}").status_code == 200,
+            timeout=timeout,
+            what=f"DAG {dag_id}",
+        )
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
         response = self.api("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
@@ -183,6 +190,8 @@ class AirflowCluster:
         )
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
-        response = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")
+        response = self.api(
+            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        )
         response.raise_for_status()
         return response.json()["value"]

@@ -74,12 +74,17 @@ def test_example_dag_defers_in_a_real_triggerer(
         what="the upscale task to be deferred",
     )
     trigger_held = wait_for(
-        lambda: (ti := cluster.task_instance(DAG_ID, run_id, "upscale")).get("triggerer_job") or ti["state"] != "deferred",
+        lambda: (
+            (ti := cluster.task_instance(DAG_ID, run_id, "upscale")).get("triggerer_job")
+            or ti["state"] != "deferred"
+        ),
         timeout=60,
         interval=0.25,
         what="a triggerer to take the trigger",
     )
-    assert deferred["trigger"]["classpath"] == "airflow_vibedream.triggers.vibedream.VibeDreamPredictionTrigger"
+    assert (
+        deferred["trigger"]["classpath"] == "airflow_vibedream.triggers.vibedream.VibeDreamPredictionTrigger"
+    )
     assert isinstance(trigger_held, dict) and trigger_held["job_type"] == "TriggererJob"
     assert TEST_KEY not in str(deferred["trigger"]["kwargs"])
 

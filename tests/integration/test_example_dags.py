@@ -81,7 +81,12 @@ def test_templated_bad_input_fails_naming_the_field_with_zero_requests(
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    run_conf = {"image": "https://example.com/a.jpg", "target_resolution": "2k", "output_format": "png", **conf}
+    run_conf = {
+        "image": "https://example.com/a.jpg",
+        "target_resolution": "2k",
+        "output_format": "png",
+        **conf,
+    }
     run = bad_input_dag.test(run_conf=run_conf)
     assert run.state == "failed"
     output = capsys.readouterr().out + caplog.text

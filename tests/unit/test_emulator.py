@@ -57,7 +57,9 @@ def test_requests_without_the_key_get_401_json(emulator: EmulatorServer, headers
         ({"surprise": 1}, "surprise"),
     ],
 )
-def test_validation_names_the_field(emulator: EmulatorServer, overrides: dict[str, object], field: str) -> None:
+def test_validation_names_the_field(
+    emulator: EmulatorServer, overrides: dict[str, object], field: str
+) -> None:
     response = submit(emulator, **overrides)
     assert response.status_code == 400
     assert response.json()["field"] == field
@@ -65,7 +67,10 @@ def test_validation_names_the_field(emulator: EmulatorServer, overrides: dict[st
 
 
 def test_unknown_model_and_prediction_are_404(emulator: EmulatorServer) -> None:
-    assert httpx.post(f"{emulator.base_url}/api/v1/models/nope/generate", json={}, headers=AUTH).status_code == 404
+    assert (
+        httpx.post(f"{emulator.base_url}/api/v1/models/nope/generate", json={}, headers=AUTH).status_code
+        == 404
+    )
     assert httpx.get(f"{emulator.base_url}/api/v1/predictions/nope", headers=AUTH).status_code == 404
 
 
@@ -75,7 +80,16 @@ def test_async_prediction_lifecycle_matches_the_documented_json(emulator: Emulat
     assert answer["status"] == "processing" and answer["costCents"] == 2
     assert answer["statusUrl"] == f"{emulator.base_url}/api/v1/predictions/{answer['id']}"
     done = wait_done(emulator, answer["id"])
-    assert set(done) == {"id", "modelId", "modelName", "status", "outputs", "error", "createdAt", "completedAt"}
+    assert set(done) == {
+        "id",
+        "modelId",
+        "modelName",
+        "status",
+        "outputs",
+        "error",
+        "createdAt",
+        "completedAt",
+    }
     assert done["status"] == "completed" and done["error"] is None
     outputs = done["outputs"]
     assert isinstance(outputs, list) and len(outputs) == 1
@@ -84,10 +98,15 @@ def test_async_prediction_lifecycle_matches_the_documented_json(emulator: Emulat
 
 
 @pytest.mark.parametrize(("resolution", "long_edge"), [("2k", 2048), ("4k", 3840), ("8k", 7680)])
-def test_sync_mode_answers_with_the_resampled_image(emulator: EmulatorServer, resolution: str, long_edge: int) -> None:
+def test_sync_mode_answers_with_the_resampled_image(
+    emulator: EmulatorServer, resolution: str, long_edge: int
+) -> None:
     # A portrait input: the long edge is the height, and the aspect ratio is kept.
     answer = submit(
-        emulator, image=f"{emulator.base_url}/samples/200x400.png", target_resolution=resolution, enable_sync_mode=True
+        emulator,
+        image=f"{emulator.base_url}/samples/200x400.png",
+        target_resolution=resolution,
+        enable_sync_mode=True,
     ).json()
     assert answer["status"] == "completed"
     image = Image.open(io.BytesIO(httpx.get(answer["outputs"][0]).content))

@@ -23,13 +23,17 @@ def test_connection_fields_become_settings(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_api_key_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test", api_key=None))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test", api_key=None)
+    )
     monkeypatch.setenv("VIBEDREAM_API_KEY", "from-env-key")
     assert VibeDreamHook().get_settings().api_key == "from-env-key"
 
 
 def test_no_key_anywhere_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test", api_key=None))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test", api_key=None)
+    )
     monkeypatch.delenv("VIBEDREAM_API_KEY", raising=False)
     with pytest.raises(VibeDreamConfigError, match=r"'API Key' \(password\) field .*VIBEDREAM_API_KEY"):
         VibeDreamHook().get_settings()
@@ -37,10 +41,15 @@ def test_no_key_anywhere_names_the_field(monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.mark.parametrize(
     ("extra", "words"),
-    [({"timeout": "soon"}, "'timeout' must be a number"), ({"max_retries": 1.5}, "'max_retries' must be a whole")],
+    [
+        ({"timeout": "soon"}, "'timeout' must be a number"),
+        ({"max_retries": 1.5}, "'max_retries' must be a whole"),
+    ],
 )
 def test_bad_extra_is_named(monkeypatch: pytest.MonkeyPatch, extra: dict[str, object], words: str) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test", **extra))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test", **extra)
+    )
     with pytest.raises(VibeDreamConfigError, match=words):
         VibeDreamHook().get_settings()
 
@@ -61,7 +70,9 @@ def test_base_url_from_connection(host: str | None, port: int | None, expected: 
 def test_key_is_registered_with_the_secrets_masker(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk._shared.secrets_masker import redact
 
-    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test", api_key=None))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test", api_key=None)
+    )
     monkeypatch.setenv("VIBEDREAM_API_KEY", "env-only-key-91b2")
     VibeDreamHook().get_settings()
     assert "env-only-key-91b2" not in str(redact("the key is env-only-key-91b2"))

@@ -44,7 +44,10 @@ def test_airflow_lists_the_provider_and_its_connection_type() -> None:
     names = {p["package_name"] for p in json.loads(providers.stdout)}
     assert "airflow-provider-vibedream" in names
     hooks = subprocess.run(
-        [airflow_cli, "providers", "hooks", "--output", "json"], capture_output=True, text=True, env=os.environ
+        [airflow_cli, "providers", "hooks", "--output", "json"],
+        capture_output=True,
+        text=True,
+        env=os.environ,
     )
     assert hooks.returncode == 0, hooks.stderr
     assert any(h.get("connection_type") == "vibedream" for h in json.loads(hooks.stdout))

@@ -60,15 +60,21 @@ async def test_timeout_event_at_the_wall_clock_deadline(monkeypatch: pytest.Monk
         monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json(slow.base_url))
         prediction_id = submit(slow)
         started = time.monotonic()
-        [event] = await events_of(VibeDreamPredictionTrigger(prediction_id, poll_interval=5, end_time=time.time() + 0.5))
+        [event] = await events_of(
+            VibeDreamPredictionTrigger(prediction_id, poll_interval=5, end_time=time.time() + 0.5)
+        )
         elapsed = time.monotonic() - started
     assert event["status"] == "timeout" and event["prediction"] is None
     assert prediction_id in event["message"]
     assert elapsed < 3  # it woke at the deadline instead of sleeping a whole poll interval
 
 
-async def test_error_event_on_permanent_api_error(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json(emulator.base_url, api_key="wrong-key"))
+async def test_error_event_on_permanent_api_error(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json(emulator.base_url, api_key="wrong-key")
+    )
     [event] = await events_of(VibeDreamPredictionTrigger("any-id", poll_interval=0.1))
     assert event["status"] == "error"
     assert "401" in event["message"] and "wrong-key" not in event["message"]
@@ -81,7 +87,9 @@ async def test_error_event_for_unknown_prediction(vibedream_conn: EmulatorServer
 
 async def test_base64_outputs_stay_out_of_the_event(vibedream_conn: EmulatorServer) -> None:
     client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=vibedream_conn.base_url))
-    request = UpscaleRequest(f"{vibedream_conn.base_url}/samples/64x48.png", "2k", "png", enable_base64_output=True)
+    request = UpscaleRequest(
+        f"{vibedream_conn.base_url}/samples/64x48.png", "2k", "png", enable_base64_output=True
+    )
     prediction_id = client.upscale(request).id
     [event] = await events_of(VibeDreamPredictionTrigger(prediction_id, poll_interval=0.1))
     assert event["status"] == "success"
@@ -89,7 +97,9 @@ async def test_base64_outputs_stay_out_of_the_event(vibedream_conn: EmulatorServ
     assert len(json.dumps(event)) < 2000
 
 
-async def test_poll_uses_one_client_for_all_polls(vibedream_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_poll_uses_one_client_for_all_polls(
+    vibedream_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from httpx_aiohttp import AiohttpTransport
 
     created: list[AiohttpTransport] = []
