@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(PY) -m pytest -ra
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check airflow_vibedream example_dags tests scripts benchmarks
-	$(VENV)/bin/ruff format --check airflow_vibedream example_dags tests scripts benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 clean:

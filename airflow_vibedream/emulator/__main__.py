@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from airflow_vibedream.constants import API_KEY_ENV_VAR
+from airflow_vibedream.emulator.faults import parse_cli_rules
 from airflow_vibedream.emulator.server import base_url_of, bind_socket, build_server
 from airflow_vibedream.emulator.state import EmulatorConfig
 
@@ -28,6 +29,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--assets-url", default=None, help="base URL of output downloads (default: own URL)")
     parser.add_argument("--data-dir", type=Path, default=None, help="where outputs go (default: a temp dir)")
     parser.add_argument("--sync-wait-seconds", type=float, default=60.0, help="longest sync-mode wait")
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help='a fault rule, e.g. \'{"route": "poll", "kind": "status", "status": 503, "every": 3}\' '
+        "(repeatable; see also POST /_emulator/faults)",
+    )
     return parser.parse_args(argv)
 
 
@@ -40,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         assets_base_url=args.assets_url,
         data_dir=args.data_dir,
         sync_wait_seconds=args.sync_wait_seconds,
+        faults=parse_cli_rules(args.fault),
     )
     sock = bind_socket(args.host, args.port)
     server = build_server(config, sock)

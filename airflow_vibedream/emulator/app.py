@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from airflow_vibedream.constants import OUTPUT_FORMATS, TARGET_RESOLUTIONS, UPSCALER_MODEL_ID
+from airflow_vibedream.emulator.faults import DroppedResponse, FaultRule, apply_delay
 from airflow_vibedream.emulator.imaging import MEDIA_TYPES, sample_image
 from airflow_vibedream.emulator.state import EmulatorConfig, EmulatorState, is_upscaler
 
@@ -25,6 +26,26 @@ CONTROL_PREFIX = "/_emulator"
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
     """Errors are JSON objects with the message under ``error``, like a failed prediction's field."""
     return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def fault_response(rule: FaultRule) -> Response:
+    """The answer a ``status`` or ``drop`` fault gives instead of the real one."""
+    if rule.kind == "drop":
+        return DroppedResponse()
+    extra: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    if rule.retry_after is not None:
+        extra["retry_after"] = rule.retry_after
+        headers["Retry-After"] = (
+            str(int(rule.retry_after)) if rule.retry_after == int(rule.retry_after) else str(rule.retry_after)
+        )
+    response = error(rule.status, f"Emulated fault: HTTP {rule.status}", **extra)
+    response.headers.update(headers)
+    return response
+
+
+def is_answer_fault(rule: FaultRule | None) -> bool:
+    return rule is not None and rule.kind in ("status", "drop")
 
 
 class RequestCounter:
@@ -109,6 +130,10 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
         state.counters["submissions"] += 1
         if not authorized(request):
             return unauthorized()
+        fault = state.faults.pick("submit", kinds=("status", "drop", "slow"))
+        await apply_delay(fault)
+        if fault is not None and is_answer_fault(fault) and not fault.after_create:
+            return fault_response(fault)
         if not is_upscaler(model_id):
             return error(404, f"Model {model_id!r} not found; this emulator serves {UPSCALER_MODEL_ID!r}")
         try:
@@ -119,6 +144,8 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
         if problem is not None or payload is None:
             return problem or error(400, "invalid request")
         prediction = state.submit(model_id, payload)
+        if fault is not None and is_answer_fault(fault):  # after_create: the job exists, the answer is lost
+            return fault_response(fault)
         if not payload["enable_sync_mode"]:
             return JSONResponse(state.submit_answer(prediction))
         try:
@@ -132,6 +159,10 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
     async def get_prediction(prediction_id: str, request: Request) -> Response:
         if not authorized(request):
             return unauthorized()
+        fault = state.faults.pick("poll", kinds=("status", "drop", "slow"))
+        await apply_delay(fault)
+        if fault is not None and is_answer_fault(fault):
+            return fault_response(fault)
         prediction = state.predictions.get(prediction_id)
         if prediction is None:
             return error(404, f"Prediction {prediction_id} not found")
@@ -140,6 +171,10 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
     @app.get("/outputs/{prediction_id}/{name}")
     async def get_output(prediction_id: str, name: str) -> Response:
         # Output links are public download URLs, like the real assets host: no auth.
+        fault = state.faults.pick("output", kinds=("status", "drop", "slow"))
+        await apply_delay(fault)
+        if fault is not None and is_answer_fault(fault):
+            return fault_response(fault)
         path = state.output_file(prediction_id, name)
         if path is None:
             return error(404, "Not found")
@@ -164,9 +199,24 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
     async def stats() -> dict[str, Any]:
         return state.stats()
 
+    @app.get(f"{CONTROL_PREFIX}/faults")
+    async def get_faults() -> dict[str, Any]:
+        return {"rules": [rule.to_dict() for rule in state.faults.rules]}
+
+    @app.post(f"{CONTROL_PREFIX}/faults")
+    async def set_faults(request: Request) -> Response:
+        """Replace the active fault rules: ``{"rules": [{"route": "poll", "kind": "status", ...}]}``."""
+        try:
+            body = json.loads(await request.body() or b"{}")
+            state.faults.replace(list(body.get("rules", [])))
+        except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+            return error(400, f"Invalid fault rules: {exc}")
+        return JSONResponse({"rules": [rule.to_dict() for rule in state.faults.rules]})
+
     @app.post(f"{CONTROL_PREFIX}/reset")
     async def reset() -> dict[str, Any]:
         state.counters.clear()
+        state.faults.replace([])
         return state.stats()
 
     app.add_middleware(RequestCounter, state=state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from pathlib import Path
@@ -11,6 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from airflow_vibedream.emulator.app import create_app
+from airflow_vibedream.emulator.faults import EmulatedConnectionDrop
 from airflow_vibedream.emulator.state import EmulatorConfig, EmulatorState
 
 
@@ -28,6 +30,16 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def base_url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class _HideEmulatedDrops(logging.Filter):
+    """An emulated dropped connection is the point, not an error worth a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], EmulatedConnectionDrop))
+
+
+logging.getLogger("uvicorn.error").addFilter(_HideEmulatedDrops())
 
 
 def serve(app: FastAPI) -> uvicorn.Server:

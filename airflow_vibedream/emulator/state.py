@@ -22,6 +22,7 @@ from airflow_vibedream.constants import (
     UPSCALER_MODEL_ID,
     UPSCALER_MODEL_NAME,
 )
+from airflow_vibedream.emulator.faults import FaultInjector, FaultRule
 from airflow_vibedream.emulator.imaging import ENCODERS, MEDIA_TYPES, InputImageError, upscale_to_file
 
 #: Largest input the emulator downloads; the real service has a limit too, and an unbounded read
@@ -42,6 +43,7 @@ class EmulatorConfig:
     :param data_dir: where output files are written; default: a temporary directory.
     :param sync_wait_seconds: the longest a sync-mode submit waits for its result.
     :param fetch_timeout: timeout for downloading an input image.
+    :param faults: fault rules active from the start (see :mod:`airflow_vibedream.emulator.faults`).
     """
 
     api_key: str = "emulator-key"
@@ -51,6 +53,7 @@ class EmulatorConfig:
     data_dir: Path | None = None
     sync_wait_seconds: float = 60.0
     fetch_timeout: float = 30.0
+    faults: list[FaultRule] = field(default_factory=list)
 
 
 def iso_now() -> str:
@@ -69,6 +72,8 @@ class EmulatedPrediction:
     outputs: list[str] | None = None
     error: str | None = None
     completed_at: str | None = None
+    forced_error: str | None = None  # a fail_prediction fault: ends failed with this text
+    stuck: bool = False  # a stuck fault: never leaves processing
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def to_api(self) -> dict[str, Any]:
@@ -96,6 +101,7 @@ class EmulatorState:
         self.counters: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._fetcher: httpx.AsyncClient | None = None
+        self.faults = FaultInjector(config.faults)
 
     @property
     def assets_base_url(self) -> str:
@@ -105,12 +111,15 @@ class EmulatorState:
         return self.public_base_url.rstrip("/") + PREDICTION_PATH.format(prediction_id=prediction_id)
 
     def submit(self, model_id: str, request: dict[str, Any]) -> EmulatedPrediction:
+        outcome = self.faults.pick("submit", kinds=("fail_prediction", "stuck"))
         prediction = EmulatedPrediction(
             id=str(uuid.uuid4()),
             model_id=model_id,
             request=request,
             created_at=iso_now(),
             created_monotonic=time.monotonic(),
+            forced_error=outcome.error if outcome and outcome.kind == "fail_prediction" else None,
+            stuck=bool(outcome and outcome.kind == "stuck"),
         )
         self.predictions[prediction.id] = prediction
         self.counters["accepted_submissions"] += 1
@@ -140,6 +149,12 @@ class EmulatorState:
         }
 
     async def _process(self, prediction: EmulatedPrediction) -> None:
+        if prediction.stuck:
+            return  # stays processing until the emulator stops
+        if prediction.forced_error is not None:
+            await self._wait_processing_time(prediction)
+            self._finish(prediction, STATUS_FAILED, error=prediction.forced_error)
+            return
         try:
             outputs = await self._render(prediction)
         except InputImageError as exc:

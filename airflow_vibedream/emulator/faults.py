@@ -1,0 +1,130 @@
+"""Fault injection for the emulator: the failures a real API and network produce, on demand.
+
+A rule says which route it hits, what goes wrong, and how often. Rules come from the CLI
+(``--fault '{"route": "poll", "kind": "status", "status": 503, "every": 3}'``) or from
+``POST /_emulator/faults`` (``{"rules": [...]}``), so each test sets exactly the faults it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+#: The vendor page's own example of a failed prediction's error text.
+CONTENT_MODERATION_ERROR = "Your request was flagged by content moderation. Please modify your prompt."
+
+Route = Literal["submit", "poll", "output", "any"]
+Kind = Literal["status", "drop", "slow", "fail_prediction", "stuck"]
+ROUTES: tuple[str, ...] = ("submit", "poll", "output", "any")
+KINDS: tuple[str, ...] = ("status", "drop", "slow", "fail_prediction", "stuck")
+
+
+@dataclass
+class FaultRule:
+    """One kind of failure.
+
+    :param route: ``submit``, ``poll``, ``output`` or ``any``.
+    :param kind: ``status`` (answer ``status`` with a JSON error), ``drop`` (close the connection
+        mid-answer), ``slow`` (answer after ``delay`` seconds), ``fail_prediction`` (the job ends
+        ``failed`` with ``error``), ``stuck`` (the job never leaves ``processing``).
+    :param status: the HTTP status of a ``status`` fault.
+    :param retry_after: seconds to send as a ``Retry-After`` header (and ``retry_after`` body field).
+    :param after_create: on ``submit``, create the job first and fail afterwards: the client cannot
+        know whether the job exists (the double-billing trap).
+    :param delay: seconds of a ``slow`` fault.
+    :param error: the error text of ``fail_prediction``.
+    :param every: fire on every Nth matching request (1 = all), for deterministic fault rates.
+    :param times: fire at most this many times (None = no limit).
+    """
+
+    route: Route = "any"
+    kind: Kind = "status"
+    status: int = 503
+    retry_after: float | None = None
+    after_create: bool = False
+    delay: float = 0.0
+    error: str = CONTENT_MODERATION_ERROR
+    every: int = 1
+    times: int | None = None
+    seen: int = field(default=0)
+    fired: int = field(default=0)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FaultRule:
+        known = {f.name for f in fields(cls)} - {"seen", "fired"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown fault field(s): {', '.join(sorted(unknown))}")
+        rule = cls(**data)
+        if rule.route not in ROUTES:
+            raise ValueError(f"route must be one of {', '.join(ROUTES)}; got {rule.route!r}")
+        if rule.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {rule.kind!r}")
+        if rule.every < 1:
+            raise ValueError("every must be >= 1")
+        return rule
+
+    def matches(self, route: str) -> bool:
+        return self.route in (route, "any") and (self.times is None or self.fired < self.times)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class FaultInjector:
+    """The active rules; the first rule that matches a request and is due fires."""
+
+    def __init__(self, rules: list[FaultRule] | None = None) -> None:
+        self.rules = list(rules or [])
+
+    def replace(self, rules: list[dict[str, Any]]) -> None:
+        self.rules = [FaultRule.from_dict(rule) for rule in rules]
+
+    def pick(self, route: str, kinds: tuple[str, ...] = KINDS) -> FaultRule | None:
+        for rule in self.rules:
+            if rule.kind not in kinds or not rule.matches(route):
+                continue
+            rule.seen += 1
+            if rule.seen % rule.every == 0:
+                rule.fired += 1
+                return rule
+        return None
+
+
+def parse_cli_rules(values: list[str]) -> list[FaultRule]:
+    """``--fault`` values: one JSON object each."""
+    return [FaultRule.from_dict(json.loads(value)) for value in values]
+
+
+class DroppedResponse(Response):
+    """Promise a body, send the headers, then close the connection: the client sees a dropped
+    connection after its request was received (a read error, not a connect error)."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"id": ', "more_body": True})
+        raise EmulatedConnectionDrop
+
+
+class EmulatedConnectionDrop(Exception):
+    """Raised after a partial answer; the server closes the connection (and the emulator's log
+    filter keeps the traceback out of the output)."""
+
+
+async def apply_delay(rule: FaultRule | None) -> None:
+    if rule is not None and rule.kind == "slow" and rule.delay > 0:
+        await asyncio.sleep(rule.delay)
