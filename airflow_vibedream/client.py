@@ -317,6 +317,10 @@ class ClientSettings:
     :param timeout: seconds for each HTTP request (connect, read, write, pool).
     :param retry: the retry policy.
     :param allow_insecure_http: allow a plain ``http://`` base URL on a non-loopback host.
+    :param sync_wait_seconds: the longest the API holds a sync-mode submit open; its read timeout is
+        set above this, so the server's own answer (finished, or still processing) arrives first.
+    :param max_response_bytes: the largest API answer read (base64 outputs make answers large; an
+        endless or hostile body must not exhaust the worker's memory).
     """
 
     api_key: str = field(repr=False)
@@ -324,6 +328,8 @@ class ClientSettings:
     timeout: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     allow_insecure_http: bool = False
+    sync_wait_seconds: float = 300.0
+    max_response_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key.strip():
@@ -342,6 +348,10 @@ class ClientSettings:
             )
         if not isinstance(self.timeout, (int, float)) or isinstance(self.timeout, bool) or self.timeout <= 0:
             raise VibeDreamConfigError(f"timeout must be a number of seconds > 0; got {self.timeout!r}")
+        if type(self.max_response_bytes) is not int or self.max_response_bytes <= 0:
+            raise VibeDreamConfigError(
+                f"max_response_bytes must be a whole number > 0; got {self.max_response_bytes!r}"
+            )
         object.__setattr__(self, "base_url", base_url)
 
     @property
@@ -422,6 +432,39 @@ def _error_for_status(response: httpx.Response, what: str) -> VibeDreamError:
     return VibeDreamError(message, **common)
 
 
+def _prediction_or_none(response: httpx.Response) -> Prediction | None:
+    try:
+        return Prediction.from_api(response.json())
+    except (json.JSONDecodeError, UnicodeDecodeError, VibeDreamProtocolError):
+        return None
+
+
+class _CappedBody:
+    """Collects a streamed answer and refuses to hold more than ``limit`` bytes."""
+
+    def __init__(self, limit: int, url: httpx.URL) -> None:
+        self.limit = limit
+        self.url = url
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise VibeDreamProtocolError(
+                f"VibeDream answer from {self.url.host} exceeds max_response_bytes ({self.limit}); "
+                "refusing to read it"
+            )
+        self.chunks.append(chunk)
+
+    def response(self, streamed: httpx.Response) -> httpx.Response:
+        # The chunks are already decoded (the cap counts decompressed bytes): drop the encoding.
+        headers = [(k, v) for k, v in streamed.headers.multi_items() if k.lower() != "content-encoding"]
+        return httpx.Response(
+            streamed.status_code, headers=headers, content=b"".join(self.chunks), request=streamed.request
+        )
+
+
 def _surely_not_sent(exc: httpx.TransportError) -> bool:
     """True when the request never left this machine, so a submit can be retried without a
     second job: connect errors and connect/pool timeouts happen before a byte is sent."""
@@ -455,6 +498,12 @@ class _ApiCall:
         )
 
     def on_response(self, response: httpx.Response) -> Prediction:
+        if self.submits and response.status_code == 504:
+            # A gateway gave up waiting on a sync-mode submit. If it still relayed the prediction's
+            # id, the job exists: hand it back (processing) so the caller polls that same id.
+            relayed = _prediction_or_none(response)
+            if relayed is not None:
+                return relayed
         if response.is_success:
             try:
                 return Prediction.from_api(response.json())
@@ -496,11 +545,19 @@ class _Api:
 
     def submit(self, model_id: str, payload: Mapping[str, Any]) -> _ApiCall:
         validate_model_id(model_id)
+        extensions = {}
+        if payload.get("enable_sync_mode") is True:
+            # The server holds a sync-mode request open while it works: read longer than it waits,
+            # so its own answer (done, or still processing with an id) comes back, never a timeout
+            # that would leave the submission state unknown.
+            read = max(self.settings.timeout, self.settings.sync_wait_seconds + 30.0)
+            extensions["timeout"] = httpx.Timeout(self.settings.timeout, read=read).as_dict()
         request = httpx.Request(
             "POST",
             self._url(GENERATE_PATH.format(model_id=quote(model_id, safe=""))),
             headers=self._headers,
             json=dict(payload),
+            extensions=extensions,
         )
         return _ApiCall(f"submit to model {model_id!r}", request, submits=True)
 
@@ -542,16 +599,22 @@ class VibeDreamClient:
     def __init__(self, settings: ClientSettings, *, http: httpx.Client | None = None) -> None:
         self.settings = settings
         self._api = _Api(settings)
-        self._http = http or httpx.Client(timeout=settings.timeout, follow_redirects=False)
+        self._http = http or httpx.Client(timeout=settings.timeout, follow_redirects=True)
 
     def _call(self, call: _ApiCall) -> Prediction:
         for attempt in tenacity.Retrying(**self.settings.retry.tenacity_kwargs(call.description)):
             with attempt:
+                body = _CappedBody(self.settings.max_response_bytes, call.request.url)
                 try:
-                    response = self._http.send(call.request)
+                    streamed = self._http.send(call.request, stream=True)
+                    try:
+                        for chunk in streamed.iter_bytes():
+                            body.feed(chunk)
+                    finally:
+                        streamed.close()
                 except httpx.TransportError as exc:
                     raise call.on_transport_error(exc) from exc
-                return call.on_response(response)
+                return call.on_response(body.response(streamed))
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
     def submit(self, model_id: str, payload: Mapping[str, Any]) -> Prediction:
@@ -606,16 +669,22 @@ class AsyncVibeDreamClient:
     def __init__(self, settings: ClientSettings, *, http: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
         self._api = _Api(settings)
-        self._http = http or httpx.AsyncClient(timeout=settings.timeout, follow_redirects=False)
+        self._http = http or httpx.AsyncClient(timeout=settings.timeout, follow_redirects=True)
 
     async def _call(self, call: _ApiCall) -> Prediction:
         async for attempt in tenacity.AsyncRetrying(**self.settings.retry.tenacity_kwargs(call.description)):
             with attempt:
+                body = _CappedBody(self.settings.max_response_bytes, call.request.url)
                 try:
-                    response = await self._http.send(call.request)
+                    streamed = await self._http.send(call.request, stream=True)
+                    try:
+                        async for chunk in streamed.aiter_bytes():
+                            body.feed(chunk)
+                    finally:
+                        await streamed.aclose()
                 except httpx.TransportError as exc:
                     raise call.on_transport_error(exc) from exc
-                return call.on_response(response)
+                return call.on_response(body.response(streamed))
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
     async def submit(self, model_id: str, payload: Mapping[str, Any]) -> Prediction:

@@ -91,6 +91,10 @@ def settings_from_connection(
         timeout=_extra_number(extra, "timeout", ClientSettings.timeout),
         retry=retry,
         allow_insecure_http=_extra_bool(extra, "allow_insecure_http"),
+        sync_wait_seconds=_extra_number(extra, "sync_wait_seconds", ClientSettings.sync_wait_seconds),
+        max_response_bytes=_extra_number(
+            extra, "max_response_bytes", ClientSettings.max_response_bytes, whole=True
+        ),
     )
 
 
@@ -169,7 +173,7 @@ class VibeDreamHook(BaseHook):
         """A new async client; use it as ``async with`` and reuse it for every poll."""
         settings = await self.aget_settings()
         http = httpx.AsyncClient(
-            transport=_async_transport(), timeout=settings.timeout, follow_redirects=False
+            transport=_async_transport(), timeout=settings.timeout, follow_redirects=True
         )
         return AsyncVibeDreamClient(settings, http=http)
 

@@ -18,8 +18,10 @@ from airflow_vibedream.client import (
     Prediction,
     UpscaleRequest,
     VibeDreamAuthError,
+    VibeDreamClient,
     VibeDreamConfigError,
     VibeDreamError,
+    VibeDreamNotFoundError,
     VibeDreamPredictionFailedError,
     VibeDreamSubmissionStateUnknownError,
     VibeDreamTimeoutError,
@@ -29,6 +31,7 @@ from airflow_vibedream.client import (
 )
 from airflow_vibedream.constants import UPSCALER_MODEL_ID
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
+from airflow_vibedream.operators.resume import StoredSubmission, load_submission, save_submission
 from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, persist_outputs
 from airflow_vibedream.triggers.vibedream import (
     EVENT_FAILED,
@@ -92,6 +95,9 @@ class VibeDreamGenerateOperator(BaseOperator):
         deadline from the submit, for the worker and the trigger alike.
     :param deferrable: wait in the triggerer (no worker slot held). Default: ``[operators]
         default_deferrable``.
+    :param durable: remember the submitted prediction in ``task_state_store`` (Airflow 3.3+) so that
+        a retry reconnects to it (waits if it still runs, finishes if it completed, submits anew only
+        if it failed) instead of paying for a second job.
     """
 
     template_fields: Sequence[str] = ("model_id", "input", "output_path", "vibedream_conn_id")
@@ -109,9 +115,11 @@ class VibeDreamGenerateOperator(BaseOperator):
         poll_interval: float = 2.0,
         timeout: float | timedelta = timedelta(minutes=30),
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        durable: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.durable = durable
         self.model_id = model_id
         self.input = input
         self.output_path = output_path
@@ -147,37 +155,80 @@ class VibeDreamGenerateOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         try:
             model_id, payload = self.build_request()
-            submitted = self.hook.get_client().submit(model_id, payload)
+            client = self.hook.get_client()
+            prediction = self._reconnect(context, client, model_id) or self._submit(
+                context, client, model_id, payload
+            )
         except _PERMANENT_ERRORS as exc:
             raise AirflowFailException(str(exc)) from exc
-        context["ti"].xcom_push(key=XCOM_PREDICTION_ID, value=submitted.id)
-        context["ti"].xcom_push(key=XCOM_COST_CENTS, value=submitted.cost_cents)
+        # XCom is cleared at each try; push again so downstream tasks and execute_complete see it.
+        context["ti"].xcom_push(key=XCOM_PREDICTION_ID, value=prediction.id)
+        context["ti"].xcom_push(key=XCOM_COST_CENTS, value=prediction.cost_cents)
+        if prediction.is_terminal:  # sync mode's answer, or a prediction that completed meanwhile
+            return self._finish(context, prediction)
+        # One wall-clock deadline for this try, shared by the trigger and the worker loop.
+        deadline = time.time() + self.timeout
+        if self.deferrable:
+            self.defer(
+                trigger=VibeDreamPredictionTrigger(
+                    prediction_id=prediction.id,
+                    vibedream_conn_id=self.vibedream_conn_id,
+                    poll_interval=self.poll_interval,
+                    end_time=deadline,
+                ),
+                method_name="execute_complete",
+                # A backstop after the trigger's own timeout event: if no triggerer runs the trigger
+                # at all, Airflow fails the try and the retry reconnects to the stored prediction.
+                timeout=timedelta(seconds=self.timeout + 60),
+            )
+        waited = client.wait_for_prediction(
+            prediction.id,
+            poll_interval=self.poll_interval,
+            deadline=deadline,
+            on_status_change=self._log_status_change,
+        )
+        return self._finish(context, waited.with_cost(prediction.cost_cents))
+
+    def _submit(
+        self, context: Context, client: VibeDreamClient, model_id: str, payload: dict[str, Any]
+    ) -> Prediction:
+        submitted = client.submit(model_id, payload)
         self.log.info(
             "Submitted VibeDream prediction %s to model %s (cost %s cents)",
             submitted.id,
             model_id,
             submitted.cost_cents,
         )
-        if submitted.is_terminal:  # sync mode answers with the finished prediction
-            return self._finish(context, submitted)
-        deadline = time.time() + self.timeout
-        if self.deferrable:
-            self.defer(
-                trigger=VibeDreamPredictionTrigger(
-                    prediction_id=submitted.id,
-                    vibedream_conn_id=self.vibedream_conn_id,
-                    poll_interval=self.poll_interval,
-                    end_time=deadline,
-                ),
-                method_name="execute_complete",
+        if self.durable:
+            # Before any waiting: from here on, a crash of this try must not cost a second job.
+            save_submission(context, StoredSubmission(submitted.id, submitted.cost_cents, model_id), self.log)
+        return submitted
+
+    def _reconnect(self, context: Context, client: VibeDreamClient, model_id: str) -> Prediction | None:
+        """The stored prediction of an earlier try, if it can still serve this one."""
+        if not self.durable:
+            return None
+        stored = load_submission(context, self.log)
+        if stored is None or stored.model_id != model_id:
+            return None
+        try:
+            prediction = client.get_prediction(stored.prediction_id).with_cost(stored.cost_cents)
+        except VibeDreamNotFoundError:
+            self.log.warning(
+                "Stored VibeDream prediction %s no longer exists; submitting anew", stored.prediction_id
             )
-        prediction = self.hook.get_client().wait_for_prediction(
-            submitted.id,
-            poll_interval=self.poll_interval,
-            deadline=deadline,
-            on_status_change=self._log_status_change,
+            return None
+        if prediction.failed:
+            self.log.warning(
+                "Stored VibeDream prediction %s failed (%s); submitting anew", prediction.id, prediction.error
+            )
+            return None
+        self.log.info(
+            "Reconnected to VibeDream prediction %s from an earlier try (status %s): not submitting again",
+            prediction.id,
+            prediction.status,
         )
-        return self._finish(context, prediction.with_cost(submitted.cost_cents))
+        return prediction
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger fired. Only a ``success`` event succeeds."""
