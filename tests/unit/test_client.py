@@ -19,6 +19,7 @@ from airflow_vibedream.client import (
     VibeDreamClient,
     VibeDreamConfigError,
     VibeDreamNotFoundError,
+    VibeDreamProtocolError,
     VibeDreamRateLimitedError,
     VibeDreamServerError,
     VibeDreamSubmissionStateUnknownError,
@@ -333,3 +334,55 @@ async def test_async_submit_is_not_resubmitted_after_ambiguous_failure() -> None
 def test_model_id_cannot_change_the_route(client: VibeDreamClient) -> None:
     with pytest.raises(VibeDreamValidationError, match="model_id"):
         client.submit("../admin", {})
+
+
+# -- sync mode, redirects, answer size --------------------------------------------------------------
+
+
+def test_sync_mode_reads_longer_than_the_server_waits(client: VibeDreamClient) -> None:
+    with respx.mock:
+        route = respx.post(SUBMIT_URL).respond(200, json={**COMPLETED, "costCents": 2})
+        client.upscale(UpscaleRequest("https://example.com/a.jpg", "2k", "png", enable_sync_mode=True))
+    timeout = route.calls.last.request.extensions["timeout"]
+    assert timeout["read"] == client.settings.sync_wait_seconds + 30
+
+
+def test_sync_mode_504_with_the_id_falls_back_to_polling(client: VibeDreamClient) -> None:
+    with respx.mock:
+        respx.post(SUBMIT_URL).respond(504, json=SUBMITTED)
+        respx.get(POLL_URL).respond(200, json=COMPLETED)
+        submitted = client.upscale(
+            UpscaleRequest("https://example.com/a.jpg", "2k", "png", enable_sync_mode=True)
+        )
+        assert submitted.id == PRED_ID and submitted.status == "processing"
+        assert client.wait_for_prediction(submitted.id, poll_interval=0.01).succeeded
+
+
+def test_504_without_an_id_leaves_the_state_unknown(client: VibeDreamClient) -> None:
+    with respx.mock:
+        route = respx.post(SUBMIT_URL).respond(504, text="gateway timeout")
+        with pytest.raises(VibeDreamSubmissionStateUnknownError):
+            client.upscale(REQUEST)
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize("client_kind", ["sync", "async"])
+async def test_redirect_to_another_host_drops_the_key(client_kind: str) -> None:
+    elsewhere = f"https://elsewhere.test/api/v1/predictions/{PRED_ID}"
+    with respx.mock:
+        respx.get(POLL_URL).respond(307, headers={"Location": elsewhere})
+        other = respx.get(elsewhere).respond(200, json=COMPLETED)
+        if client_kind == "sync":
+            assert VibeDreamClient(settings()).get_prediction(PRED_ID).succeeded
+        else:
+            async with AsyncVibeDreamClient(settings()) as async_client:
+                assert (await async_client.get_prediction(PRED_ID)).succeeded
+    assert "authorization" not in other.calls.last.request.headers
+
+
+def test_oversized_answer_is_refused(client: VibeDreamClient) -> None:
+    small = VibeDreamClient(ClientSettings(api_key=KEY, base_url=BASE, max_response_bytes=1000))
+    with respx.mock:
+        respx.get(POLL_URL).respond(200, json={**COMPLETED, "outputs": ["x" * 5000]})
+        with pytest.raises(VibeDreamProtocolError, match="max_response_bytes"):
+            small.get_prediction(PRED_ID)
