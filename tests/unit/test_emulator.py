@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -139,3 +141,26 @@ def test_counters_and_outputs_without_auth(emulator: EmulatorServer) -> None:
     stats = emulator_stats(emulator.base_url)
     assert stats["submissions"] == 1 and stats["accepted_submissions"] == 1
     assert stats["outputs_requests_with_authorization"] == 1
+
+
+def test_cli_fault_flags_and_the_control_route(tmp_path: Path) -> None:
+    from airflow_vibedream.emulator.process import EmulatorProcess
+
+    rule = '{"route": "poll", "kind": "status", "status": 503, "retry_after": 2, "times": 1}'
+    with EmulatorProcess(
+        "--api-key", TEST_KEY, "--fault", rule, log_path=tmp_path / "emulator.log"
+    ) as process:
+        url = f"{process.base_url}/api/v1/predictions/any"
+        first = httpx.get(url, headers=AUTH)
+        assert first.status_code == 503
+        assert first.headers["retry-after"] == "2" and first.json()["retry_after"] == 2
+        assert httpx.get(url, headers=AUTH).status_code == 404  # the rule fired its one time
+        bad = httpx.post(f"{process.base_url}/_emulator/faults", json={"rules": [{"kind": "explode"}]})
+        assert bad.status_code == 400 and "kind must be one of" in bad.json()["error"]
+        rules = [{"route": "poll", "kind": "drop"}]
+        assert httpx.post(f"{process.base_url}/_emulator/faults", json={"rules": rules}).status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.get(url, headers=AUTH)
+    assert process.pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(process.pid, 0)  # stopped, by its pid
