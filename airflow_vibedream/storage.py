@@ -20,7 +20,7 @@ from typing import IO, Any
 import httpx
 from PIL import ImageFile
 
-from airflow_vibedream.client import VibeDreamError
+from airflow_vibedream.client import VibeDreamError, VibeDreamValidationError, validate_http_url
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -34,6 +34,46 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
 class OutputStorageError(VibeDreamError):
     """An output could not be downloaded, decoded or written."""
+
+
+#: SigV4 presigned URLs live at most seven days.
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+
+
+def validate_image_source(field_name: str, value: Any) -> str:
+    """An input image is an http(s) URL, or ``s3://bucket/key`` (presigned before submitting)."""
+    if isinstance(value, str) and value.startswith("s3://"):
+        bucket, _, key = value[len("s3://") :].partition("/")
+        if not bucket or not key or key.endswith("/"):
+            raise VibeDreamValidationError(
+                f"{field_name} must be s3://bucket/key of one object; got {value!r}", field=field_name
+            )
+        return value
+    try:
+        return validate_http_url(field_name, value)
+    except VibeDreamValidationError:
+        raise VibeDreamValidationError(
+            f"{field_name} must be an http(s) URL or s3://bucket/key of an image; got {value!r}",
+            field=field_name,
+        ) from None
+
+
+def resolve_image(image: str, *, aws_conn_id: str | None, expires_in: float) -> str:
+    """The URL VibeDream downloads the image from: an ``s3://`` object becomes a presigned GET URL
+    (made with the amazon provider's S3Hook), valid for ``expires_in`` seconds (capped at 7 days)."""
+    if not image.startswith("s3://"):
+        return image
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    bucket, key = S3Hook.parse_s3_url(image)
+    url = S3Hook(aws_conn_id=aws_conn_id).generate_presigned_url(
+        "get_object",
+        params={"Bucket": bucket, "Key": key},
+        expires_in=int(min(MAX_PRESIGN_SECONDS, max(60, expires_in))),
+    )
+    if not url:
+        raise OutputStorageError(f"Could not presign {image} with connection {aws_conn_id!r}")
+    return url
 
 
 @dataclass(frozen=True)
@@ -65,13 +105,21 @@ def safe_segment(value: object) -> str:
     return _UNSAFE.sub("_", str(value)).strip("._") or "_"
 
 
-def as_storage_path(output_path: str) -> Any:
-    """``output_path`` as an ObjectStoragePath; a plain path means the local file system."""
+def storage_uri(output_path: str) -> str:
+    """``output_path`` as a URI: a plain path means the local file system."""
+    if "://" not in output_path:
+        return "file://" + str(Path(output_path).expanduser().resolve())
+    return output_path
+
+
+def as_storage_path(output_path: str, conn_id: str | None = None) -> Any:
+    """``output_path`` as an ObjectStoragePath, through ``conn_id`` for remote stores."""
     from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-    if "://" not in output_path:
-        output_path = "file://" + str(Path(output_path).expanduser().resolve())
-    return ObjectStoragePath(output_path)
+    uri = storage_uri(output_path)
+    if uri.startswith("file://") or conn_id is None:
+        return ObjectStoragePath(uri)
+    return ObjectStoragePath(uri, conn_id=conn_id)
 
 
 def is_data_output(output: str) -> bool:
@@ -148,8 +196,11 @@ def _copy(chunks: Iterable[bytes], handle: IO[bytes], inspector: _Inspector) -> 
         handle.write(chunk)
 
 
-def store_output(output: str, target: Any, *, http: httpx.Client) -> StoredOutput:
-    """Stream one output (URL or base64) to ``target`` atomically and describe what was stored."""
+def store_output(output: str, target: Any, *, http: httpx.Client, uri: str | None = None) -> StoredOutput:
+    """Stream one output (URL or base64) to ``target`` atomically and describe what was stored.
+
+    ``uri`` is how the result names the target (ObjectStoragePath's own string carries the
+    connection id, which is no part of the object's address)."""
     inspector = _Inspector()
     try:
         if is_data_output(output):
@@ -163,7 +214,7 @@ def store_output(output: str, target: Any, *, http: httpx.Client) -> StoredOutpu
     except httpx.HTTPError as exc:
         raise OutputStorageError(f"Downloading {output} failed: {type(exc).__name__} {exc}") from exc
     return StoredOutput(
-        uri=str(target),
+        uri=uri or str(target),
         bytes=inspector.size,
         sha256=inspector.sha256.hexdigest(),
         width=inspector.width,
@@ -189,6 +240,7 @@ def persist_outputs(
     output_format: str | None = None,
     name_template: str = DEFAULT_OUTPUT_NAME,
     timeout: float = 300.0,
+    conn_id: str | None = None,
 ) -> list[StoredOutput]:
     """Store every output of one prediction under ``output_path``.
 
@@ -198,8 +250,10 @@ def persist_outputs(
     :param output_format: the requested format, for the file extension.
     :param name_template: relative name of each output, a ``str.format`` template.
     :param timeout: seconds allowed per download read.
+    :param conn_id: the Airflow connection of a remote store (e.g. ``aws_default`` for ``s3://``).
     """
-    base = as_storage_path(output_path)
+    base = as_storage_path(output_path, conn_id)
+    base_uri = storage_uri(output_path).rstrip("/")
     map_index = names.get("map_index", -1)
     fields = {key: safe_segment(value) for key, value in names.items()}
     fields["map_suffix"] = f"/map_{map_index}" if isinstance(map_index, int) and map_index >= 0 else ""
@@ -209,5 +263,5 @@ def persist_outputs(
             relative = name_template.format(
                 **fields, index=index, ext=output_extension(output, output_format)
             )
-            stored.append(store_output(output, base / relative, http=http))
+            stored.append(store_output(output, base / relative, http=http, uri=f"{base_uri}/{relative}"))
     return stored

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # Airflow reads its configuration on first import: point it at a private home before that happens.
 _HOME = Path(tempfile.mkdtemp(prefix="vibedream-tests-airflow-"))
@@ -71,3 +72,67 @@ def vibedream_conn(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) ->
 
 def emulator_stats(base_url: str) -> dict[str, int]:
     return httpx.get(f"{base_url}/_emulator/stats").json()["counters"]
+
+
+class MotoS3:
+    """moto's S3 in server mode on a free loopback port: a real HTTP S3 endpoint."""
+
+    bucket = "vibedream-test"
+
+    def __init__(self) -> None:
+        import socket
+
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+
+    def connection_json(self) -> str:
+        return json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+            }
+        )
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+
+    def start(self) -> MotoS3:
+        self._server.start()
+        self.client().create_bucket(Bucket=self.bucket)
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def keys(self, prefix: str = "") -> list[str]:
+        listing = self.client().list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+        return [item["Key"] for item in listing.get("Contents", [])]
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    """One moto S3 server for the session (fsspec caches a file system per connection, so its
+    endpoint must not change within a process), with one bucket and ``aws_default`` pointing at it.
+    Tests keep apart by key prefix."""
+    server = MotoS3().start()
+    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = server.connection_json()
+    try:
+        yield server
+    finally:
+        os.environ.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
+        server.stop()

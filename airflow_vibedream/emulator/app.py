@@ -173,22 +173,27 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
         # Output links are public download URLs, like the real assets host: no auth.
         fault = state.faults.pick("output", kinds=("status", "drop", "slow"))
         await apply_delay(fault)
+        path = state.output_file(prediction_id, name)
+        media_type = MEDIA_TYPES.get(path.suffix.lstrip("."), "application/octet-stream") if path else ""
+        if fault is not None and fault.kind == "drop" and path is not None:
+            # An interrupted download: real bytes of the file, then the connection closes.
+            with path.open("rb") as handle:
+                prefix = handle.read(fault.after_bytes)
+            return DroppedResponse(prefix, total=path.stat().st_size, media_type=media_type)
         if fault is not None and is_answer_fault(fault):
             return fault_response(fault)
-        path = state.output_file(prediction_id, name)
         if path is None:
             return error(404, "Not found")
-        return FileResponse(
-            path, media_type=MEDIA_TYPES.get(path.suffix.lstrip("."), "application/octet-stream")
-        )
+        return FileResponse(path, media_type=media_type)
 
     @app.get("/samples/{width}x{height}.{extension}")
-    async def get_sample(width: int, height: int, extension: str) -> Response:
-        """Emulator only: a generated test card to use as an input image with no network."""
+    async def get_sample(width: int, height: int, extension: str, noise: bool = False) -> Response:
+        """Emulator only: a generated test card to use as an input image with no network
+        (``?noise=true`` adds grain, for large, barely compressible outputs)."""
         formats = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "gif": "GIF"}
         if extension not in formats or not (1 <= width <= 8192 and 1 <= height <= 8192):
             return error(404, "Samples are /samples/<width>x<height>.<png|jpg|webp|gif>, up to 8192 px")
-        data = await asyncio.to_thread(sample_image, width, height, formats[extension])
+        data = await asyncio.to_thread(sample_image, width, height, formats[extension], noise=noise)
         return Response(data, media_type=f"image/{formats[extension].lower()}")
 
     @app.get(f"{CONTROL_PREFIX}/health")

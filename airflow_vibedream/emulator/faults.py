@@ -37,6 +37,8 @@ class FaultRule:
     :param after_create: on ``submit``, create the job first and fail afterwards: the client cannot
         know whether the job exists (the double-billing trap).
     :param delay: seconds of a ``slow`` fault.
+    :param after_bytes: for a ``drop`` on ``output``: send this many real bytes of the file first
+        (an interrupted download, not an empty one).
     :param error: the error text of ``fail_prediction``.
     :param every: fire on every Nth matching request (1 = all), for deterministic fault rates.
     :param times: fire at most this many times (None = no limit).
@@ -48,6 +50,7 @@ class FaultRule:
     retry_after: float | None = None
     after_create: bool = False
     delay: float = 0.0
+    after_bytes: int = 0
     error: str = CONTENT_MODERATION_ERROR
     every: int = 1
     times: int | None = None
@@ -102,21 +105,29 @@ def parse_cli_rules(values: list[str]) -> list[FaultRule]:
 
 
 class DroppedResponse(Response):
-    """Promise a body, send the headers, then close the connection: the client sees a dropped
-    connection after its request was received (a read error, not a connect error)."""
+    """Promise a body, send the headers and part of it, then close the connection: the client sees
+    a dropped connection after its request was received (a read error, not a connect error).
 
-    def __init__(self) -> None:
+    :param prefix: the bytes sent before the drop.
+    :param total: the Content-Length promised.
+    :param media_type: the Content-Type sent.
+    """
+
+    def __init__(
+        self, prefix: bytes = b'{"id": ', total: int = 4096, media_type: str = "application/json"
+    ) -> None:
         super().__init__(status_code=200)
+        self.prefix = prefix
+        self.total = max(total, len(prefix) + 1)
+        self.content_type = media_type
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
-            }
-        )
-        await send({"type": "http.response.body", "body": b'{"id": ', "more_body": True})
+        headers = [
+            (b"content-type", self.content_type.encode()),
+            (b"content-length", str(self.total).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.prefix, "more_body": True})
         raise EmulatedConnectionDrop
 
 

@@ -67,8 +67,9 @@ def upscale_to_file(
     return resized.size
 
 
-def sample_image(width: int, height: int, image_format: str) -> bytes:
-    """A deterministic test card (gradient, grid, circle) to use as an input image offline."""
+def sample_image(width: int, height: int, image_format: str, *, noise: bool = False) -> bytes:
+    """A test card (gradient, grid, circle) to use as an input image offline. ``noise`` adds grain,
+    which no encoder compresses well: upscaled to 8K as PNG it makes outputs of tens of megabytes."""
     # Gradients built by Pillow, not per-pixel Python, so large samples (benchmarks) stay cheap.
     down = Image.linear_gradient("L").resize((width, height))
     across = Image.linear_gradient("L").rotate(90).resize((width, height))
@@ -86,6 +87,9 @@ def sample_image(width: int, height: int, image_format: str) -> bytes:
         outline=(0, 0, 0),
         width=max(1, math.ceil(radius / 20)),
     )
+    if noise:
+        grain = Image.merge("RGB", [Image.effect_noise((width, height), sigma) for sigma in (60, 70, 80)])
+        image = Image.blend(image, grain, 0.5)
     buffer = io.BytesIO()
     image.save(buffer, format=image_format)
     return buffer.getvalue()

@@ -45,22 +45,19 @@ class StoredSubmission:
         )
 
 
-def _store(context: Context, log: logging.Logger | Any) -> Any:
+def load_submission(context: Context, log: logging.Logger | Any) -> StoredSubmission | None:
+    """The prediction an earlier try stored, if any (called once per try, so it warns once)."""
     store = context.get("task_state_store")  # type: ignore[attr-defined]
     if store is None:
         log.warning(
             "task_state_store is not available (Airflow < 3.3): a retry of this task cannot reconnect to "
             "its prediction and will submit a new one"
         )
-    return store
+        return None
+    return StoredSubmission.from_json(store.get(STATE_KEY))
 
 
-def load_submission(context: Context, log: logging.Logger | Any) -> StoredSubmission | None:
-    store = _store(context, log)
-    return StoredSubmission.from_json(store.get(STATE_KEY)) if store is not None else None
-
-
-def save_submission(context: Context, submission: StoredSubmission, log: logging.Logger | Any) -> None:
-    store = _store(context, log)
+def save_submission(context: Context, submission: StoredSubmission) -> None:
+    store = context.get("task_state_store")  # type: ignore[attr-defined]
     if store is not None:
         store.set(STATE_KEY, submission.to_json())

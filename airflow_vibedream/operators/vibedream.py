@@ -27,12 +27,19 @@ from airflow_vibedream.client import (
     VibeDreamTimeoutError,
     VibeDreamValidationError,
     validate_bool,
+    validate_choice,
     validate_model_id,
 )
-from airflow_vibedream.constants import UPSCALER_MODEL_ID
+from airflow_vibedream.constants import OUTPUT_FORMATS, TARGET_RESOLUTIONS, UPSCALER_MODEL_ID
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
+from airflow_vibedream.operators.lineage import input_image_of, lineage_for, output_asset
 from airflow_vibedream.operators.resume import StoredSubmission, load_submission, save_submission
-from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, persist_outputs
+from airflow_vibedream.storage import (
+    DEFAULT_OUTPUT_NAME,
+    persist_outputs,
+    resolve_image,
+    validate_image_source,
+)
 from airflow_vibedream.triggers.vibedream import (
     EVENT_FAILED,
     EVENT_SUCCESS,
@@ -98,6 +105,8 @@ class VibeDreamGenerateOperator(BaseOperator):
     :param durable: remember the submitted prediction in ``task_state_store`` (Airflow 3.3+) so that
         a retry reconnects to it (waits if it still runs, finishes if it completed, submits anew only
         if it failed) instead of paying for a second job.
+    :param aws_conn_id: the AWS connection for ``s3://`` inputs (presigned) and ``s3://`` outputs.
+    :param output_conn_id: the connection of ``output_path``'s store, if not ``aws_conn_id``.
     """
 
     template_fields: Sequence[str] = ("model_id", "input", "output_path", "vibedream_conn_id")
@@ -116,10 +125,18 @@ class VibeDreamGenerateOperator(BaseOperator):
         timeout: float | timedelta = timedelta(minutes=30),
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         durable: bool = True,
+        aws_conn_id: str | None = "aws_default",
+        output_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.durable = durable
+        self.aws_conn_id = aws_conn_id
+        self.output_conn_id = output_conn_id
+        self._lineage: tuple[str | None, list[str]] = (None, [])
+        if output_path and not _is_templated(output_path):
+            # A fixed destination is a data product: declare it, so asset-aware DAGs can follow it.
+            self.outlets = [*self.outlets, output_asset(output_path)]
         self.model_id = model_id
         self.input = input
         self.output_path = output_path
@@ -201,7 +218,7 @@ class VibeDreamGenerateOperator(BaseOperator):
         )
         if self.durable:
             # Before any waiting: from here on, a crash of this try must not cost a second job.
-            save_submission(context, StoredSubmission(submitted.id, submitted.cost_cents, model_id), self.log)
+            save_submission(context, StoredSubmission(submitted.id, submitted.cost_cents, model_id))
         return submitted
 
     def _reconnect(self, context: Context, client: VibeDreamClient, model_id: str) -> Prediction | None:
@@ -282,6 +299,7 @@ class VibeDreamGenerateOperator(BaseOperator):
                 },
                 output_format=self.requested_output_format(),
                 name_template=self.output_name_template,
+                conn_id=self.output_conn_id or self.aws_conn_id,
             )
             for item in stored:
                 self.log.info(
@@ -294,7 +312,16 @@ class VibeDreamGenerateOperator(BaseOperator):
                 )
             result["outputs"] = [item.uri for item in stored]
             result["files"] = [item.to_dict() for item in stored]
+        self._lineage = (self.lineage_input(), list(result["outputs"] or []))
         return result
+
+    def lineage_input(self) -> str | None:
+        """The input image as the user named it (never a presigned URL), for lineage."""
+        return input_image_of(self.input)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the input image and the stored outputs (or download URLs) as datasets."""
+        return lineage_for(*self._lineage)
 
     def _log_status_change(self, prediction: Prediction, elapsed: float) -> None:
         self.log.info("VibeDream prediction %s is %s after %.1fs", prediction.id, prediction.status, elapsed)
@@ -306,7 +333,8 @@ class VibeDreamUpscaleImageOperator(VibeDreamGenerateOperator):
     Every input is checked before any request: at DAG parse time when it is a plain value, right
     after rendering when it is templated. The result is that of :class:`VibeDreamGenerateOperator`.
 
-    :param image: http(s) URL of the image (JPEG, PNG, GIF or WebP). Templated.
+    :param image: http(s) URL of the image (JPEG, PNG, GIF or WebP), or ``s3://bucket/key``, which
+        is presigned with ``aws_conn_id`` for long enough to cover the job and its retries. Templated.
     :param target_resolution: ``2k``, ``4k`` or ``8k`` (long edge 2048, 3840 or 7680 px). Templated.
     :param output_format: ``jpeg``, ``png`` or ``webp``. Templated.
     :param enable_base64_output: have the API return base64 text instead of a URL; needs
@@ -349,20 +377,43 @@ class VibeDreamUpscaleImageOperator(VibeDreamGenerateOperator):
                 "never passed through XCom",
                 field="output_path",
             )
-        if not any(_is_templated(v) for v in (image, target_resolution, output_format)):
-            self._upscale_request()  # fail at parse time, before any task runs
+        self._validate_inputs(only_plain_values=True)  # fail at parse time, before any task runs
 
-    def _upscale_request(self) -> UpscaleRequest:
-        return UpscaleRequest(
-            image=self.image,
+    def _validate_inputs(self, *, only_plain_values: bool = False) -> None:
+        checks = (
+            ("image", self.image, lambda v: validate_image_source("image", v)),
+            (
+                "target_resolution",
+                self.target_resolution,
+                lambda v: validate_choice("target_resolution", v, TARGET_RESOLUTIONS),
+            ),
+            (
+                "output_format",
+                self.output_format,
+                lambda v: validate_choice("output_format", v, OUTPUT_FORMATS),
+            ),
+        )
+        for _, value, check in checks:
+            if not (only_plain_values and _is_templated(value)):
+                check(value)
+
+    def _presign_seconds(self) -> float:
+        # Long enough for this try, every retry, and the queueing in between.
+        return self.timeout * (int(self.retries or 0) + 1) + 3600
+
+    def build_request(self) -> tuple[str, dict[str, Any]]:
+        self._validate_inputs()
+        request = UpscaleRequest(
+            image=resolve_image(self.image, aws_conn_id=self.aws_conn_id, expires_in=self._presign_seconds()),
             target_resolution=self.target_resolution,
             output_format=self.output_format,
             enable_base64_output=self.enable_base64_output,
             enable_sync_mode=self.enable_sync_mode,
         )
+        return UPSCALER_MODEL_ID, request.to_payload()
 
-    def build_request(self) -> tuple[str, dict[str, Any]]:
-        return UPSCALER_MODEL_ID, self._upscale_request().to_payload()
+    def lineage_input(self) -> str | None:
+        return self.image
 
     def requested_output_format(self) -> str | None:
         return self.output_format
