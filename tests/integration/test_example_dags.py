@@ -4,6 +4,8 @@ reaches the API; the key never reaches the metadata database."""
 from __future__ import annotations
 
 import importlib.util
+import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ from airflow.providers.common.compat.sdk import DAG
 from PIL import Image
 
 from airflow_vibedream.emulator import EmulatorServer
-from tests.conftest import TEST_KEY, connection_json, emulator_stats
+from airflow_vibedream.emulator.imaging import sample_image
+from tests.conftest import TEST_KEY, MotoS3, connection_json, emulator_stats
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_dags"
 
@@ -27,35 +30,65 @@ def load_dag(path: Path) -> DAG:
     return dags[0]
 
 
-def run_conf_for(dag_id: str, emulator: EmulatorServer, output_dir: Path) -> dict[str, Any]:
-    """What each example needs to run offline. A new example must be added here to be tested."""
-    confs = {
-        "example_vibedream_upscale": {
+def local_images(output_dir: Path) -> list[tuple[int, int]]:
+    sizes = []
+    for path in output_dir.rglob("*"):
+        if path.is_file():
+            with Image.open(path) as image:
+                sizes.append(image.size)
+    return sizes
+
+
+def s3_images(s3: MotoS3, prefix: str) -> list[tuple[int, int]]:
+    client = s3.client()
+    return [
+        Image.open(io.BytesIO(client.get_object(Bucket=s3.bucket, Key=key)["Body"].read())).size
+        for key in s3.keys(prefix)
+    ]
+
+
+def example_case(
+    dag_id: str, emulator: EmulatorServer, s3: MotoS3, output_dir: Path
+) -> tuple[dict[str, Any], Callable[[], list[tuple[int, int]]], int]:
+    """Each example's offline run_conf, where its images land, and their long edge.
+    A new example must be added here to be tested."""
+    if dag_id == "example_vibedream_upscale":
+        conf = {
             "image": f"{emulator.base_url}/samples/320x240.png",
             "target_resolution": "2k",
             "output_format": "jpeg",
             "output_path": str(output_dir),
-        },
-    }
-    assert dag_id in confs, f"no offline run_conf for the example DAG {dag_id}: add one"
-    return confs[dag_id]
+        }
+        return conf, lambda: local_images(output_dir), 2048
+    if dag_id == "example_vibedream_s3":
+        s3.client().put_object(Bucket=s3.bucket, Key="raw/example.png", Body=sample_image(320, 240, "PNG"))
+        conf = {
+            "image": f"s3://{s3.bucket}/raw/example.png",
+            "output_path": f"s3://{s3.bucket}/example-out",
+            "target_resolution": "4k",
+        }
+        return conf, lambda: s3_images(s3, "example-out/"), 3840
+    raise AssertionError(f"no offline run_conf for the example DAG {dag_id}: add one")
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("example_*.py")))
 def test_example_dag_runs_against_the_emulator(
-    name: str, dags_folder: Path, airflow_db: Path, vibedream_conn: EmulatorServer, tmp_path: Path
+    name: str,
+    dags_folder: Path,
+    airflow_db: Path,
+    vibedream_conn: EmulatorServer,
+    moto_s3: MotoS3,
+    tmp_path: Path,
 ) -> None:
     dag = load_dag(dags_folder / name)
-    run = dag.test(run_conf=run_conf_for(dag.dag_id, vibedream_conn, tmp_path))
+    conf, images, long_edge = example_case(dag.dag_id, vibedream_conn, moto_s3, tmp_path)
+    run = dag.test(run_conf=conf)
     assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
     stats = emulator_stats(vibedream_conn.base_url)
-    assert stats["accepted_submissions"] >= 1
+    assert stats["accepted_submissions"] == 1
     assert stats.get("outputs_requests_with_authorization", 0) == 0
-    images = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert images
-    for image_path in images:
-        with Image.open(image_path) as image:
-            assert max(image.size) == 2048
+    sizes = images()
+    assert sizes and all(max(size) == long_edge for size in sizes)
     assert TEST_KEY.encode() not in airflow_db.read_bytes()
 
 

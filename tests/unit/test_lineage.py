@@ -1,0 +1,51 @@
+"""Lineage: a fixed output_path is an outlet Asset; OpenLineage datasets name the input and outputs."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+from airflow_vibedream.operators.lineage import dataset_name
+from airflow_vibedream.operators.vibedream import VibeDreamUpscaleImageOperator
+from airflow_vibedream.storage import StoredOutput
+from tests.unit.test_operators import COMPLETED, FakeTI
+
+
+def upscale(**kwargs: object) -> VibeDreamUpscaleImageOperator:
+    return VibeDreamUpscaleImageOperator(
+        task_id="upscale",
+        image="s3://raw/in/photo.png",
+        target_resolution="2k",
+        output_format="png",
+        **kwargs,
+    )
+
+
+def test_static_output_path_is_an_outlet_asset() -> None:
+    [asset] = upscale(output_path="s3://bucket/upscaled/").outlets
+    assert asset.uri == "s3://bucket/upscaled"
+
+
+def test_templated_output_path_declares_no_asset() -> None:
+    assert upscale(output_path="{{ params.out }}").outlets == []
+
+
+def test_openlineage_names_input_and_stored_outputs() -> None:
+    task = upscale(output_path="s3://bucket/upscaled")
+    stored = [StoredOutput("s3://bucket/upscaled/a.png", 10, "00", 2048, 1024, "PNG")]
+    with (
+        mock.patch("airflow_vibedream.hooks.vibedream.VibeDreamHook.get_conn") as get_conn,
+        mock.patch("airflow_vibedream.operators.vibedream.persist_outputs", return_value=stored),
+        mock.patch(
+            "airflow_vibedream.operators.vibedream.resolve_image", return_value="https://signed.example/x"
+        ),
+    ):
+        get_conn.return_value.submit.return_value = COMPLETED
+        task.execute({"ti": FakeTI()})
+    lineage = task.get_openlineage_facets_on_complete(None)
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [("s3://raw", "in/photo.png")]
+    assert [(d.namespace, d.name) for d in lineage.outputs] == [("s3://bucket", "upscaled/a.png")]
+
+
+def test_dataset_names() -> None:
+    assert dataset_name("file:///data/out/a.png") == ("file", "/data/out/a.png")
+    assert dataset_name("https://cdn.example.com/a/b.jpg") == ("https://cdn.example.com", "a/b.jpg")
