@@ -10,19 +10,25 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import re
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
-from PIL import ImageFile
+from PIL import Image
 
 from airflow_vibedream.client import VibeDreamError, VibeDreamValidationError, validate_http_url
 
 CHUNK_SIZE = 1024 * 1024
+#: Buffer (and multipart part) size for object-store writes. s3fs defaults to 50 MiB, which with its
+#: copies costs ~150 MiB per upload; 8 MiB keeps an upload near 25 MiB (S3 parts must be >= 5 MiB).
+UPLOAD_BLOCK_SIZE = 8 * 1024 * 1024
 
 #: Default name of a stored output, relative to ``output_path``. Deterministic: a retry of the same
 #: task for the same prediction overwrites rather than duplicates.
@@ -136,32 +142,56 @@ def _decoded_chunks(output: str) -> Iterator[bytes]:
 
 
 class _Inspector:
-    """Hashes, counts and identifies an output while it streams past, reading the header only."""
+    """Hashes, counts and identifies an output while it streams past.
+
+    Hashing runs in a helper thread (hashlib releases the GIL on large buffers), so it overlaps the
+    download and the write instead of adding to them; at most ``MAX_PENDING`` chunks wait for it.
+    Identification reads the header only: the first bytes are kept (at most ``HEADER_BYTES``) and
+    given to ``Image.open``, which parses headers lazily. (Pillow's incremental ``ImageFile.Parser``
+    would start decoding, and an 8K decode alone is ~100 MB of memory.)
+    """
+
+    HEADER_BYTES = 256 * 1024
+    MAX_PENDING = 8
 
     def __init__(self) -> None:
-        self.sha256 = hashlib.sha256()
         self.size = 0
-        self._parser: ImageFile.Parser | None = ImageFile.Parser()
-        self.width: int | None = None
-        self.height: int | None = None
-        self.format: str | None = None
+        self._sha256 = hashlib.sha256()
+        self._head = bytearray()
+        self._pending = threading.BoundedSemaphore(self.MAX_PENDING)
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vibedream-sha256")
+        self._last: Future[None] | None = None
+
+    def _hash(self, chunk: bytes) -> None:
+        try:
+            self._sha256.update(chunk)
+        finally:
+            self._pending.release()
 
     def feed(self, chunk: bytes) -> None:
-        self.sha256.update(chunk)
         self.size += len(chunk)
-        if self._parser is None:
-            return
+        if len(self._head) < self.HEADER_BYTES:
+            self._head += chunk[: self.HEADER_BYTES - len(self._head)]
+        self._pending.acquire()
+        # One worker thread: chunks are hashed in the order they were fed.
+        self._last = self._hasher.submit(self._hash, chunk)
+
+    def sha256(self) -> str:
+        if self._last is not None:
+            self._last.result()
+        self._hasher.shutdown()
+        return self._sha256.hexdigest()
+
+    def close(self) -> None:
+        self._hasher.shutdown(cancel_futures=True)
+
+    def identify(self) -> tuple[int | None, int | None, str | None]:
+        """(width, height, format) from the header, or Nones if the bytes are no known image."""
         try:
-            self._parser.feed(chunk)
-        except Exception:  # not an image Pillow knows: keep the bytes, report no dimensions
-            self._parser = None
-            return
-        image = self._parser.image
-        if image is not None:
-            self.width, self.height = image.size
-            self.format = image.format
-            # The header is all we need; feeding more would decode megapixels for nothing.
-            self._parser = None
+            with Image.open(io.BytesIO(bytes(self._head))) as image:
+                return image.size[0], image.size[1], image.format
+        except Exception:  # not an image Pillow knows, or a header beyond HEADER_BYTES: no dimensions
+            return None, None, None
 
 
 def _write_atomically(target: Any, chunks: Iterable[bytes], inspector: _Inspector) -> None:
@@ -179,7 +209,7 @@ def _write_atomically(target: Any, chunks: Iterable[bytes], inspector: _Inspecto
         return
     # Object stores publish an object only when its upload completes; on failure abort the upload
     # (fsspec's discard) so the buffered part is never committed at the final key.
-    handle = target.open("wb")
+    handle = target.open("wb", block_size=UPLOAD_BLOCK_SIZE)
     try:
         _copy(chunks, handle, inspector)
     except BaseException:
@@ -212,14 +242,19 @@ def store_output(output: str, target: Any, *, http: httpx.Client, uri: str | Non
                     raise OutputStorageError(f"Downloading {output} failed: HTTP {response.status_code}")
                 _write_atomically(target, response.iter_bytes(CHUNK_SIZE), inspector)
     except httpx.HTTPError as exc:
+        inspector.close()
         raise OutputStorageError(f"Downloading {output} failed: {type(exc).__name__} {exc}") from exc
+    except BaseException:
+        inspector.close()
+        raise
+    width, height, image_format = inspector.identify()
     return StoredOutput(
         uri=uri or str(target),
         bytes=inspector.size,
-        sha256=inspector.sha256.hexdigest(),
-        width=inspector.width,
-        height=inspector.height,
-        format=inspector.format,
+        sha256=inspector.sha256(),
+        width=width,
+        height=height,
+        format=image_format,
     )
 
 

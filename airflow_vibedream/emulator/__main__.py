@@ -29,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--assets-url", default=None, help="base URL of output downloads (default: own URL)")
     parser.add_argument("--data-dir", type=Path, default=None, help="where outputs go (default: a temp dir)")
     parser.add_argument("--sync-wait-seconds", type=float, default=60.0, help="longest sync-mode wait")
+    parser.add_argument("--png-compress-level", type=int, default=1, choices=range(10), help="PNG zlib level")
     parser.add_argument(
         "--fault",
         action="append",
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir,
         sync_wait_seconds=args.sync_wait_seconds,
         faults=parse_cli_rules(args.fault),
+        png_compress_level=args.png_compress_level,
     )
     sock = bind_socket(args.host, args.port)
     server = build_server(config, sock)

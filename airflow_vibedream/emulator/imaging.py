@@ -35,7 +35,7 @@ def target_size(size: tuple[int, int], target_resolution: str) -> tuple[int, int
 
 
 def upscale_to_file(
-    data: bytes, target_resolution: str, output_format: str, destination: Path
+    data: bytes, target_resolution: str, output_format: str, destination: Path, *, png_compress_level: int = 1
 ) -> tuple[int, int]:
     """Decode ``data``, resample it to the target resolution and write it to ``destination``.
 
@@ -57,7 +57,7 @@ def upscale_to_file(
     resized = converted.resize(target_size(converted.size, target_resolution), Image.Resampling.LANCZOS)
     save_options: dict[str, Any] = {
         "JPEG": {"quality": 90},
-        "PNG": {"compress_level": 1},
+        "PNG": {"compress_level": png_compress_level},
         "WEBP": {"quality": 85},
     }[encoder]
     destination.parent.mkdir(parents=True, exist_ok=True)

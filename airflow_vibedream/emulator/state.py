@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import time
 import uuid
 from collections import Counter
@@ -43,6 +44,7 @@ class EmulatorConfig:
     :param data_dir: where output files are written; default: a temporary directory.
     :param sync_wait_seconds: the longest a sync-mode submit waits for its result.
     :param fetch_timeout: timeout for downloading an input image.
+    :param png_compress_level: zlib level of PNG outputs (0 = stored: an 8K PNG of ~100 MB).
     :param faults: fault rules active from the start (see :mod:`airflow_vibedream.emulator.faults`).
     """
 
@@ -53,6 +55,7 @@ class EmulatorConfig:
     data_dir: Path | None = None
     sync_wait_seconds: float = 60.0
     fetch_timeout: float = 30.0
+    png_compress_level: int = 1
     faults: list[FaultRule] = field(default_factory=list)
 
 
@@ -195,7 +198,11 @@ class EmulatorState:
         destination = self.data_dir / prediction.id / name
         # Resampling an 8K image takes seconds of CPU: off the event loop, so polls stay answered.
         await asyncio.to_thread(
-            upscale_to_file, data, request["target_resolution"], request["output_format"], destination
+            functools.partial(upscale_to_file, png_compress_level=self.config.png_compress_level),
+            data,
+            request["target_resolution"],
+            request["output_format"],
+            destination,
         )
         if request.get("enable_base64_output"):
             encoded = base64.b64encode(destination.read_bytes()).decode("ascii")

@@ -1,0 +1,30 @@
+"""Run every benchmark; each writes benchmarks/results/<name>.json and <name>.md."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from benchmarks import persist
+
+BENCHMARKS = {"persist": persist.main}
+
+
+def main(argv: list[str]) -> int:
+    selected = argv or list(BENCHMARKS)
+    for name in selected:
+        print(f"== {name} ==", flush=True)
+        BENCHMARKS[name]()
+    tables = [
+        p.read_text()
+        for p in sorted((Path(__file__).parent / "results").glob("*.md"))
+        if p.name != "README.md"
+    ]
+    (Path(__file__).parent / "results" / "README.md").write_text(
+        "# Benchmark results\n\n" + "\n".join(tables)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
