@@ -38,10 +38,12 @@ def measure_in_child(variant: str, url: str, destination: str) -> dict[str, Any]
     # growth measured below is what the large output itself costs.
     warmup = url.rsplit("/outputs/", 1)[0] + "/samples/64x64.png"
     transfer(variant, warmup, destination, {**names, "prediction_id": f"warmup-{time.time_ns()}"})
+    # Timed and memory-sampled separately: the sampler thread would take the GIL from the transfer.
+    started = time.perf_counter()
+    size = transfer(variant, url, destination, names)
+    seconds = time.perf_counter() - started
     with RssGrowth() as rss:
-        started = time.perf_counter()
-        size = transfer(variant, url, destination, names)
-        seconds = time.perf_counter() - started
+        transfer(variant, url, destination, {**names, "prediction_id": names["prediction_id"] + "-rss"})
     return {"seconds": seconds, "bytes": size, "rss_growth_mib": rss.growth_mib}
 
 
@@ -101,8 +103,10 @@ def main() -> dict[str, Any]:
         url = answer["outputs"][0]
         env = child_env(AIRFLOW_CONN_AWS_DEFAULT=s3.connection_json())
         runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
-        for _ in range(REPEATS):
-            for variant in VARIANTS:  # interleaved, so drift in the machine's load hits all alike
+        for repeat in range(REPEATS):
+            # Interleaved, and in alternating order, so drift in the machine's load (and the disk's
+            # writeback of the previous run) hits every variant alike.
+            for variant in VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]:
                 destination = f"s3://{s3.bucket}/bench" if variant.endswith("s3") else str(work / "out")
                 output = subprocess.run(
                     [sys.executable, "-m", "benchmarks.persist", "--child", variant, url, destination],
