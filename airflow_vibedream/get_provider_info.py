@@ -26,7 +26,13 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "hooks": [{"integration-name": INTEGRATION, "python-modules": ["airflow_vibedream.hooks.vibedream"]}],
         "operators": [
-            {"integration-name": INTEGRATION, "python-modules": ["airflow_vibedream.operators.vibedream"]}
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "airflow_vibedream.operators.vibedream",
+                    "airflow_vibedream.operators.batch",
+                ],
+            }
         ],
         "sensors": [
             {"integration-name": INTEGRATION, "python-modules": ["airflow_vibedream.sensors.vibedream"]}

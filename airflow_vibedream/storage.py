@@ -300,3 +300,28 @@ def persist_outputs(
             )
             stored.append(store_output(output, base / relative, http=http, uri=f"{base_uri}/{relative}"))
     return stored
+
+
+def write_text_atomically(uri: str, text: str, *, conn_id: str | None = None) -> StoredOutput:
+    """Write a small text file (a manifest) the same atomic way as outputs."""
+    inspector = _Inspector()
+    target = as_storage_path(uri, conn_id)
+    data = text.encode()
+    try:
+        _write_atomically(target, [data], inspector)
+    except BaseException:
+        inspector.close()
+        raise
+    return StoredOutput(
+        uri=storage_uri(uri), bytes=len(data), sha256=inspector.sha256(), width=None, height=None, format=None
+    )
+
+
+def list_s3_images(prefix_uri: str, *, aws_conn_id: str | None) -> list[str]:
+    """The image objects under an ``s3://bucket/prefix``, as ``s3://`` URIs in key order."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    bucket, prefix = S3Hook.parse_s3_url(prefix_uri if "/" in prefix_uri[5:] else prefix_uri + "/")
+    keys = S3Hook(aws_conn_id=aws_conn_id).list_keys(bucket_name=bucket, prefix=prefix) or []
+    images = [key for key in keys if key.lower().endswith((".jpg", ".jpeg", ".png", ".gif", ".webp"))]
+    return [f"s3://{bucket}/{key}" for key in sorted(images)]

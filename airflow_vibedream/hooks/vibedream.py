@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
+import weakref
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -106,6 +108,19 @@ def _async_transport() -> httpx.AsyncBaseTransport:
     return AiohttpTransport()
 
 
+def _new_async_client(settings: ClientSettings) -> AsyncVibeDreamClient:
+    # Redirects are followed by httpx, which drops the Authorization header when a redirect
+    # leaves the API's origin, so the key never reaches another host.
+    http = httpx.AsyncClient(transport=_async_transport(), timeout=settings.timeout, follow_redirects=True)
+    return AsyncVibeDreamClient(settings, http=http)
+
+
+#: Shared async clients, per event loop (weakly: a closed loop's clients go with it) and settings.
+_SHARED_CLIENTS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[ClientSettings, AsyncVibeDreamClient]
+] = weakref.WeakKeyDictionary()
+
+
 class VibeDreamHook(BaseHook):
     """Connects to the VibeDream API through an Airflow connection of type ``vibedream``.
 
@@ -170,12 +185,22 @@ class VibeDreamHook(BaseHook):
         return self.get_conn()
 
     async def get_async_client(self) -> AsyncVibeDreamClient:
-        """A new async client; use it as ``async with`` and reuse it for every poll."""
+        """A new async client of its own; use it as ``async with`` and reuse it for every poll."""
+        return _new_async_client(await self.aget_settings())
+
+    async def get_shared_async_client(self) -> AsyncVibeDreamClient:
+        """The async client shared by every caller on this event loop with the same settings.
+
+        A triggerer runs thousands of triggers on one loop: one connection pool (keep-alive, one
+        aiohttp session) serves them all, instead of one per trigger or per poll. Do not close it;
+        it lives as long as its loop.
+        """
         settings = await self.aget_settings()
-        http = httpx.AsyncClient(
-            transport=_async_transport(), timeout=settings.timeout, follow_redirects=True
-        )
-        return AsyncVibeDreamClient(settings, http=http)
+        clients = _SHARED_CLIENTS.setdefault(asyncio.get_running_loop(), {})
+        client = clients.get(settings)
+        if client is None:
+            client = clients[settings] = _new_async_client(settings)
+        return client
 
     def test_connection(self) -> tuple[bool, str]:
         """One cheap authenticated call: poll a prediction id that cannot exist.

@@ -10,10 +10,13 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_vibedream.client import (
+    PollSchedule,
     Prediction,
     StatusTracker,
     VibeDreamError,
+    VibeDreamNotFoundError,
     deadline_reached,
+    elapsed_since,
     next_sleep,
 )
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
@@ -91,26 +94,29 @@ class VibeDreamPredictionTrigger(BaseTrigger):
     async def _wait(self) -> dict[str, Any]:
         tracker = StatusTracker(self._log_status_change)
         try:
-            async with await VibeDreamHook(self.vibedream_conn_id).get_async_client() as client:
-                while True:
-                    if self.end_time is not None and time.time() >= self.end_time:
-                        return make_event(
-                            EVENT_TIMEOUT,
-                            self.prediction_id,
-                            deadline_reached(self.prediction_id, self.end_time).message,
-                        )
-                    prediction = await client.get_prediction(self.prediction_id)
-                    tracker.observe(prediction)
-                    if prediction.succeeded:
-                        return make_event(EVENT_SUCCESS, self.prediction_id, "completed", prediction)
-                    if prediction.failed:
-                        return make_event(
-                            EVENT_FAILED,
-                            self.prediction_id,
-                            prediction.error or "failed (no reason given)",
-                            prediction,
-                        )
-                    await asyncio.sleep(next_sleep(self.poll_interval, self.end_time))
+            client = await VibeDreamHook(self.vibedream_conn_id).get_shared_async_client()
+            schedule = PollSchedule(interval=self.poll_interval, max_interval=max(self.poll_interval, 5.0))
+            started = time.monotonic()
+            while True:
+                if self.end_time is not None and time.time() >= self.end_time:
+                    return make_event(
+                        EVENT_TIMEOUT,
+                        self.prediction_id,
+                        deadline_reached(self.prediction_id, self.end_time).message,
+                    )
+                prediction = await client.get_prediction(self.prediction_id)
+                tracker.observe(prediction)
+                if prediction.succeeded:
+                    return make_event(EVENT_SUCCESS, self.prediction_id, "completed", prediction)
+                if prediction.failed:
+                    return make_event(
+                        EVENT_FAILED,
+                        self.prediction_id,
+                        prediction.error or "failed (no reason given)",
+                        prediction,
+                    )
+                age = elapsed_since(prediction.created_at, started)
+                await asyncio.sleep(next_sleep(schedule.next_interval(age), self.end_time))
         except VibeDreamError as exc:
             # Transient errors were already retried by the client; what reaches here is final.
             self.log.error("Stopped waiting for VibeDream prediction %s: %s", self.prediction_id, exc)
@@ -118,3 +124,105 @@ class VibeDreamPredictionTrigger(BaseTrigger):
 
     def _log_status_change(self, prediction: Prediction, elapsed: float) -> None:
         self.log.info("VibeDream prediction %s is %s after %.1fs", prediction.id, prediction.status, elapsed)
+
+
+class VibeDreamBatchTrigger(BaseTrigger):
+    """Polls many predictions with one shared client and fires one event when all are over.
+
+    The event is ``{"status": "success"|"timeout"|"error", "total": n, "failed": {id: error},
+    "pending": [ids still processing at the deadline], "message": ...}``; outputs are not in it (the
+    worker fetches them), so it stays small. A progress line (done/total, failures) is logged at a
+    steady interval.
+
+    :param prediction_ids: the predictions to wait for.
+    :param vibedream_conn_id: the Airflow connection.
+    :param poll_interval: seconds between polling rounds.
+    :param end_time: epoch seconds after which a ``timeout`` event fires; None waits forever.
+    :param max_concurrency: polls in flight at once.
+    :param progress_interval: seconds between progress lines.
+    """
+
+    def __init__(
+        self,
+        prediction_ids: list[str],
+        vibedream_conn_id: str = VibeDreamHook.default_conn_name,
+        poll_interval: float = 2.0,
+        end_time: float | None = None,
+        max_concurrency: int = 16,
+        progress_interval: float = 30.0,
+    ) -> None:
+        super().__init__()
+        self.prediction_ids = list(prediction_ids)
+        self.vibedream_conn_id = vibedream_conn_id
+        self.poll_interval = float(poll_interval)
+        self.end_time = float(end_time) if end_time is not None else None
+        self.max_concurrency = int(max_concurrency)
+        self.progress_interval = float(progress_interval)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "prediction_ids": self.prediction_ids,
+                "vibedream_conn_id": self.vibedream_conn_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+                "max_concurrency": self.max_concurrency,
+                "progress_interval": self.progress_interval,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        yield TriggerEvent(await self._wait())
+
+    async def _wait(self) -> dict[str, Any]:
+        total = len(self.prediction_ids)
+        outstanding = list(dict.fromkeys(self.prediction_ids))
+        failed: dict[str, str] = {}
+        started = time.monotonic()
+        last_progress = started
+        try:
+            client = await VibeDreamHook(self.vibedream_conn_id).get_shared_async_client()
+            slots = asyncio.Semaphore(self.max_concurrency)
+
+            async def poll(prediction_id: str) -> Prediction | VibeDreamError:
+                async with slots:
+                    try:
+                        return await client.get_prediction(prediction_id)
+                    except VibeDreamNotFoundError as exc:  # gone: this one is over, as failed
+                        return exc
+
+            while outstanding:
+                if self.end_time is not None and time.time() >= self.end_time:
+                    return self._event(EVENT_TIMEOUT, total, failed, outstanding, "deadline reached")
+                answers = await asyncio.gather(*(poll(pid) for pid in outstanding))
+                still = []
+                for prediction_id, answer in zip(outstanding, answers, strict=True):
+                    if isinstance(answer, VibeDreamError):
+                        failed[prediction_id] = str(answer)
+                    elif answer.failed:
+                        failed[prediction_id] = answer.error or "failed (no reason given)"
+                    elif not answer.succeeded:
+                        still.append(prediction_id)
+                outstanding = still
+                if outstanding and time.monotonic() - last_progress >= self.progress_interval:
+                    last_progress = time.monotonic()
+                    self._log_progress(total, len(outstanding), len(failed), last_progress - started)
+                if outstanding:
+                    await asyncio.sleep(next_sleep(self.poll_interval, self.end_time))
+        except VibeDreamError as exc:
+            self.log.error("Stopped waiting for the VibeDream batch: %s", exc)
+            return self._event(EVENT_ERROR, total, failed, outstanding, str(exc))
+        self._log_progress(total, 0, len(failed), time.monotonic() - started)
+        return self._event(EVENT_SUCCESS, total, failed, [], f"{total - len(failed)} of {total} completed")
+
+    def _log_progress(self, total: int, pending: int, failures: int, elapsed: float) -> None:
+        self.log.info(
+            "VibeDream batch: %d/%d done, %d failed, %.0fs elapsed", total - pending, total, failures, elapsed
+        )
+
+    @staticmethod
+    def _event(
+        status: str, total: int, failed: dict[str, str], pending: list[str], message: str
+    ) -> dict[str, Any]:
+        return {"status": status, "total": total, "failed": failed, "pending": pending, "message": message}

@@ -33,7 +33,7 @@ def load_dag(path: Path) -> DAG:
 def local_images(output_dir: Path) -> list[tuple[int, int]]:
     sizes = []
     for path in output_dir.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path.suffix != ".jsonl":
             with Image.open(path) as image:
                 sizes.append(image.size)
     return sizes
@@ -49,9 +49,9 @@ def s3_images(s3: MotoS3, prefix: str) -> list[tuple[int, int]]:
 
 def example_case(
     dag_id: str, emulator: EmulatorServer, s3: MotoS3, output_dir: Path
-) -> tuple[dict[str, Any], Callable[[], list[tuple[int, int]]], int]:
-    """Each example's offline run_conf, where its images land, and their long edge.
-    A new example must be added here to be tested."""
+) -> tuple[dict[str, Any], Callable[[], list[tuple[int, int]]], int, int]:
+    """Each example's offline run_conf, where its images land, their long edge, and how many jobs it
+    submits. A new example must be added here to be tested."""
     if dag_id == "example_vibedream_upscale":
         conf = {
             "image": f"{emulator.base_url}/samples/320x240.png",
@@ -59,7 +59,10 @@ def example_case(
             "output_format": "jpeg",
             "output_path": str(output_dir),
         }
-        return conf, lambda: local_images(output_dir), 2048
+        return conf, lambda: local_images(output_dir), 2048, 1
+    if dag_id == "example_vibedream_dataset_prep":
+        conf = {"sample_base": emulator.base_url, "count": 4, "output_path": str(output_dir)}
+        return conf, lambda: local_images(output_dir), 2048, 8  # 4 through the batch, 4 mapped
     if dag_id == "example_vibedream_s3":
         s3.client().put_object(Bucket=s3.bucket, Key="raw/example.png", Body=sample_image(320, 240, "PNG"))
         conf = {
@@ -67,7 +70,7 @@ def example_case(
             "output_path": f"s3://{s3.bucket}/example-out",
             "target_resolution": "4k",
         }
-        return conf, lambda: s3_images(s3, "example-out/"), 3840
+        return conf, lambda: s3_images(s3, "example-out/"), 3840, 1
     raise AssertionError(f"no offline run_conf for the example DAG {dag_id}: add one")
 
 
@@ -81,14 +84,14 @@ def test_example_dag_runs_against_the_emulator(
     tmp_path: Path,
 ) -> None:
     dag = load_dag(dags_folder / name)
-    conf, images, long_edge = example_case(dag.dag_id, vibedream_conn, moto_s3, tmp_path)
+    conf, images, long_edge, submissions = example_case(dag.dag_id, vibedream_conn, moto_s3, tmp_path)
     run = dag.test(run_conf=conf)
     assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
     stats = emulator_stats(vibedream_conn.base_url)
-    assert stats["accepted_submissions"] == 1
+    assert stats["accepted_submissions"] == submissions
     assert stats.get("outputs_requests_with_authorization", 0) == 0
     sizes = images()
-    assert sizes and all(max(size) == long_edge for size in sizes)
+    assert len(sizes) == submissions and all(max(size) == long_edge for size in sizes)
     assert TEST_KEY.encode() not in airflow_db.read_bytes()
 
 
