@@ -1,0 +1,166 @@
+"""VibeDreamBatchUpscaleOperator and VibeDreamBatchTrigger against the emulator over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from airflow.providers.common.compat.sdk import AirflowException, TaskDeferred
+
+from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
+from airflow_vibedream.emulator import EmulatorServer
+from airflow_vibedream.emulator.imaging import sample_image
+from airflow_vibedream.operators.batch import STATE_KEY, RateLimiter, VibeDreamBatchUpscaleOperator
+from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger
+from tests.conftest import TEST_KEY, MotoS3, emulator_stats
+from tests.unit.test_operators import FakeTI
+from tests.unit.test_resume import FakeStateStore
+
+
+def batch(
+    emulator: EmulatorServer, output: Path, count: int = 5, **kwargs: Any
+) -> VibeDreamBatchUpscaleOperator:
+    values: dict[str, Any] = {
+        "task_id": "batch",
+        "images": [f"{emulator.base_url}/samples/{100 + i}x80.png" for i in range(count)],
+        "target_resolution": "2k",
+        "output_format": "jpeg",
+        "output_path": str(output),
+        "max_concurrency": 2,
+        "poll_interval": 0.1,
+        "deferrable": False,
+        **kwargs,
+    }
+    return VibeDreamBatchUpscaleOperator(**values)
+
+
+def manifest(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    path = Path(summary["manifest"].removeprefix("file://"))
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_batch_in_the_worker_writes_outputs_and_a_manifest(
+    vibedream_conn: EmulatorServer, tmp_path: Path
+) -> None:
+    store = FakeStateStore()
+    summary = batch(vibedream_conn, tmp_path).execute({"ti": FakeTI(), "task_state_store": store})
+    assert summary["total"] == summary["completed"] == 5 and summary["failed"] == 0
+    assert summary["total_cost_cents"] == 10
+    lines = manifest(summary)
+    assert [line["status"] for line in lines] == ["completed"] * 5
+    assert lines[0]["input"].endswith("/samples/100x80.png")
+    assert all(Path(line["outputs"][0].removeprefix("file://")).is_file() for line in lines)
+    assert emulator_stats(vibedream_conn.base_url)["accepted_submissions"] == 5
+    assert len(store.values) == 5  # one persisted submission per image
+
+
+def test_a_retry_reuses_persisted_predictions(vibedream_conn: EmulatorServer, tmp_path: Path) -> None:
+    operator = batch(vibedream_conn, tmp_path)
+    images = operator.image_list()
+    client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=vibedream_conn.base_url))
+    earlier = {
+        STATE_KEY.format(index=i): {
+            "input": images[i],
+            "prediction_id": client.upscale(UpscaleRequest(images[i], "2k", "jpeg")).id,
+            "cost_cents": 2,
+        }
+        for i in (0, 1, 2)
+    }
+    store = FakeStateStore()
+    store.values = dict(earlier)
+    summary = operator.execute({"ti": FakeTI(), "task_state_store": store})
+    assert summary["completed"] == 5
+    assert emulator_stats(vibedream_conn.base_url)["accepted_submissions"] == 5  # 3 earlier + 2 now
+    ids = [line["prediction_id"] for line in manifest(summary)]
+    assert ids[:3] == [earlier[STATE_KEY.format(index=i)]["prediction_id"] for i in (0, 1, 2)]
+
+
+def test_fail_on_error_fails_after_writing_the_manifest(
+    vibedream_conn: EmulatorServer, tmp_path: Path
+) -> None:
+    rule = {"route": "submit", "kind": "fail_prediction", "times": 1}
+    httpx.post(f"{vibedream_conn.base_url}/_emulator/faults", json={"rules": [rule]}).raise_for_status()
+    with pytest.raises(AirflowException, match="1 of 4 images failed; see the manifest"):
+        batch(vibedream_conn, tmp_path, count=4).execute({"ti": FakeTI()})
+    [path] = tmp_path.rglob("manifest.jsonl")
+    statuses = sorted(json.loads(line)["status"] for line in path.read_text().splitlines())
+    assert statuses == ["completed", "completed", "completed", "failed"]
+
+
+def test_fail_on_error_false_returns_the_summary(vibedream_conn: EmulatorServer, tmp_path: Path) -> None:
+    rule = {"route": "submit", "kind": "fail_prediction", "times": 1}
+    httpx.post(f"{vibedream_conn.base_url}/_emulator/faults", json={"rules": [rule]}).raise_for_status()
+    summary = batch(vibedream_conn, tmp_path, count=3, fail_on_error=False).execute({"ti": FakeTI()})
+    assert (summary["completed"], summary["failed"]) == (2, 1)
+    [failed] = [line for line in manifest(summary) if line["status"] == "failed"]
+    assert "content moderation" in failed["error"]
+
+
+def test_bad_image_is_named_and_nothing_is_sent(vibedream_conn: EmulatorServer, tmp_path: Path) -> None:
+    operator = batch(vibedream_conn, tmp_path, count=3)
+    operator.images = [*operator.images, "ftp://host/x.png"]  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"images\[3\] must be an http\(s\) URL or s3://"):
+        operator.execute({"ti": FakeTI()})
+    assert emulator_stats(vibedream_conn.base_url).get("requests", 0) == 0
+
+
+def test_deferrable_batch_defers_once_for_all(vibedream_conn: EmulatorServer, tmp_path: Path) -> None:
+    with pytest.raises(TaskDeferred) as info:
+        batch(vibedream_conn, tmp_path, deferrable=True).execute({"ti": FakeTI()})
+    trigger = info.value.trigger
+    assert isinstance(trigger, VibeDreamBatchTrigger) and len(trigger.prediction_ids) == 5
+
+
+async def test_batch_trigger_reports_failures_and_timeouts(vibedream_conn: EmulatorServer) -> None:
+    client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=vibedream_conn.base_url))
+    image = f"{vibedream_conn.base_url}/samples/64x64.png"
+    ok = [client.upscale(UpscaleRequest(image, "2k", "jpeg")).id for _ in range(3)]
+    bad = client.upscale(UpscaleRequest("http://127.0.0.1:9/none.png", "2k", "jpeg")).id
+    [event] = [e.payload async for e in VibeDreamBatchTrigger([*ok, bad], poll_interval=0.1).run()]
+    assert event["status"] == "success" and event["total"] == 4 and event["pending"] == []
+    assert list(event["failed"]) == [bad]
+    vibedream_conn.state.faults.replace([{"route": "submit", "kind": "stuck"}])
+    stuck = client.upscale(UpscaleRequest(image, "2k", "jpeg")).id
+    trigger = VibeDreamBatchTrigger([ok[0], stuck], poll_interval=0.1, end_time=time.time() + 1)
+    [event] = [e.payload async for e in trigger.run()]
+    assert event["status"] == "timeout" and event["pending"] == [stuck]
+
+
+def test_s3_prefix_is_listed(vibedream_conn: EmulatorServer, moto_s3: MotoS3, tmp_path: Path) -> None:
+    client = moto_s3.client()
+    for name in ("a.png", "b.jpg", "notes.txt"):
+        client.put_object(Bucket=moto_s3.bucket, Key=f"batch-in/{name}", Body=sample_image(64, 48, "PNG"))
+    summary = VibeDreamBatchUpscaleOperator(
+        task_id="batch",
+        s3_prefix=f"s3://{moto_s3.bucket}/batch-in/",
+        target_resolution="2k",
+        output_format="png",
+        output_path=f"s3://{moto_s3.bucket}/batch-out",
+        poll_interval=0.1,
+    ).execute({"ti": FakeTI()})
+    assert summary["completed"] == 2
+    assert sorted(
+        line["input"]
+        for line in json.loads(
+            "["
+            + ",".join(
+                client.get_object(Bucket=moto_s3.bucket, Key=summary["manifest"].split("/", 3)[3])["Body"]
+                .read()
+                .decode()
+                .splitlines()
+            )
+            + "]"
+        )
+    ) == [f"s3://{moto_s3.bucket}/batch-in/a.png", f"s3://{moto_s3.bucket}/batch-in/b.jpg"]
+
+
+def test_rate_limiter_spaces_acquisitions() -> None:
+    limiter = RateLimiter(per_minute=600)  # one every 0.1 s
+    started = time.monotonic()
+    for _ in range(4):
+        limiter.acquire()
+    assert time.monotonic() - started >= 0.3
