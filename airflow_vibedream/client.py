@@ -737,8 +737,8 @@ class PollSchedule:
     """
 
     interval: float = 2.0
-    max_interval: float = 5.0
-    age_fraction: float = 0.05
+    max_interval: float = 10.0
+    age_fraction: float = 0.03
 
     def next_interval(self, age: float) -> float:
         return min(max(self.interval, self.max_interval), max(self.interval, age * self.age_fraction))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from benchmarks import persist
+from benchmarks import persist, triggers
 
-BENCHMARKS = {"persist": persist.main}
+BENCHMARKS = {"persist": persist.main, "triggers": triggers.main}
 
 
 def main(argv: list[str]) -> int:

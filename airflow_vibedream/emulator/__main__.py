@@ -25,6 +25,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"the accepted API key (default: ${API_KEY_ENV_VAR}, else 'emulator-key')",
     )
     parser.add_argument("--processing-seconds", type=float, default=2.0, help="minimum time a job runs")
+    parser.add_argument(
+        "--processing-seconds-max",
+        type=float,
+        default=None,
+        help="if set: each job runs a random time up to this",
+    )
+    parser.add_argument(
+        "--synthetic-outputs", action="store_true", help="load tests: no image work, placeholder output URLs"
+    )
     parser.add_argument("--cost-cents", type=int, default=2, help="costCents of one run")
     parser.add_argument("--assets-url", default=None, help="base URL of output downloads (default: own URL)")
     parser.add_argument("--data-dir", type=Path, default=None, help="where outputs go (default: a temp dir)")
@@ -46,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     config = EmulatorConfig(
         api_key=args.api_key,
         processing_seconds=args.processing_seconds,
+        processing_seconds_max=args.processing_seconds_max,
+        synthetic_outputs=args.synthetic_outputs,
         cost_cents=args.cost_cents,
         assets_base_url=args.assets_url,
         data_dir=args.data_dir,

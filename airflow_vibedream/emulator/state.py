@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import random
 import time
 import uuid
 from collections import Counter
@@ -37,6 +38,10 @@ class EmulatorConfig:
 
     :param api_key: the only bearer token it accepts.
     :param processing_seconds: how long a prediction stays ``processing`` at least.
+    :param processing_seconds_max: if set, each prediction's time is drawn uniformly between
+        ``processing_seconds`` and this (a realistic mix of short and long jobs).
+    :param synthetic_outputs: skip downloading and resampling; outputs are placeholder URLs.
+        For load tests of the API surface only (thousands of predictions on two cores).
     :param cost_cents: the ``costCents`` of one run (the vendor page: "from $0.02/run").
     :param assets_base_url: base of the output download URLs; default: the emulator's own URL.
         Give another host name (``http://localhost:PORT`` when the API is ``http://127.0.0.1:PORT``)
@@ -50,6 +55,8 @@ class EmulatorConfig:
 
     api_key: str = "emulator-key"
     processing_seconds: float = 2.0
+    processing_seconds_max: float | None = None
+    synthetic_outputs: bool = False
     cost_cents: int = 2
     assets_base_url: str | None = None
     data_dir: Path | None = None
@@ -77,6 +84,7 @@ class EmulatedPrediction:
     completed_at: str | None = None
     forced_error: str | None = None  # a fail_prediction fault: ends failed with this text
     stuck: bool = False  # a stuck fault: never leaves processing
+    processing_seconds: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def to_api(self) -> dict[str, Any]:
@@ -122,6 +130,10 @@ class EmulatorState:
             created_at=iso_now(),
             created_monotonic=time.monotonic(),
             forced_error=outcome.error if outcome and outcome.kind == "fail_prediction" else None,
+            processing_seconds=random.uniform(
+                self.config.processing_seconds,
+                max(self.config.processing_seconds, self.config.processing_seconds_max or 0.0),
+            ),
             stuck=bool(outcome and outcome.kind == "stuck"),
         )
         self.predictions[prediction.id] = prediction
@@ -171,7 +183,7 @@ class EmulatorState:
             self._finish(prediction, STATUS_COMPLETED, outputs=outputs)
 
     async def _wait_processing_time(self, prediction: EmulatedPrediction) -> None:
-        remaining = self.config.processing_seconds - (time.monotonic() - prediction.created_monotonic)
+        remaining = prediction.processing_seconds - (time.monotonic() - prediction.created_monotonic)
         if remaining > 0:
             await asyncio.sleep(remaining)
 
@@ -192,6 +204,8 @@ class EmulatorState:
 
     async def _render(self, prediction: EmulatedPrediction) -> list[str]:
         request = prediction.request
+        if self.config.synthetic_outputs:
+            return [f"{self.assets_base_url}/outputs/{prediction.id}/synthetic.{request['output_format']}"]
         data = await self._fetch_input(request["image"])
         _, extension = ENCODERS[request["output_format"]]
         name = f"{int(time.time() * 1000)}-0.{extension}"

@@ -95,7 +95,8 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         tracker = StatusTracker(self._log_status_change)
         try:
             client = await VibeDreamHook(self.vibedream_conn_id).get_shared_async_client()
-            schedule = PollSchedule(interval=self.poll_interval, max_interval=max(self.poll_interval, 5.0))
+            # The API's 1-2 s while a job is young; past a minute, 3% of its age, up to 10 s.
+            schedule = PollSchedule(interval=self.poll_interval, max_interval=max(self.poll_interval, 10.0))
             started = time.monotonic()
             while True:
                 if self.end_time is not None and time.time() >= self.end_time:
