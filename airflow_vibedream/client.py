@@ -534,14 +534,19 @@ class _Api:
         self.settings = settings
         # The bearer token is put on each API request here rather than on the httpx client, so no
         # other request (output downloads, redirects) can ever carry it.
-        self._headers = {
-            "Authorization": f"Bearer {settings.api_key}",
-            "Accept": "application/json",
-            "User-Agent": f"airflow-provider-vibedream/{__version__}",
-        }
+        # Built once: a triggerer polls thousands of times a minute, and httpx re-normalises a dict
+        # of headers (and re-parses a URL string) on every request.
+        self._headers = httpx.Headers(
+            {
+                "Authorization": f"Bearer {settings.api_key}",
+                "Accept": "application/json",
+                "User-Agent": f"airflow-provider-vibedream/{__version__}",
+            }
+        )
+        self._base = httpx.URL(settings.base_url)
 
-    def _url(self, path: str) -> str:
-        return self.settings.base_url + path
+    def _url(self, path: str) -> httpx.URL:
+        return self._base.copy_with(raw_path=(self._base.raw_path.rstrip(b"/") + path.encode("ascii")))
 
     def submit(self, model_id: str, payload: Mapping[str, Any]) -> _ApiCall:
         validate_model_id(model_id)

@@ -121,6 +121,12 @@ _SHARED_CLIENTS: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 
+async def aclose_shared_async_clients() -> None:
+    """Close the shared async clients of the running loop (tests, scripts; a triggerer never needs to)."""
+    for client in _SHARED_CLIENTS.pop(asyncio.get_running_loop(), {}).values():
+        await client.aclose()
+
+
 class VibeDreamHook(BaseHook):
     """Connects to the VibeDream API through an Airflow connection of type ``vibedream``.
 
