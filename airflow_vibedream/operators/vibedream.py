@@ -20,11 +20,9 @@ from airflow_vibedream.client import (
     VibeDreamAuthError,
     VibeDreamClient,
     VibeDreamConfigError,
-    VibeDreamError,
     VibeDreamNotFoundError,
     VibeDreamPredictionFailedError,
     VibeDreamSubmissionStateUnknownError,
-    VibeDreamTimeoutError,
     VibeDreamValidationError,
     validate_bool,
     validate_choice,
@@ -40,12 +38,7 @@ from airflow_vibedream.storage import (
     resolve_image,
     validate_image_source,
 )
-from airflow_vibedream.triggers.vibedream import (
-    EVENT_FAILED,
-    EVENT_SUCCESS,
-    EVENT_TIMEOUT,
-    VibeDreamPredictionTrigger,
-)
+from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger, prediction_from_event
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -251,28 +244,8 @@ class VibeDreamGenerateOperator(BaseOperator):
         """Resume after the trigger fired. Only a ``success`` event succeeds."""
         ti = context["ti"]
         cost_cents = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_COST_CENTS, map_indexes=ti.map_index)
-        status = event.get("status")
-        prediction_id = event.get("prediction_id")
-        if status == EVENT_SUCCESS:
-            data = event.get("prediction") or {}
-            if data.get("outputs_omitted") or not data:
-                # Base64 outputs stay out of trigger events; fetch them here, in the worker.
-                prediction = self.hook.get_client().get_prediction(str(prediction_id))
-            else:
-                prediction = Prediction.from_dict(data)
-            return self._finish(context, prediction.with_cost(cost_cents))
-        message = event.get("message") or "no message"
-        if status == EVENT_FAILED:
-            raise VibeDreamPredictionFailedError(
-                f"VibeDream prediction {prediction_id} failed: {message}",
-                api_message=message,
-                prediction_id=prediction_id,
-            )
-        if status == EVENT_TIMEOUT:
-            raise VibeDreamTimeoutError(message, prediction_id=prediction_id)
-        raise VibeDreamError(
-            f"Waiting for VibeDream prediction {prediction_id} failed: {message}", prediction_id=prediction_id
-        )
+        prediction = prediction_from_event(event, lambda pid: self.hook.get_client().get_prediction(pid))
+        return self._finish(context, prediction.with_cost(cost_cents))
 
     def _finish(self, context: Context, prediction: Prediction) -> dict[str, Any]:
         if not prediction.succeeded:

@@ -10,14 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue, conf
 
-from airflow_vibedream.client import VibeDreamError, VibeDreamPredictionFailedError, VibeDreamTimeoutError
-from airflow_vibedream.hooks.vibedream import VibeDreamHook
-from airflow_vibedream.triggers.vibedream import (
-    EVENT_FAILED,
-    EVENT_SUCCESS,
-    EVENT_TIMEOUT,
-    VibeDreamPredictionTrigger,
+from airflow_vibedream.client import (
+    VibeDreamPredictionFailedError,
 )
+from airflow_vibedream.hooks.vibedream import VibeDreamHook
+from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger, prediction_from_event
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -83,14 +80,7 @@ class VibeDreamPredictionSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=prediction.succeeded, xcom_value=prediction.to_result())
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        status, message = event.get("status"), event.get("message")
-        if status == EVENT_SUCCESS:
-            return self.hook.get_client().get_prediction(self.prediction_id).to_result()
-        if status == EVENT_FAILED:
-            raise VibeDreamPredictionFailedError(
-                f"VibeDream prediction {self.prediction_id} failed: {message}",
-                prediction_id=self.prediction_id,
-            )
-        if status == EVENT_TIMEOUT:
-            raise VibeDreamTimeoutError(str(message), prediction_id=self.prediction_id)
-        raise VibeDreamError(f"Waiting for VibeDream prediction {self.prediction_id} failed: {message}")
+        """Resume after the trigger fired. Only a ``success`` event succeeds."""
+        return prediction_from_event(
+            event, lambda pid: self.hook.get_client().get_prediction(pid)
+        ).to_result()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -15,6 +15,8 @@ from airflow_vibedream.client import (
     StatusTracker,
     VibeDreamError,
     VibeDreamNotFoundError,
+    VibeDreamPredictionFailedError,
+    VibeDreamTimeoutError,
     deadline_reached,
     elapsed_since,
     next_sleep,
@@ -49,6 +51,33 @@ def event_prediction(prediction: Prediction) -> dict[str, Any]:
         data["outputs"] = None
         data["outputs_omitted"] = True
     return data
+
+
+def prediction_from_event(event: dict[str, Any], fetch: Callable[[str], Prediction]) -> Prediction:
+    """The finished prediction an event reports; raises the matching error unless it is ``success``.
+
+    ``fetch`` gets the prediction from the API when the event left its outputs out (base64).
+    Shared by every task that resumes from this trigger, so they all read events the same way.
+    """
+    status = event.get("status")
+    prediction_id = str(event.get("prediction_id"))
+    message = event.get("message") or "no message"
+    if status == EVENT_SUCCESS:
+        data = event.get("prediction") or {}
+        if not data or data.get("outputs_omitted"):
+            return fetch(prediction_id)
+        return Prediction.from_dict(data)
+    if status == EVENT_FAILED:
+        raise VibeDreamPredictionFailedError(
+            f"VibeDream prediction {prediction_id} failed: {message}",
+            api_message=message,
+            prediction_id=prediction_id,
+        )
+    if status == EVENT_TIMEOUT:
+        raise VibeDreamTimeoutError(message, prediction_id=prediction_id)
+    raise VibeDreamError(
+        f"Waiting for VibeDream prediction {prediction_id} failed: {message}", prediction_id=prediction_id
+    )
 
 
 class VibeDreamPredictionTrigger(BaseTrigger):
