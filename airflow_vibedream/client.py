@@ -505,19 +505,30 @@ class _ApiCall:
             if relayed is not None:
                 return relayed
         if response.is_success:
-            try:
-                return Prediction.from_api(response.json())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise VibeDreamProtocolError(
-                    f"VibeDream {self.description}: answer is not JSON: {_shorten(response.text)}",
-                    status_code=response.status_code,
-                ) from exc
+            return self.on_success(response.status_code, response.content)
         error = _error_for_status(response, self.description)
         # A 5xx after a submit was sent may still have created the job; a 408 says the server gave
         # up before reading the whole request, and a 429 that it refused it: both surely created none.
         if self.submits and isinstance(error, VibeDreamServerError) and response.status_code != 408:
             raise self._state_unknown(f"HTTP {response.status_code}: {error.api_message}")
         raise error
+
+    def on_success(self, status_code: int, content: bytes) -> Prediction:
+        try:
+            return Prediction.from_api(json.loads(content))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            text = _shorten(content.decode(errors="replace"))
+            raise VibeDreamProtocolError(
+                f"VibeDream {self.description}: answer is not JSON: {text}",
+                status_code=status_code,
+            ) from exc
+
+    def on_body(self, streamed: httpx.Response, body: _CappedBody) -> Prediction:
+        """The answer, read: a success is parsed straight from its bytes (the hot path of every
+        poll); anything else is rebuilt as a response for the error mapping."""
+        if streamed.is_success:
+            return self.on_success(streamed.status_code, b"".join(body.chunks))
+        return self.on_response(body.response(streamed))
 
     def _state_unknown(self, reason: str) -> VibeDreamSubmissionStateUnknownError:
         return VibeDreamSubmissionStateUnknownError(
@@ -619,7 +630,7 @@ class VibeDreamClient:
                         streamed.close()
                 except httpx.TransportError as exc:
                     raise call.on_transport_error(exc) from exc
-                return call.on_response(body.response(streamed))
+                return call.on_body(streamed, body)
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
     def submit(self, model_id: str, payload: Mapping[str, Any]) -> Prediction:
@@ -689,7 +700,7 @@ class AsyncVibeDreamClient:
                         await streamed.aclose()
                 except httpx.TransportError as exc:
                     raise call.on_transport_error(exc) from exc
-                return call.on_response(body.response(streamed))
+                return call.on_body(streamed, body)
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
     async def submit(self, model_id: str, payload: Mapping[str, Any]) -> Prediction:

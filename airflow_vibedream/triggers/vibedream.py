@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -127,6 +128,9 @@ class VibeDreamPredictionTrigger(BaseTrigger):
             # The API's 1-2 s while a job is young; past a minute, 3% of its age, up to 10 s.
             schedule = PollSchedule(interval=self.poll_interval, max_interval=max(self.poll_interval, 10.0))
             started = time.monotonic()
+            # Spread the first polls: a thousand mapped tasks deferring together would otherwise poll
+            # in one burst (and keep polling in lockstep), which shows as event-loop lag for everyone.
+            await asyncio.sleep(random.uniform(0, min(self.poll_interval, 1.0)))
             while True:
                 if self.end_time is not None and time.time() >= self.end_time:
                     return make_event(
