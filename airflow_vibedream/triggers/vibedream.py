@@ -128,6 +128,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
             # The API's 1-2 s while a job is young; past a minute, 3% of its age, up to 10 s.
             schedule = PollSchedule(interval=self.poll_interval, max_interval=max(self.poll_interval, 10.0))
             started = time.monotonic()
+            created: float | None = None  # the prediction's creation, on the monotonic clock
             # Spread the first polls: a thousand mapped tasks deferring together would otherwise poll
             # in one burst (and keep polling in lockstep), which shows as event-loop lag for everyone.
             await asyncio.sleep(random.uniform(0, min(self.poll_interval, 1.0)))
@@ -149,8 +150,11 @@ class VibeDreamPredictionTrigger(BaseTrigger):
                         prediction.error or "failed (no reason given)",
                         prediction,
                     )
-                age = elapsed_since(prediction.created_at, started)
-                await asyncio.sleep(next_sleep(schedule.next_interval(age), self.end_time))
+                if created is None:  # parsed once: the creation time never changes
+                    created = time.monotonic() - elapsed_since(prediction.created_at, started)
+                await asyncio.sleep(
+                    next_sleep(schedule.next_interval(time.monotonic() - created), self.end_time)
+                )
         except VibeDreamError as exc:
             # Transient errors were already retried by the client; what reaches here is final.
             self.log.error("Stopped waiting for VibeDream prediction %s: %s", self.prediction_id, exc)
