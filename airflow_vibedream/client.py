@@ -354,10 +354,6 @@ class ClientSettings:
             )
         object.__setattr__(self, "base_url", base_url)
 
-    @property
-    def api_host(self) -> str:
-        return urlsplit(self.base_url).netloc
-
 
 # --------------------------------------------------------------------------------------------------
 # One API call: request building and answer parsing, shared by the sync and async clients
