@@ -26,3 +26,7 @@ API_KEY_ENV_VAR = "VIBEDREAM_API_KEY"
 
 GENERATE_PATH = "/api/v1/models/{model_id}/generate"
 PREDICTION_PATH = "/api/v1/predictions/{prediction_id}"
+
+#: Seconds between polls of a young prediction. The API asks for every 1-2 s; 1.8 s sees a finished
+#: job within 2 s (the interval plus the answer's round trip) with the fewest polls.
+DEFAULT_POLL_INTERVAL = 1.8

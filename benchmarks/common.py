@@ -34,8 +34,15 @@ def current_rss_mib() -> float:
 
 
 class RssGrowth:
-    """Peak RSS growth over a block: RSS sampled every 5 ms in a thread, minus RSS at entry.
-    (ru_maxrss alone cannot tell: an earlier peak, e.g. from imports, hides the block's own.)"""
+    """Peak RSS growth over a block: RSS sampled in a thread, minus RSS at entry.
+    (ru_maxrss alone cannot tell: an earlier peak, e.g. from imports, hides the block's own.)
+
+    :param interval: seconds between samples; 5 ms catches a short-lived buffer's peak, but the
+        sampler's own CPU then counts in a CPU measurement of the same process.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
 
     def __enter__(self) -> RssGrowth:
         self.baseline = current_rss_mib()
@@ -46,7 +53,7 @@ class RssGrowth:
         return self
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.005):  # 5 ms: short enough to catch a buffer's peak
+        while not self._stop.wait(self.interval):
             self.peak = max(self.peak, current_rss_mib())
 
     def __exit__(self, *exc: object) -> None:

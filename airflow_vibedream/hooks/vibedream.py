@@ -100,19 +100,10 @@ def settings_from_connection(
     )
 
 
-def _async_transport() -> httpx.AsyncBaseTransport:
-    # aiohttp under the httpx API: ~10x less CPU per poll than httpx's own transport with hundreds
-    # of triggers on one loop (DESIGN.md; `make bench`). Import here: only async callers pay for it.
-    from httpx_aiohttp import AiohttpTransport
-
-    return AiohttpTransport()
-
-
 def _new_async_client(settings: ClientSettings) -> AsyncVibeDreamClient:
-    # Redirects are followed by httpx, which drops the Authorization header when a redirect
-    # leaves the API's origin, so the key never reaches another host.
-    http = httpx.AsyncClient(transport=_async_transport(), timeout=settings.timeout, follow_redirects=True)
-    return AsyncVibeDreamClient(settings, http=http)
+    # aiohttp under the httpx API: ~10x less CPU per poll than httpx's own transport with hundreds
+    # of triggers on one loop (DESIGN.md; `make bench`).
+    return AsyncVibeDreamClient.over_aiohttp(settings)
 
 
 #: Shared async clients, per event loop (weakly: a closed loop's clients go with it) and settings.

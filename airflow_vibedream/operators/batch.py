@@ -21,7 +21,7 @@ from airflow_vibedream.client import (
     VibeDreamValidationError,
     validate_choice,
 )
-from airflow_vibedream.constants import OUTPUT_FORMATS, TARGET_RESOLUTIONS
+from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL, OUTPUT_FORMATS, TARGET_RESOLUTIONS
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,
@@ -106,7 +106,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         fail_on_error: bool = True,
         vibedream_conn_id: str = VibeDreamHook.default_conn_name,
         aws_conn_id: str | None = "aws_default",
-        poll_interval: float = 2.0,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
         timeout: float | timedelta = timedelta(hours=2),
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,

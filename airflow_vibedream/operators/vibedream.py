@@ -28,7 +28,12 @@ from airflow_vibedream.client import (
     validate_choice,
     validate_model_id,
 )
-from airflow_vibedream.constants import OUTPUT_FORMATS, TARGET_RESOLUTIONS, UPSCALER_MODEL_ID
+from airflow_vibedream.constants import (
+    DEFAULT_POLL_INTERVAL,
+    OUTPUT_FORMATS,
+    TARGET_RESOLUTIONS,
+    UPSCALER_MODEL_ID,
+)
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.operators.lineage import input_image_of, lineage_for, output_asset
 from airflow_vibedream.operators.resume import StoredSubmission, load_submission, save_submission
@@ -114,7 +119,7 @@ class VibeDreamGenerateOperator(BaseOperator):
         output_path: str | None = None,
         output_name_template: str = DEFAULT_OUTPUT_NAME,
         vibedream_conn_id: str = VibeDreamHook.default_conn_name,
-        poll_interval: float = 2.0,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
         timeout: float | timedelta = timedelta(minutes=30),
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         durable: bool = True,

@@ -22,6 +22,7 @@ from airflow_vibedream.client import (
     elapsed_since,
     next_sleep,
 )
+from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 
 #: Event statuses. The operator treats only ``success`` as success.
@@ -98,7 +99,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         self,
         prediction_id: str,
         vibedream_conn_id: str = VibeDreamHook.default_conn_name,
-        poll_interval: float = 2.0,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
         end_time: float | None = None,
     ) -> None:
         super().__init__()
@@ -139,6 +140,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
                         self.prediction_id,
                         deadline_reached(self.prediction_id, self.end_time).message,
                     )
+                polled_at = time.monotonic()
                 prediction = await client.get_prediction(self.prediction_id)
                 tracker.observe(prediction)
                 if prediction.succeeded:
@@ -152,9 +154,12 @@ class VibeDreamPredictionTrigger(BaseTrigger):
                     )
                 if created is None:  # parsed once: the creation time never changes
                     created = time.monotonic() - elapsed_since(prediction.created_at, started)
-                await asyncio.sleep(
-                    next_sleep(schedule.next_interval(time.monotonic() - created), self.end_time)
-                )
+                # A steady cadence from poll to poll (not from answer to poll), so a finished job is
+                # seen within one interval; a poll slowed by retries still leaves a short pause.
+                now = time.monotonic()
+                interval = schedule.next_interval(now - created)
+                pause = max(interval - (now - polled_at), 0.1 * interval)
+                await asyncio.sleep(next_sleep(pause, self.end_time))
         except VibeDreamError as exc:
             # Transient errors were already retried by the client; what reaches here is final.
             self.log.error("Stopped waiting for VibeDream prediction %s: %s", self.prediction_id, exc)
@@ -184,7 +189,7 @@ class VibeDreamBatchTrigger(BaseTrigger):
         self,
         prediction_ids: list[str],
         vibedream_conn_id: str = VibeDreamHook.default_conn_name,
-        poll_interval: float = 2.0,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
         end_time: float | None = None,
         max_concurrency: int = 16,
         progress_interval: float = 30.0,
