@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from benchmarks import persist, triggers
+from benchmarks import airflow_scale, persist, triggers
 
-BENCHMARKS = {"persist": persist.main, "triggers": triggers.main}
+BENCHMARKS = {"persist": persist.main, "triggers": triggers.main, "airflow_scale": airflow_scale.main}
 
 
 def main(argv: list[str]) -> int:

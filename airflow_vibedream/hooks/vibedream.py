@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 import weakref
 from collections.abc import Mapping
@@ -112,8 +113,39 @@ _SHARED_CLIENTS: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 
+#: Seconds a connection looked up for the shared clients is reused on its loop. A triggerer starting a
+#: thousand of our triggers at once would otherwise look the same connection up a thousand times
+#: (an API-server round trip each); a changed key is still picked up within this time.
+SHARED_SETTINGS_TTL = 30.0
+
+_SHARED_SETTINGS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Future[ClientSettings]]]
+] = weakref.WeakKeyDictionary()
+
+
+async def _shared_settings(hook: VibeDreamHook) -> ClientSettings:
+    """The hook's settings, looked up once per connection per loop and TTL; concurrent callers share
+    the one lookup in flight. A failed lookup is not remembered."""
+    lookups = _SHARED_SETTINGS.setdefault(asyncio.get_running_loop(), {})
+    now = time.monotonic()
+    entry = lookups.get(hook.vibedream_conn_id)
+    if entry is None or entry[0] <= now:
+        entry = lookups[hook.vibedream_conn_id] = (
+            now + SHARED_SETTINGS_TTL,
+            asyncio.ensure_future(hook.aget_settings()),
+        )
+    try:
+        # Shielded: one caller cancelled (its trigger was) must not cancel the lookup for the rest.
+        return await asyncio.shield(entry[1])
+    except Exception:
+        if lookups.get(hook.vibedream_conn_id) is entry:
+            del lookups[hook.vibedream_conn_id]
+        raise
+
+
 async def aclose_shared_async_clients() -> None:
     """Close the shared async clients of the running loop (tests, scripts; a triggerer never needs to)."""
+    _SHARED_SETTINGS.pop(asyncio.get_running_loop(), None)
     for client in _SHARED_CLIENTS.pop(asyncio.get_running_loop(), {}).values():
         await client.aclose()
 
@@ -192,7 +224,7 @@ class VibeDreamHook(BaseHook):
         aiohttp session) serves them all, instead of one per trigger or per poll. Do not close it;
         it lives as long as its loop.
         """
-        settings = await self.aget_settings()
+        settings = await _shared_settings(self)
         clients = _SHARED_CLIENTS.setdefault(asyncio.get_running_loop(), {})
         client = clients.get(settings)
         if client is None:

@@ -11,7 +11,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, conf
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator, conf
 
 from airflow_vibedream.client import (
     Prediction,
@@ -83,6 +83,10 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     :param poll_interval: seconds between polling rounds.
     :param timeout: seconds (or timedelta) the whole batch may take after the submits.
     :param deferrable: wait in the triggerer.
+    :param max_cost_cents: refuse, before any submit, a batch whose estimated cost is higher (cents;
+        None: no limit). The estimate is the cost of predictions an earlier try already submitted,
+        plus ``cost_cents_per_image`` for each image still to submit.
+    :param cost_cents_per_image: the estimate's price of one image (the vendor: "from $0.02/run").
     """
 
     template_fields: Sequence[str] = (
@@ -109,9 +113,22 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         timeout: float | timedelta = timedelta(hours=2),
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        max_cost_cents: float | None = None,
+        cost_cents_per_image: float = 2,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        for name, value, allow_none in (
+            ("max_cost_cents", max_cost_cents, True),
+            ("cost_cents_per_image", cost_cents_per_image, False),
+        ):
+            if value is None and allow_none:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise VibeDreamValidationError(
+                    f"{name} must be a number of cents >= 0{' or None' if allow_none else ''}; got {value!r}",
+                    field=name,
+                )
         if (images is None) == (s3_prefix is None):
             raise VibeDreamValidationError("give exactly one of images or s3_prefix", field="images")
         if not isinstance(max_concurrency, int) or max_concurrency < 1:
@@ -136,6 +153,8 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         self.poll_interval = float(poll_interval)
         self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
         self.deferrable = deferrable
+        self.max_cost_cents = max_cost_cents
+        self.cost_cents_per_image = cost_cents_per_image
 
     @cached_property
     def hook(self) -> VibeDreamHook:
@@ -216,6 +235,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         submitted = self._stored(context, images)
         if submitted:
             self.log.info("Reusing %d predictions submitted by an earlier try", len(submitted))
+        self._check_budget(len(images), submitted)
         store = context.get("task_state_store")  # type: ignore[attr-defined]
         limiter = RateLimiter(self.requests_per_minute)
         expires = self.timeout * (int(self.retries or 0) + 1) + 3600
@@ -248,6 +268,27 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                 if store is not None:  # persisted from this thread, right after the submit returned
                     store.set(STATE_KEY.format(index=index), entry)
         return submitted
+
+    def _check_budget(self, total: int, submitted: dict[int, dict[str, Any]]) -> None:
+        """Refuse the batch, before any submit, when its estimated cost is over ``max_cost_cents``."""
+        spent = sum(entry.get("cost_cents") or 0 for entry in submitted.values())
+        to_submit = total - len(submitted)
+        estimate = spent + to_submit * self.cost_cents_per_image
+        self.log.info(
+            "VibeDream batch cost estimate: %g cents (%d images to submit x %g cents, %g cents already "
+            "spent by an earlier try)",
+            estimate,
+            to_submit,
+            self.cost_cents_per_image,
+            spent,
+        )
+        if self.max_cost_cents is not None and estimate > self.max_cost_cents:
+            raise AirflowFailException(
+                f"max_cost_cents: the batch would cost about {estimate:g} cents ({to_submit} images x "
+                f"{self.cost_cents_per_image:g} cents + {spent:g} cents already spent), over "
+                f"max_cost_cents={self.max_cost_cents:g}; nothing was submitted. Raise max_cost_cents or "
+                "split the batch."
+            )
 
     # -- results -----------------------------------------------------------------------------------
 

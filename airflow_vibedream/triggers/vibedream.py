@@ -130,9 +130,10 @@ class VibeDreamPredictionTrigger(BaseTrigger):
             schedule = PollSchedule(interval=self.poll_interval, max_interval=max(self.poll_interval, 10.0))
             started = time.monotonic()
             created: float | None = None  # the prediction's creation, on the monotonic clock
-            # Spread the first polls: a thousand mapped tasks deferring together would otherwise poll
-            # in one burst (and keep polling in lockstep), which shows as event-loop lag for everyone.
-            await asyncio.sleep(random.uniform(0, min(self.poll_interval, 1.0)))
+            # Spread the first polls over one interval: a thousand mapped tasks deferring together
+            # would otherwise poll in one burst (and keep polling in lockstep), which shows as
+            # event-loop lag for everyone. A job is never seen later than one interval this way.
+            await asyncio.sleep(random.uniform(0, self.poll_interval))
             while True:
                 if self.end_time is not None and time.time() >= self.end_time:
                     return make_event(

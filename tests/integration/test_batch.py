@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from airflow.providers.common.compat.sdk import AirflowException, TaskDeferred
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, TaskDeferred
 
 from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
 from airflow_vibedream.emulator import EmulatorServer
@@ -106,6 +106,49 @@ def test_bad_image_is_named_and_nothing_is_sent(vibedream_conn: EmulatorServer, 
     with pytest.raises(ValueError, match=r"images\[3\] must be an http\(s\) URL or s3://"):
         operator.execute({"ti": FakeTI()})
     assert emulator_stats(vibedream_conn.base_url).get("requests", 0) == 0
+
+
+def test_a_batch_over_max_cost_is_refused_before_any_submit(
+    vibedream_conn: EmulatorServer, tmp_path: Path
+) -> None:
+    # 5 images x 2 cents = 10 cents, over a 9-cent budget.
+    with pytest.raises(AirflowFailException, match=r"max_cost_cents: the batch would cost about 10 cents"):
+        batch(vibedream_conn, tmp_path, max_cost_cents=9).execute({"ti": FakeTI()})
+    assert emulator_stats(vibedream_conn.base_url).get("submissions", 0) == 0
+    assert not list(tmp_path.iterdir())  # no manifest either: nothing happened
+
+
+def test_the_budget_counts_what_an_earlier_try_spent(vibedream_conn: EmulatorServer, tmp_path: Path) -> None:
+    operator = batch(vibedream_conn, tmp_path, max_cost_cents=10, cost_cents_per_image=2)
+    images = operator.image_list()
+    client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=vibedream_conn.base_url))
+    store = FakeStateStore()
+    # An earlier try submitted image 0 and was billed 4 cents for it: 4 + 4 x 2 = 12 > 10.
+    store.values = {
+        STATE_KEY.format(index=0): {
+            "input": images[0],
+            "prediction_id": client.upscale(UpscaleRequest(images[0], "2k", "jpeg")).id,
+            "cost_cents": 4,
+        }
+    }
+    with pytest.raises(AirflowFailException, match="about 12 cents"):
+        operator.execute({"ti": FakeTI(), "task_state_store": store})
+    assert emulator_stats(vibedream_conn.base_url)["accepted_submissions"] == 1  # the earlier one only
+
+
+def test_a_batch_within_max_cost_runs(vibedream_conn: EmulatorServer, tmp_path: Path) -> None:
+    summary = batch(vibedream_conn, tmp_path, max_cost_cents=10).execute({"ti": FakeTI()})
+    assert summary["completed"] == 5 and summary["total_cost_cents"] == 10
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("max_cost_cents", -1), ("max_cost_cents", "ten"), ("cost_cents_per_image", None)]
+)
+def test_bad_budget_settings_name_the_field(
+    vibedream_conn: EmulatorServer, tmp_path: Path, field: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=f"^{field} must be a number of cents"):
+        batch(vibedream_conn, tmp_path, **{field: value})
 
 
 def test_deferrable_batch_defers_once_for_all(vibedream_conn: EmulatorServer, tmp_path: Path) -> None:

@@ -97,3 +97,43 @@ def test_test_connection_with_a_wrong_key(emulator: EmulatorServer, monkeypatch:
     ok, message = VibeDreamHook().test_connection()
     assert not ok
     assert "401" in message and "API key" in message
+
+
+async def test_triggers_on_one_loop_share_one_client_and_one_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from airflow_vibedream.hooks.vibedream import aclose_shared_async_clients
+
+    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test"))
+    lookups = 0
+    real_lookup = VibeDreamHook.aget_settings
+
+    async def counted(self: VibeDreamHook) -> object:
+        nonlocal lookups
+        lookups += 1
+        return await real_lookup(self)
+
+    monkeypatch.setattr(VibeDreamHook, "aget_settings", counted)
+    clients = await asyncio.gather(*(VibeDreamHook().get_shared_async_client() for _ in range(200)))
+    try:
+        assert len({id(client) for client in clients}) == 1
+        assert lookups == 1  # a burst of triggers costs one connection lookup, not 200
+    finally:
+        await aclose_shared_async_clients()
+
+
+async def test_a_failed_shared_lookup_is_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_vibedream.hooks.vibedream import aclose_shared_async_clients
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test", api_key=None)
+    )
+    monkeypatch.delenv("VIBEDREAM_API_KEY", raising=False)
+    with pytest.raises(VibeDreamConfigError):
+        await VibeDreamHook().get_shared_async_client()
+    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test"))
+    try:
+        client = await VibeDreamHook().get_shared_async_client()  # the fixed connection is read anew
+        assert client.settings.api_key == TEST_KEY
+    finally:
+        await aclose_shared_async_clients()
