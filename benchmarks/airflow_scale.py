@@ -37,6 +37,12 @@ DAGS = Path(__file__).resolve().parent / "dags"
 WAYS = {"batch": "vibedream_bench_batch", "mapped": "vibedream_bench_mapped"}
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """CPU of one process itself (not its children), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU of a process and all its descendants, live or already reaped (cutime/cstime), from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -108,8 +114,10 @@ def run_way(way: str, work: Path, emulator: Any) -> dict[str, Any]:
             airflow.start_all()
             airflow.wait_for_dag(dag_id)
             emulator_pid = emulator.pid
+            scheduler_pid = airflow.processes["scheduler"].pid
             cpu_before = {
-                "scheduler": tree_cpu_seconds(airflow.processes["scheduler"].pid),
+                "scheduler": own_cpu_seconds(scheduler_pid),
+                "workers": tree_cpu_seconds(scheduler_pid) - own_cpu_seconds(scheduler_pid),
                 "triggerer": tree_cpu_seconds(airflow.processes["triggerer"].pid),
                 "emulator": tree_cpu_seconds(emulator_pid),
             }
@@ -119,7 +127,10 @@ def run_way(way: str, work: Path, emulator: Any) -> dict[str, Any]:
             )
             state = airflow.wait_for_run(dag_id, run_id, timeout=6 * 3600)
             cpu = {
-                "scheduler": tree_cpu_seconds(airflow.processes["scheduler"].pid) - cpu_before["scheduler"],
+                "scheduler": own_cpu_seconds(scheduler_pid) - cpu_before["scheduler"],
+                "workers": tree_cpu_seconds(scheduler_pid)
+                - own_cpu_seconds(scheduler_pid)
+                - cpu_before["workers"],
                 "triggerer": tree_cpu_seconds(airflow.processes["triggerer"].pid) - cpu_before["triggerer"],
                 "emulator": tree_cpu_seconds(emulator_pid) - cpu_before["emulator"],
             }
@@ -142,8 +153,11 @@ def run_way(way: str, work: Path, emulator: Any) -> dict[str, Any]:
         "submissions": counters.get("accepted_submissions", 0)
         - counters_before.get("accepted_submissions", 0),
         "wall_seconds": seconds_between(dag_run.get("start_date"), dag_run.get("end_date")),
-        "worker_seconds": sum(float(ti.get("duration") or 0.0) for ti in task_instances),
-        "scheduler_and_workers_cpu_seconds": cpu["scheduler"],
+        # CPU of the LocalExecutor workers and every task process they ran: what the work cost the
+        # worker side. (Airflow's task durations are reported too; a deferred task's includes its wait.)
+        "worker_cpu_seconds": cpu["workers"],
+        "task_instance_seconds": sum(float(ti.get("duration") or 0.0) for ti in task_instances),
+        "scheduler_cpu_seconds": cpu["scheduler"],
         "triggerer_cpu_seconds": cpu["triggerer"],
         "emulator_cpu_seconds": cpu["emulator"],
     }
@@ -187,14 +201,13 @@ def main() -> dict[str, Any]:
             print(runs[-1], flush=True)
     batch, mapped = runs
     speedup = mapped["wall_seconds"] / max(batch["wall_seconds"], 1e-9)
-    worker_ratio = mapped["worker_seconds"] / max(batch["worker_seconds"], 1e-9)
-    cpu_ratio = mapped["scheduler_and_workers_cpu_seconds"] / max(
-        batch["scheduler_and_workers_cpu_seconds"], 1e-9
-    )
+    worker_ratio = mapped["worker_cpu_seconds"] / max(batch["worker_cpu_seconds"], 1e-9)
+    scheduler_ratio = mapped["scheduler_cpu_seconds"] / max(batch["scheduler_cpu_seconds"], 1e-9)
     rows = [
         f"| {r['way']} | {r['succeeded']}/{r['task_instances']} tasks, {r['outputs_stored']} outputs, "
-        f"{r['submissions']} submits | {r['wall_seconds']:.0f} s | {r['worker_seconds']:.0f} s "
-        f"| {r['scheduler_and_workers_cpu_seconds']:.0f} s | {r['triggerer_cpu_seconds']:.0f} s "
+        f"{r['submissions']} submits | {r['wall_seconds']:.0f} s | {r['worker_cpu_seconds']:.0f} s "
+        f"| {r['task_instance_seconds']:.0f} s "
+        f"| {r['scheduler_cpu_seconds']:.0f} s | {r['triggerer_cpu_seconds']:.0f} s "
         f"| {r['emulator_cpu_seconds']:.0f} s |"
         for r in runs
     ]
@@ -203,12 +216,13 @@ def main() -> dict[str, Any]:
             f"{COUNT} images on a real Airflow (LocalExecutor, PostgreSQL, separate processes): "
             "one batch task vs one mapped task per image",
             "",
-            "| way | done | wall time | worker-seconds | scheduler + workers CPU | triggerer CPU "
+            "| way | done | wall time | worker-seconds (CPU of workers + task processes) "
+            "| task-instance seconds (Airflow's durations, waits included) | scheduler CPU | triggerer CPU "
             "| emulator CPU |",
-            "|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|",
             *rows,
             f"| **mapped / batch** | | **{speedup:.1f}x** ({'met' if speedup >= 10 else 'NOT met'}; "
-            f"goal >= 10x) | {worker_ratio:.1f}x | {cpu_ratio:.1f}x | | |",
+            f"goal >= 10x) | {worker_ratio:.1f}x | | {scheduler_ratio:.1f}x | | |",
         ]
     )
     write_result("airflow_scale", {"runs": runs, "machine": machine()}, table)

@@ -13,6 +13,7 @@ Goals (issue 5): <= 0.5x the peer's CPU per prediction, p99 detection <= 2 s, p9
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -90,6 +91,30 @@ async def submit_all(base_url: str, count: int) -> list[str]:
         return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
+class GcPauses:
+    """Durations of the garbage collector's full (generation 2) collections inside a block: each one
+    stops the event loop for as long as it walks every object of the process (Airflow's included)."""
+
+    def __init__(self) -> None:
+        self.full: list[float] = []
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.full.append(time.perf_counter() - self._started)
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
 async def api_requests(base_url: str) -> int:
     """API requests the emulator has answered so far (its control routes are not counted)."""
     import httpx
@@ -141,13 +166,14 @@ async def measure(kind: str, count: int, base_url: str, emulator_pid: int) -> di
         delays.append(time.time() - max(done_at, started))
 
     requests_before = await api_requests(base_url)
+    pauses = GcPauses()
     watcher = asyncio.create_task(watch_loop())
     emulator_cpu = process_cpu_seconds(emulator_pid)
     cpu = cpu_seconds()
     wall = time.perf_counter()
     # Triggers hold their memory for their whole life, so a slow sampler sees the peak; a fast one
     # would add its own CPU to what is measured (the same for both kinds, which flatters the ratio).
-    with RssGrowth(interval=0.1) as rss:
+    with RssGrowth(interval=0.1) as rss, pauses:
         await asyncio.gather(*(one(pid) for pid in ids))
     wall = time.perf_counter() - wall
     cpu = cpu_seconds() - cpu
@@ -173,6 +199,8 @@ async def measure(kind: str, count: int, base_url: str, emulator_pid: int) -> di
         "detection_p50_s": percentile(delays, 0.5),
         "detection_p99_s": percentile(delays, 0.99),
         "loop_lag_p99_ms": 1000 * percentile(lags, 0.99),
+        "gc_full_collections": len(pauses.full),
+        "gc_full_pause_max_ms": 1000 * max(pauses.full, default=0.0),
         "emulator_cpu_seconds": emulator_cpu,
         "emulator_cpu_share": emulator_cpu / wall,
     }
@@ -230,7 +258,8 @@ def main() -> dict[str, Any]:
                 f"| {r['polls_per_prediction']:.1f} x {r['cpu_ms_per_poll']:.2f} ms "
                 f"| {r['kib_per_trigger']:.1f} KiB "
                 f"| {r['detection_p50_s']:.2f} / {r['detection_p99_s']:.2f} s "
-                f"| {r['loop_lag_p99_ms']:.0f} ms | {r['emulator_cpu_share']:.0%} |"
+                f"| {r['loop_lag_p99_ms']:.0f} ms ({r['gc_full_collections']} full GCs, "
+                f"longest {r['gc_full_pause_max_ms']:.0f} ms) | {r['emulator_cpu_share']:.0%} |"
             )
         rows.append(
             f"| {count} | **ours / peer CPU** | "

@@ -37,6 +37,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_HOME, ignore_errors=True)
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Files a test wants a person to look at (``record_property("screenshot", path)``)."""
+    for report in terminalreporter.getreports("passed"):
+        for name, value in report.user_properties:
+            if name == "screenshot":
+                terminalreporter.write_line(f"screenshot ({report.nodeid}): {value}")
+
+
 @pytest.fixture(scope="session")
 def airflow_home() -> Path:
     return _HOME

@@ -87,6 +87,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         None: no limit). The estimate is the cost of predictions an earlier try already submitted,
         plus ``cost_cents_per_image`` for each image still to submit.
     :param cost_cents_per_image: the estimate's price of one image (the vendor: "from $0.02/run").
+    :param progress_interval: seconds between ``done/total, failed`` lines in the task (or trigger) log.
     """
 
     template_fields: Sequence[str] = (
@@ -115,6 +116,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         max_cost_cents: float | None = None,
         cost_cents_per_image: float = 2,
+        progress_interval: float = 30.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -155,6 +157,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         self.deferrable = deferrable
         self.max_cost_cents = max_cost_cents
         self.cost_cents_per_image = cost_cents_per_image
+        self.progress_interval = float(progress_interval)
 
     @cached_property
     def hook(self) -> VibeDreamHook:
@@ -191,6 +194,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                     poll_interval=self.poll_interval,
                     end_time=deadline,
                     max_concurrency=max(self.max_concurrency, 8),
+                    progress_interval=self.progress_interval,
                 ),
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout + 60),
@@ -207,11 +211,23 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     def _wait_in_worker(self, ids: list[str], deadline: float) -> list[str]:
         client = self.hook.get_client()
         outstanding = list(ids)
+        failures = 0
+        started = last_progress = time.monotonic()
         while outstanding and time.time() < deadline:
             with ThreadPoolExecutor(self.max_concurrency) as pool:
                 answers = list(pool.map(client.get_prediction, outstanding))
-            outstanding = [a.id for a in answers if not a.is_terminal]
-            self.log.info("VibeDream batch: %d/%d done", len(ids) - len(outstanding), len(ids))
+            failures += sum(1 for answer in answers if answer.failed)
+            outstanding = [answer.id for answer in answers if not answer.is_terminal]
+            now = time.monotonic()
+            if not outstanding or now - last_progress >= self.progress_interval:
+                last_progress = now
+                self.log.info(
+                    "VibeDream batch: %d/%d done, %d failed, %.0fs elapsed",
+                    len(ids) - len(outstanding),
+                    len(ids),
+                    failures,
+                    now - started,
+                )
             if outstanding:
                 time.sleep(self.poll_interval)
         return outstanding

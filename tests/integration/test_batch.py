@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,20 @@ def test_rate_limiter_spaces_acquisitions() -> None:
     for _ in range(4):
         limiter.acquire()
     assert time.monotonic() - started >= 0.3
+
+
+def test_progress_lines_say_done_total_failed_and_elapsed(
+    vibedream_conn: EmulatorServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    httpx.post(
+        f"{vibedream_conn.base_url}/_emulator/faults",
+        json={"rules": [{"route": "submit", "kind": "fail_prediction", "times": 1}]},
+    ).raise_for_status()
+    operator = batch(vibedream_conn, tmp_path, count=3, progress_interval=0, fail_on_error=False)
+    operator.execute({"ti": FakeTI()})
+    output = capsys.readouterr().out + caplog.text
+    assert re.search(r"VibeDream batch: 3/3 done, 1 failed, \d+s elapsed", output), output[-2000:]
+    assert "VibeDream batch cost estimate: 6 cents (3 images to submit x 2 cents" in output
