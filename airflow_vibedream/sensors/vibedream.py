@@ -13,6 +13,7 @@ from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnVa
 from airflow_vibedream.client import (
     VibeDreamPredictionFailedError,
 )
+from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger, prediction_from_event
 
@@ -39,7 +40,7 @@ class VibeDreamPredictionSensor(BaseSensorOperator):
         prediction_id: str,
         vibedream_conn_id: str = VibeDreamHook.default_conn_name,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        poke_interval: float | timedelta = 2.0,
+        poke_interval: float | timedelta = DEFAULT_POLL_INTERVAL,
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, **kwargs)

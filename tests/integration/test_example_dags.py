@@ -147,3 +147,33 @@ def test_no_api_key_anywhere_fails_naming_the_field_with_zero_requests(
     output = capsys.readouterr().out + caplog.text
     assert "No VibeDream API key: set the 'API Key' (password) field" in output
     assert emulator_stats(emulator.base_url).get("requests", 0) == 0
+
+
+def test_resume_degrades_cleanly_where_airflow_has_no_task_state_store(
+    airflow_db: Path,
+    vibedream_conn: EmulatorServer,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On every supported Airflow the upscale runs once and succeeds; below 3.3 (no task_state_store)
+    the task log says a retry could not reconnect, and nothing else changes."""
+    from airflow import __version__ as airflow_version
+    from packaging.version import Version
+
+    spec = importlib.util.spec_from_file_location(
+        "vibedream_resume_dags", Path(__file__).resolve().parents[1] / "dags" / "vibedream_resume.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = next(
+        value
+        for value in vars(module).values()
+        if isinstance(value, DAG) and value.dag_id == "vibedream_resume_worker"
+    )
+    run = dag.test(run_conf={"image": f"{vibedream_conn.base_url}/samples/160x120.png"})
+    assert run.state == "success"
+    assert emulator_stats(vibedream_conn.base_url)["accepted_submissions"] == 1
+    warned = "task_state_store is not available (Airflow < 3.3)" in capsys.readouterr().out + caplog.text
+    if Version(Version(airflow_version).base_version) < Version("3.3"):
+        assert warned
