@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,11 @@ def chromium_or_skip() -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(f"Chromium is required with CI=true; not found at {CHROMIUM} (make test installs it)")
     pytest.skip("Chromium not installed (apt-get install chromium, or set VIBEDREAM_CHROMIUM)")
+
+
+def choose_type(page: Any, name: str) -> None:
+    page.get_by_role("combobox").first.click()
+    page.get_by_role("option", name=name, exact=True).click()
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +73,19 @@ def test_add_connection_form_shows_the_vibedream_fields(
             # browser in on its way to the page.
             page.goto(f"{api_server.base_url}/connections")
             page.get_by_role("button", name="Add Connection").click()
-            page.get_by_role("combobox").first.click()
-            page.get_by_role("option", name="VibeDream", exact=True).click()
             form = page.get_by_role("dialog")
+            # A control first: Airflow's generic type shows every field, so "hidden" below means
+            # hidden by our ui-field-behaviour, not absent from this version's form.
+            choose_type(page, "Generic")
+            expect(form.get_by_text("Login", exact=True)).to_be_visible()
+            choose_type(page, "VibeDream")
             expect(form.get_by_text("Base URL", exact=True)).to_be_visible()
             expect(form.get_by_text("API Key", exact=True)).to_be_visible()
             for hidden in ("Schema", "Login", "Port"):
                 expect(form.get_by_text(hidden, exact=True)).to_have_count(0)
             expect(form.get_by_placeholder("https://api.vibedream.ai")).to_be_visible()
+            api_key = form.get_by_placeholder("your VibeDream API key (empty: $VIBEDREAM_API_KEY)")
+            expect(api_key).to_have_attribute("type", "password")
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
             browser.close()
