@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 #: submitted, so a crash mid-batch loses no prediction id.
 STATE_KEY = "vibedream_batch_{index}"
 
+#: Below Airflow 3.3 (no task_state_store) the submissions cross the deferral in this XCom instead
+#: (small: input, prediction id and cost per image). It lasts for the try, not beyond.
+XCOM_SUBMISSIONS = "vibedream_batch_submissions"
+
 
 class RateLimiter:
     """At most ``per_minute`` acquisitions a minute, evenly spaced; thread-safe. None: no limit."""
@@ -187,6 +191,10 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         ids = [entry["prediction_id"] for entry in submitted.values() if entry.get("prediction_id")]
         deadline = time.time() + self.timeout
         if self.deferrable and ids:
+            if context.get("task_state_store") is None:  # type: ignore[attr-defined]
+                context["ti"].xcom_push(
+                    key=XCOM_SUBMISSIONS, value={str(index): entry for index, entry in submitted.items()}
+                )
             self.defer(
                 trigger=VibeDreamBatchTrigger(
                     prediction_ids=ids,
@@ -238,6 +246,13 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         store = context.get("task_state_store")  # type: ignore[attr-defined]
         found: dict[int, dict[str, Any]] = {}
         if store is None:
+            # Airflow < 3.3: only what this try handed over its own deferral (see XCOM_SUBMISSIONS).
+            ti = context["ti"]
+            handed_over = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_SUBMISSIONS, map_indexes=ti.map_index)
+            for key, entry in (handed_over or {}).items():
+                index = int(key)
+                if index < len(images) and isinstance(entry, dict) and entry.get("input") == images[index]:
+                    found[index] = entry
             return found
         for index, image in enumerate(images):
             entry = store.get(STATE_KEY.format(index=index))

@@ -17,10 +17,14 @@ COMMON = {
     "retry_delay": timedelta(seconds=2),
 }
 
-with DAG(dag_id="vibedream_resume_deferred", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+with DAG(
+    dag_id="vibedream_resume_deferred", schedule=None, start_date=datetime(2026, 1, 1), catchup=False
+) as resume_deferred:
     VibeDreamUpscaleImageOperator(task_id="upscale", deferrable=True, **COMMON)
 
-with DAG(dag_id="vibedream_resume_worker", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+with DAG(
+    dag_id="vibedream_resume_worker", schedule=None, start_date=datetime(2026, 1, 1), catchup=False
+) as resume_worker:
     VibeDreamUpscaleImageOperator(task_id="upscale", deferrable=False, **COMMON)
 
 with DAG(

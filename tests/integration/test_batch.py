@@ -15,7 +15,12 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.emulator.imaging import sample_image
-from airflow_vibedream.operators.batch import STATE_KEY, RateLimiter, VibeDreamBatchUpscaleOperator
+from airflow_vibedream.operators.batch import (
+    STATE_KEY,
+    XCOM_SUBMISSIONS,
+    RateLimiter,
+    VibeDreamBatchUpscaleOperator,
+)
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger
 from tests.conftest import TEST_KEY, MotoS3, emulator_stats
 from tests.unit.test_operators import FakeTI
@@ -225,3 +230,30 @@ def test_progress_lines_say_done_total_failed_and_elapsed(
     output = capsys.readouterr().out + caplog.text
     assert re.search(r"VibeDream batch: 3/3 done, 1 failed, \d+s elapsed", output), output[-2000:]
     assert "VibeDream batch cost estimate: 6 cents (3 images to submit x 2 cents" in output
+
+
+def test_without_task_state_store_the_ids_cross_the_deferral_in_xcom(
+    vibedream_conn: EmulatorServer, tmp_path: Path
+) -> None:
+    """Airflow < 3.3: the resumed task must still know which prediction belongs to which image."""
+    import asyncio
+
+    from airflow_vibedream.hooks.vibedream import aclose_shared_async_clients
+
+    async def fire(trigger: VibeDreamBatchTrigger) -> dict[str, Any]:
+        try:
+            async for event in trigger.run():
+                return dict(event.payload)
+            raise AssertionError("no event")
+        finally:
+            await aclose_shared_async_clients()
+
+    ti = FakeTI()
+    operator = batch(vibedream_conn, tmp_path, deferrable=True)
+    with pytest.raises(TaskDeferred) as info:
+        operator.execute({"ti": ti})  # no task_state_store in the context, as below 3.3
+    assert len(ti.xcom[XCOM_SUBMISSIONS]) == 5
+    event = asyncio.run(fire(info.value.trigger))
+    summary = operator.execute_complete({"ti": ti}, event)
+    assert summary["completed"] == 5 and summary["total_cost_cents"] == 10
+    assert emulator_stats(vibedream_conn.base_url)["accepted_submissions"] == 5
