@@ -133,7 +133,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
             # Spread the first polls over one interval: a thousand mapped tasks deferring together
             # would otherwise poll in one burst (and keep polling in lockstep), which shows as
             # event-loop lag for everyone. A job is never seen later than one interval this way.
-            await asyncio.sleep(random.uniform(0, self.poll_interval))
+            await asyncio.sleep(next_sleep(random.uniform(0, self.poll_interval), self.end_time))
             while True:
                 if self.end_time is not None and time.time() >= self.end_time:
                     return make_event(
