@@ -216,6 +216,10 @@ def _write_atomically(target: Any, chunks: Iterable[bytes], inspector: _Inspecto
         discard = getattr(handle, "discard", None)
         if callable(discard):
             discard()
+            # A discarded fsspec file is not marked closed, so its finaliser would try to flush the
+            # buffer discard just dropped (an error printed at garbage collection). Airflow wraps the
+            # file for lineage; the flag belongs on the file itself.
+            getattr(handle, "_obj", handle).closed = True
         raise
     handle.close()
 
