@@ -709,7 +709,11 @@ class _AiohttpSender:
 
     def __init__(self, session: aiohttp.ClientSession, settings: ClientSettings, api: _Api) -> None:
         import aiohttp
+        from httpx_aiohttp.transport import map_aiohttp_exceptions
 
+        # Same exception mapping as the transport, so both paths raise the same httpx errors (with
+        # the aiohttp error as the cause, which _surely_not_sent reads). Bound once, not per poll.
+        self._map_errors = map_aiohttp_exceptions
         self._session = session
         self._headers = api.plain_headers
         self._limit = settings.max_response_bytes
@@ -719,13 +723,9 @@ class _AiohttpSender:
         )
 
     async def send(self, call: _ApiCall) -> Prediction | None:
-        from httpx_aiohttp.transport import map_aiohttp_exceptions
-
         body = _CappedBody(self._limit, call)
         try:
-            # Same exception mapping as the transport, so both paths raise the same httpx errors
-            # (with the aiohttp error as the cause, which _surely_not_sent reads).
-            with map_aiohttp_exceptions():
+            with self._map_errors():
                 async with self._session.request(
                     call.method, call.url, headers=self._headers, allow_redirects=False, timeout=self._timeout
                 ) as answer:

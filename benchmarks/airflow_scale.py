@@ -16,31 +16,20 @@ Size: ``VIBEDREAM_BENCH_IMAGES`` (default 1000).
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from benchmarks.common import machine, write_result
+from benchmarks.common import machine, process_cpu_seconds, write_result
 
 KEY = "bench-key"
 COUNT = int(os.environ.get("VIBEDREAM_BENCH_IMAGES", "1000"))
 PG_ADMIN_URL = os.environ.get("VIBEDREAM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 DAGS = Path(__file__).resolve().parent / "dags"
 WAYS = {"batch": "vibedream_bench_batch", "mapped": "vibedream_bench_mapped"}
-
-
-def own_cpu_seconds(pid: int) -> float:
-    """CPU of one process itself (not its children), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -67,23 +56,6 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    import psycopg2
-
-    name = f"vibedream_bench_{secrets.token_hex(4)}"
-    admin = psycopg2.connect(PG_ADMIN_URL, connect_timeout=5)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+psycopg2://')}/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
 def seconds_between(start: str | None, end: str | None) -> float:
     if not start or not end:
         return 0.0
@@ -91,14 +63,14 @@ def seconds_between(start: str | None, end: str | None) -> float:
 
 
 def run_way(way: str, work: Path, emulator: Any) -> dict[str, Any]:
-    from tests.conftest import connection_json
-    from tests.e2e.cluster import AirflowCluster
+    from tests.conftest import connection_json, emulator_stats
+    from tests.e2e.cluster import AirflowCluster, postgres_database
 
     dag_id = WAYS[way]
     dags = work / f"dags-{way}"
     dags.mkdir()
     shutil.copy(DAGS / "vibedream_bench_scale.py", dags)
-    with postgres_database() as database:
+    with postgres_database(PG_ADMIN_URL, prefix="vibedream_bench") as database:
         airflow = AirflowCluster(
             work / f"airflow-{way}",
             dags,
@@ -116,25 +88,25 @@ def run_way(way: str, work: Path, emulator: Any) -> dict[str, Any]:
             emulator_pid = emulator.pid
             scheduler_pid = airflow.processes["scheduler"].pid
             cpu_before = {
-                "scheduler": own_cpu_seconds(scheduler_pid),
-                "workers": tree_cpu_seconds(scheduler_pid) - own_cpu_seconds(scheduler_pid),
+                "scheduler": process_cpu_seconds(scheduler_pid),
+                "workers": tree_cpu_seconds(scheduler_pid) - process_cpu_seconds(scheduler_pid),
                 "triggerer": tree_cpu_seconds(airflow.processes["triggerer"].pid),
                 "emulator": tree_cpu_seconds(emulator_pid),
             }
-            counters_before = api_counters(emulator.base_url)
+            counters_before = emulator_stats(emulator.base_url)
             run_id = airflow.trigger(
                 dag_id, {"base": emulator.base_url, "count": COUNT, "output_path": str(work / "outputs")}
             )
             state = airflow.wait_for_run(dag_id, run_id, timeout=6 * 3600)
             cpu = {
-                "scheduler": own_cpu_seconds(scheduler_pid) - cpu_before["scheduler"],
+                "scheduler": process_cpu_seconds(scheduler_pid) - cpu_before["scheduler"],
                 "workers": tree_cpu_seconds(scheduler_pid)
-                - own_cpu_seconds(scheduler_pid)
+                - process_cpu_seconds(scheduler_pid)
                 - cpu_before["workers"],
                 "triggerer": tree_cpu_seconds(airflow.processes["triggerer"].pid) - cpu_before["triggerer"],
                 "emulator": tree_cpu_seconds(emulator_pid) - cpu_before["emulator"],
             }
-            counters = api_counters(emulator.base_url)
+            counters = emulator_stats(emulator.base_url)
             dag_run = airflow.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()
             task_instances = list_task_instances(airflow, dag_id, run_id)
         finally:
@@ -161,10 +133,6 @@ def run_way(way: str, work: Path, emulator: Any) -> dict[str, Any]:
         "triggerer_cpu_seconds": cpu["triggerer"],
         "emulator_cpu_seconds": cpu["emulator"],
     }
-
-
-def api_counters(base_url: str) -> dict[str, int]:
-    return dict(httpx.get(f"{base_url}/_emulator/stats", timeout=30).json()["counters"])
 
 
 def list_task_instances(airflow: Any, dag_id: str, run_id: str) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RssGrowth, child_env, machine, write_result
+from benchmarks.common import RssGrowth, child_env, machine, process_cpu_seconds, write_result
 
 KEY = "bench-key"
 SIZES = tuple(int(n) for n in os.environ.get("VIBEDREAM_BENCH_TRIGGERS", "1000,5000").split(","))
@@ -35,11 +35,6 @@ KINDS = ("provider", "peer")
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:

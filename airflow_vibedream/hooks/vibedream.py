@@ -101,12 +101,6 @@ def settings_from_connection(
     )
 
 
-def _new_async_client(settings: ClientSettings) -> AsyncVibeDreamClient:
-    # aiohttp under the httpx API: ~10x less CPU per poll than httpx's own transport with hundreds
-    # of triggers on one loop (DESIGN.md; `make bench`).
-    return AsyncVibeDreamClient.over_aiohttp(settings)
-
-
 #: Shared async clients, per event loop (weakly: a closed loop's clients go with it) and settings.
 _SHARED_CLIENTS: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, dict[ClientSettings, AsyncVibeDreamClient]
@@ -215,7 +209,7 @@ class VibeDreamHook(BaseHook):
 
     async def get_async_client(self) -> AsyncVibeDreamClient:
         """A new async client of its own; use it as ``async with`` and reuse it for every poll."""
-        return _new_async_client(await self.aget_settings())
+        return AsyncVibeDreamClient.over_aiohttp(await self.aget_settings())
 
     async def get_shared_async_client(self) -> AsyncVibeDreamClient:
         """The async client shared by every caller on this event loop with the same settings.
@@ -228,7 +222,7 @@ class VibeDreamHook(BaseHook):
         clients = _SHARED_CLIENTS.setdefault(asyncio.get_running_loop(), {})
         client = clients.get(settings)
         if client is None:
-            client = clients[settings] = _new_async_client(settings)
+            client = clients[settings] = AsyncVibeDreamClient.over_aiohttp(settings)
         return client
 
     def test_connection(self) -> tuple[bool, str]:

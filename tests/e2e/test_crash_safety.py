@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -20,7 +20,7 @@ import pytest
 
 from airflow_vibedream.emulator.process import EmulatorProcess
 from tests.conftest import TEST_KEY, connection_json
-from tests.e2e.cluster import AirflowCluster, wait_for
+from tests.e2e.cluster import AirflowCluster, postgres_database, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -140,23 +140,14 @@ def test_b_worker_killed_after_submit_retries_and_reconnects(
 def postgres_url() -> Iterator[str]:
     """A fresh database on the machine's PostgreSQL. In CI an unreachable server fails the run."""
     psycopg2 = pytest.importorskip("psycopg2")
-    name = f"vibedream_e2e_{secrets.token_hex(4)}"
-    try:
-        admin = psycopg2.connect(PG_ADMIN_URL, connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required in CI and unreachable at {PG_ADMIN_URL}: {exc}")
-        pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc}")
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    try:
-        yield f"{base.replace('postgresql://', 'postgresql+psycopg2://')}/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(postgres_database(PG_ADMIN_URL, prefix="vibedream_e2e"))
+        except psycopg2.OperationalError as exc:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"PostgreSQL is required in CI and unreachable at {PG_ADMIN_URL}: {exc}")
+            pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc}")
+        yield url
 
 
 def test_c_two_triggerers_on_postgres_run_20_deferred_tasks_once_each(
