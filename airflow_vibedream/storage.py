@@ -23,7 +23,8 @@ from typing import IO, Any
 import httpx
 from PIL import Image
 
-from airflow_vibedream.client import VibeDreamError, VibeDreamValidationError, validate_http_url
+from airflow_vibedream.client.request import validate_http_url
+from airflow_vibedream.errors import VibeDreamError, VibeDreamValidationError
 
 CHUNK_SIZE = 1024 * 1024
 #: Buffer (and multipart part) size for object-store writes. s3fs defaults to 50 MiB, which with its

@@ -15,17 +15,14 @@ import httpx
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 
-from airflow_vibedream.client import (
-    AsyncVibeDreamClient,
-    ClientSettings,
-    RetryPolicy,
+from airflow_vibedream.client import AsyncVibeDreamClient, ClientSettings, RetryPolicy, VibeDreamClient
+from airflow_vibedream.constants import API_KEY_ENV_VAR, DEFAULT_BASE_URL
+from airflow_vibedream.errors import (
     VibeDreamAuthError,
-    VibeDreamClient,
     VibeDreamConfigError,
     VibeDreamError,
     VibeDreamNotFoundError,
 )
-from airflow_vibedream.constants import API_KEY_ENV_VAR, DEFAULT_BASE_URL
 
 
 def _extra_number(extra: Mapping[str, Any], name: str, default: float, *, whole: bool = False) -> Any:

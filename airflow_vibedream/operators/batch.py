@@ -13,15 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator, conf
 
-from airflow_vibedream.client import (
-    Prediction,
-    UpscaleRequest,
-    VibeDreamClient,
-    VibeDreamError,
-    VibeDreamValidationError,
-    validate_choice,
-)
+from airflow_vibedream.client import Prediction, UpscaleRequest, VibeDreamClient
+from airflow_vibedream.client.request import validate_choice
 from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL, OUTPUT_FORMATS, TARGET_RESOLUTIONS
+from airflow_vibedream.errors import VibeDreamError, VibeDreamValidationError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,

@@ -14,25 +14,21 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator, conf
 
-from airflow_vibedream.client import (
-    Prediction,
-    UpscaleRequest,
-    VibeDreamAuthError,
-    VibeDreamClient,
-    VibeDreamConfigError,
-    VibeDreamNotFoundError,
-    VibeDreamPredictionFailedError,
-    VibeDreamSubmissionStateUnknownError,
-    VibeDreamValidationError,
-    validate_bool,
-    validate_choice,
-    validate_model_id,
-)
+from airflow_vibedream.client import Prediction, UpscaleRequest, VibeDreamClient
+from airflow_vibedream.client.request import validate_bool, validate_choice, validate_model_id
 from airflow_vibedream.constants import (
     DEFAULT_POLL_INTERVAL,
     OUTPUT_FORMATS,
     TARGET_RESOLUTIONS,
     UPSCALER_MODEL_ID,
+)
+from airflow_vibedream.errors import (
+    VibeDreamAuthError,
+    VibeDreamConfigError,
+    VibeDreamNotFoundError,
+    VibeDreamPredictionFailedError,
+    VibeDreamSubmissionStateUnknownError,
+    VibeDreamValidationError,
 )
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.operators.lineage import input_image_of, lineage_for, output_asset

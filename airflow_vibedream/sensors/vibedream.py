@@ -10,10 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue, conf
 
-from airflow_vibedream.client import (
-    VibeDreamPredictionFailedError,
-)
 from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
+from airflow_vibedream.errors import VibeDreamPredictionFailedError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger, prediction_from_event
 

@@ -10,19 +10,16 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_vibedream.client import (
-    PollSchedule,
-    Prediction,
-    StatusTracker,
+from airflow_vibedream.client import Prediction
+from airflow_vibedream.client.calls import deadline_reached
+from airflow_vibedream.client.schedule import PollSchedule, StatusTracker, elapsed_since, next_sleep
+from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
+from airflow_vibedream.errors import (
     VibeDreamError,
     VibeDreamNotFoundError,
     VibeDreamPredictionFailedError,
     VibeDreamTimeoutError,
-    deadline_reached,
-    elapsed_since,
-    next_sleep,
 )
-from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 
 #: Event statuses. The operator treats only ``success`` as success.

@@ -15,16 +15,14 @@ import httpx
 import pytest
 from aiohttp import web
 
-from airflow_vibedream.client import (
-    AsyncVibeDreamClient,
-    ClientSettings,
-    RetryPolicy,
+from airflow_vibedream.client import AsyncVibeDreamClient, ClientSettings, RetryPolicy
+from airflow_vibedream.emulator.server import EmulatorServer
+from airflow_vibedream.errors import (
     VibeDreamAuthError,
     VibeDreamProtocolError,
     VibeDreamRateLimitedError,
     VibeDreamServerError,
 )
-from airflow_vibedream.emulator.server import EmulatorServer
 from tests.conftest import TEST_KEY, emulator_stats
 
 KEY = "fast-path-key"

@@ -10,15 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from airflow_vibedream.client import (
-    ClientSettings,
-    RetryPolicy,
-    UpscaleRequest,
-    VibeDreamClient,
-    VibeDreamError,
-    VibeDreamSubmissionStateUnknownError,
-)
+from airflow_vibedream.client import ClientSettings, RetryPolicy, UpscaleRequest, VibeDreamClient
 from airflow_vibedream.emulator import EmulatorConfig, EmulatorServer
+from airflow_vibedream.errors import VibeDreamError, VibeDreamSubmissionStateUnknownError
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
 from tests.conftest import TEST_KEY, connection_json, emulator_stats
 

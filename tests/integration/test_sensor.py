@@ -5,15 +5,9 @@ from __future__ import annotations
 import pytest
 from airflow.providers.common.compat.sdk import TaskDeferred
 
-from airflow_vibedream.client import (
-    ClientSettings,
-    UpscaleRequest,
-    VibeDreamClient,
-    VibeDreamError,
-    VibeDreamPredictionFailedError,
-    VibeDreamTimeoutError,
-)
+from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
 from airflow_vibedream.emulator import EmulatorServer
+from airflow_vibedream.errors import VibeDreamError, VibeDreamPredictionFailedError, VibeDreamTimeoutError
 from airflow_vibedream.sensors.vibedream import VibeDreamPredictionSensor
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
 from tests.conftest import TEST_KEY

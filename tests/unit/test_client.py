@@ -15,8 +15,10 @@ from airflow_vibedream.client import (
     Prediction,
     RetryPolicy,
     UpscaleRequest,
-    VibeDreamAuthError,
     VibeDreamClient,
+)
+from airflow_vibedream.errors import (
+    VibeDreamAuthError,
     VibeDreamConfigError,
     VibeDreamNotFoundError,
     VibeDreamProtocolError,

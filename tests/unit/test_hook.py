@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_vibedream.client import VibeDreamConfigError
 from airflow_vibedream.emulator import EmulatorServer
+from airflow_vibedream.errors import VibeDreamConfigError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook, base_url_from_connection
 from tests.conftest import TEST_KEY, connection_json, emulator_stats
 

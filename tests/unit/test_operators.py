@@ -9,8 +9,8 @@ from unittest import mock
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferred
 
-from airflow_vibedream.client import (
-    Prediction,
+from airflow_vibedream.client import Prediction
+from airflow_vibedream.errors import (
     VibeDreamError,
     VibeDreamPredictionFailedError,
     VibeDreamSubmissionStateUnknownError,

@@ -8,7 +8,8 @@ from unittest import mock
 import pytest
 from airflow.providers.common.compat.sdk import TaskDeferred
 
-from airflow_vibedream.client import Prediction, VibeDreamNotFoundError
+from airflow_vibedream.client import Prediction
+from airflow_vibedream.errors import VibeDreamNotFoundError
 from airflow_vibedream.operators.resume import STATE_KEY
 from airflow_vibedream.operators.vibedream import XCOM_PREDICTION_ID, VibeDreamUpscaleImageOperator
 from tests.unit.test_operators import COMPLETED, PID, SUBMITTED, FakeTI

@@ -1,0 +1,279 @@
+"""One API call: how its request is built and how its answer (or transport error) is read.
+
+Shared by the sync and async clients, so both map every answer to the same result or typed error.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from airflow_vibedream import __version__
+from airflow_vibedream.client.models import Prediction, shorten
+from airflow_vibedream.client.request import validate_model_id
+from airflow_vibedream.client.settings import ClientSettings
+from airflow_vibedream.constants import GENERATE_PATH, PREDICTION_PATH
+from airflow_vibedream.errors import (
+    VibeDreamAuthError,
+    VibeDreamError,
+    VibeDreamNotFoundError,
+    VibeDreamProtocolError,
+    VibeDreamRateLimitedError,
+    VibeDreamServerError,
+    VibeDreamSubmissionStateUnknownError,
+    VibeDreamTimeoutError,
+    VibeDreamTransportError,
+    VibeDreamValidationError,
+)
+
+
+def parse_retry_after(response: httpx.Response, body: Any) -> float | None:
+    """Seconds to wait, from a ``Retry-After`` header (seconds or HTTP-date) or a ``retry_after``
+    field of a JSON error body."""
+    header = response.headers.get("retry-after")
+    if header:
+        header = header.strip()
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(header)
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                return max(0.0, when.timestamp() - time.time())
+    if isinstance(body, Mapping):
+        for key in ("retry_after", "retryAfter"):
+            value = body.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return max(0.0, float(value))
+    return None
+
+
+def _api_error_text(body: Any, response: httpx.Response) -> str:
+    """The API's own message from an error answer, whatever common shape it takes."""
+    if isinstance(body, Mapping):
+        for key in ("error", "message", "detail"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+            if isinstance(value, Mapping) and isinstance(value.get("message"), str):
+                return str(value["message"])
+            if isinstance(value, list) and value:
+                return shorten(value)
+    text = response.text.strip() if response.content else ""
+    return shorten(text) or response.reason_phrase or f"HTTP {response.status_code}"
+
+
+def _error_for_status(response: httpx.Response, what: str) -> VibeDreamError:
+    try:
+        body: Any = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    status = response.status_code
+    api_message = _api_error_text(body, response)
+    message = f"VibeDream {what} failed: HTTP {status}: {api_message}"
+    common: dict[str, Any] = {"status_code": status, "api_message": api_message}
+    if status in (400, 422):
+        field_name = body.get("field") if isinstance(body, Mapping) else None
+        return VibeDreamValidationError(message, field=field_name, **common)
+    if status in (401, 403):
+        return VibeDreamAuthError(
+            f"{message} (check the API key in the VibeDream connection's password field)", **common
+        )
+    if status == 404:
+        return VibeDreamNotFoundError(message, **common)
+    if status == 429:
+        return VibeDreamRateLimitedError(message, retry_after=parse_retry_after(response, body), **common)
+    if status == 408 or status >= 500:
+        return VibeDreamServerError(message, retry_after=parse_retry_after(response, body), **common)
+    return VibeDreamError(message, **common)
+
+
+def _prediction_or_none(response: httpx.Response) -> Prediction | None:
+    try:
+        return Prediction.from_api(response.json())
+    except (json.JSONDecodeError, UnicodeDecodeError, VibeDreamProtocolError):
+        return None
+
+
+class CappedBody:
+    """Collects a streamed answer and refuses to hold more than ``limit`` bytes."""
+
+    def __init__(self, limit: int, call: ApiCall) -> None:
+        self.limit = limit
+        self.call = call
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise VibeDreamProtocolError(
+                f"VibeDream answer from {self.call.host} exceeds max_response_bytes ({self.limit}); "
+                "refusing to read it"
+            )
+        self.chunks.append(chunk)
+
+    def response(self, streamed: httpx.Response) -> httpx.Response:
+        # The chunks are already decoded (the cap counts decompressed bytes): drop the encoding.
+        headers = [(k, v) for k, v in streamed.headers.multi_items() if k.lower() != "content-encoding"]
+        return httpx.Response(
+            streamed.status_code, headers=headers, content=b"".join(self.chunks), request=streamed.request
+        )
+
+
+def _surely_not_sent(exc: httpx.TransportError) -> bool:
+    """True when the request never left this machine, so a submit can be retried without a
+    second job: connect errors and connect/pool timeouts happen before a byte is sent."""
+    if not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return False
+    cause = exc.__cause__
+    if cause is not None and type(cause).__module__.startswith("aiohttp"):
+        # httpx-aiohttp maps every aiohttp ClientConnectionError to ConnectTimeout, including
+        # ServerDisconnectedError after the request was sent; only its connector errors are pre-send.
+        return any(klass.__name__ == "ClientConnectorError" for klass in type(cause).__mro__)
+    return True
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One request and how to read its answer. ``submits`` marks a call that creates a billed job:
+    it may only be retried when the job surely was not created."""
+
+    description: str
+    method: str
+    url: str
+    headers: httpx.Headers
+    json_body: Mapping[str, Any] | None = None
+    timeout: httpx.Timeout | None = None
+    submits: bool = False
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or self.url
+
+    @cached_property
+    def request(self) -> httpx.Request:
+        # Built only when httpx sends the call (or an error answer is mapped): the triggerer's poll
+        # path goes straight to aiohttp and never needs it.
+        extensions = {"timeout": self.timeout.as_dict()} if self.timeout is not None else {}
+        return httpx.Request(
+            self.method, self.url, headers=self.headers, json=self.json_body, extensions=extensions
+        )
+
+    def on_transport_error(self, exc: httpx.TransportError) -> VibeDreamError:
+        request_sent = not _surely_not_sent(exc)
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self.submits and request_sent:
+            return self._state_unknown(reason)
+        return VibeDreamTransportError(
+            f"VibeDream {self.description} failed: no answer from {self.host} ({reason})",
+            request_sent=request_sent,
+        )
+
+    def on_response(self, response: httpx.Response) -> Prediction:
+        if self.submits and response.status_code == 504:
+            # A gateway gave up waiting on a sync-mode submit. If it still relayed the prediction's
+            # id, the job exists: hand it back (processing) so the caller polls that same id.
+            relayed = _prediction_or_none(response)
+            if relayed is not None:
+                return relayed
+        if response.is_success:
+            return self.on_success(response.status_code, response.content)
+        error = _error_for_status(response, self.description)
+        # A 5xx after a submit was sent may still have created the job; a 408 says the server gave
+        # up before reading the whole request, and a 429 that it refused it: both surely created none.
+        if self.submits and isinstance(error, VibeDreamServerError) and response.status_code != 408:
+            raise self._state_unknown(f"HTTP {response.status_code}: {error.api_message}")
+        raise error
+
+    def on_success(self, status_code: int, content: bytes) -> Prediction:
+        try:
+            return Prediction.from_api(json.loads(content))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            text = shorten(content.decode(errors="replace"))
+            raise VibeDreamProtocolError(
+                f"VibeDream {self.description}: answer is not JSON: {text}",
+                status_code=status_code,
+            ) from exc
+
+    def on_body(self, streamed: httpx.Response, body: CappedBody) -> Prediction:
+        """The answer, read: a success is parsed straight from its bytes (the hot path of every
+        poll); anything else is rebuilt as a response for the error mapping."""
+        if streamed.is_success:
+            return self.on_success(streamed.status_code, b"".join(body.chunks))
+        return self.on_response(body.response(streamed))
+
+    def _state_unknown(self, reason: str) -> VibeDreamSubmissionStateUnknownError:
+        return VibeDreamSubmissionStateUnknownError(
+            f"VibeDream {self.description}: submission state unknown ({reason}). The request was sent, "
+            "so the job may have been created and billed; it was NOT resubmitted automatically, to avoid "
+            "paying twice. Check your VibeDream dashboard for a new prediction before retrying."
+        )
+
+
+class Api:
+    """Builds the calls of the VibeDream API for one set of settings."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        # The bearer token is put on each API request here rather than on the httpx client, so no
+        # other request (output downloads, redirects) can ever carry it.
+        # Built once: a triggerer polls thousands of times a minute, and httpx re-normalises a dict
+        # of headers on every request.
+        self.plain_headers = {
+            "Authorization": f"Bearer {settings.api_key}",
+            "Accept": "application/json",
+            "User-Agent": f"airflow-provider-vibedream/{__version__}",
+        }
+        self._headers = httpx.Headers(self.plain_headers)
+
+    def submit(self, model_id: str, payload: Mapping[str, Any]) -> ApiCall:
+        validate_model_id(model_id)
+        timeout = None
+        if payload.get("enable_sync_mode") is True:
+            # The server holds a sync-mode request open while it works: read longer than it waits,
+            # so its own answer (done, or still processing with an id) comes back, never a timeout
+            # that would leave the submission state unknown.
+            read = max(self.settings.timeout, self.settings.sync_wait_seconds + 30.0)
+            timeout = httpx.Timeout(self.settings.timeout, read=read)
+        return ApiCall(
+            f"submit to model {model_id!r}",
+            "POST",
+            self.settings.base_url + GENERATE_PATH.format(model_id=quote(model_id, safe="")),
+            self._headers,
+            json_body=dict(payload),
+            timeout=timeout,
+            submits=True,
+        )
+
+    def get_prediction(self, prediction_id: str) -> ApiCall:
+        if not isinstance(prediction_id, str) or not prediction_id or "/" in prediction_id:
+            raise VibeDreamValidationError(
+                f"prediction_id must be a prediction id; got {prediction_id!r}", field="prediction_id"
+            )
+        return ApiCall(
+            f"poll of prediction {prediction_id}",
+            "GET",
+            self.settings.base_url + PREDICTION_PATH.format(prediction_id=quote(prediction_id, safe="")),
+            self._headers,
+        )
+
+
+def deadline_reached(prediction_id: str, deadline: float) -> VibeDreamTimeoutError:
+    """The error (and trigger event message) for a prediction that outlived its deadline."""
+    return VibeDreamTimeoutError(
+        f"VibeDream prediction {prediction_id} did not finish before the deadline "
+        f"({time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(deadline))}); it may still be running: "
+        "poll it again, or raise the operator's timeout",
+        prediction_id=prediction_id,
+    )
