@@ -117,10 +117,10 @@ class CappedBody:
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.limit:
-            raise VibeDreamProtocolError(
-                f"VibeDream answer from {self.call.host} exceeds max_response_bytes ({self.limit}); "
-                "refusing to read it"
-            )
+            reason = f"answer from {self.call.host} exceeds max_response_bytes ({self.limit})"
+            if self.call.submits:  # the job may exist: its id is in the part not read
+                raise self.call.state_unknown(reason)
+            raise VibeDreamProtocolError(f"VibeDream {reason}; refusing to read it")
         self.chunks.append(chunk)
 
     def response(self, streamed: httpx.Response) -> httpx.Response:
@@ -174,7 +174,7 @@ class ApiCall:
         request_sent = not _surely_not_sent(exc)
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if self.submits and request_sent:
-            return self._state_unknown(reason)
+            return self.state_unknown(reason)
         return VibeDreamTransportError(
             f"VibeDream {self.description} failed: no answer from {self.host} ({reason})",
             request_sent=request_sent,
@@ -193,18 +193,25 @@ class ApiCall:
         # A 5xx after a submit was sent may still have created the job; a 408 says the server gave
         # up before reading the whole request, and a 429 that it refused it: both surely created none.
         if self.submits and isinstance(error, VibeDreamServerError) and response.status_code != 408:
-            raise self._state_unknown(f"HTTP {response.status_code}: {error.api_message}")
+            raise self.state_unknown(f"HTTP {response.status_code}: {error.api_message}")
         raise error
 
     def on_success(self, status_code: int, content: bytes) -> Prediction:
         try:
-            return Prediction.from_api(json.loads(content))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            text = shorten(content.decode(errors="replace"))
-            raise VibeDreamProtocolError(
-                f"VibeDream {self.description}: answer is not JSON: {text}",
-                status_code=status_code,
-            ) from exc
+            try:
+                return Prediction.from_api(json.loads(content))
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+                text = shorten(content.decode(errors="replace"))
+                raise VibeDreamProtocolError(
+                    f"VibeDream {self.description}: answer is not JSON: {text}",
+                    status_code=status_code,
+                ) from exc
+        except VibeDreamProtocolError as exc:
+            if self.submits:
+                # A 2xx to a submit means the job was most likely created, but its id is unreadable:
+                # sending the submit again would pay twice.
+                raise self.state_unknown(f"HTTP {status_code} with an unreadable answer: {exc}") from exc
+            raise
 
     def on_body(self, streamed: httpx.Response, body: CappedBody) -> Prediction:
         """The answer, read: a success is parsed straight from its bytes (the hot path of every
@@ -213,7 +220,7 @@ class ApiCall:
             return self.on_success(streamed.status_code, b"".join(body.chunks))
         return self.on_response(body.response(streamed))
 
-    def _state_unknown(self, reason: str) -> VibeDreamSubmissionStateUnknownError:
+    def state_unknown(self, reason: str) -> VibeDreamSubmissionStateUnknownError:
         return VibeDreamSubmissionStateUnknownError(
             f"VibeDream {self.description}: submission state unknown ({reason}). The request was sent, "
             "so the job may have been created and billed; it was NOT resubmitted automatically, to avoid "

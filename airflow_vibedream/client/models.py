@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -51,6 +52,12 @@ class Prediction:
             )
         outputs = body.get("outputs")
         cost = body.get("costCents")
+        if cost is not None and (
+            isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost)
+        ):
+            raise VibeDreamProtocolError(
+                f"VibeDream answered with a costCents that is no price: {shorten(cost)}"
+            )
         return cls(
             id=str(body["id"]),
             status=str(body["status"]),
@@ -60,7 +67,7 @@ class Prediction:
             error=body.get("error"),
             created_at=body.get("createdAt"),
             completed_at=body.get("completedAt"),
-            cost_cents=int(cost) if isinstance(cost, (int, float)) else None,
+            cost_cents=int(cost) if cost is not None else None,
             status_url=body.get("statusUrl"),
         )
 

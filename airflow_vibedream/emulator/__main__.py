@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from airflow_vibedream.constants import API_KEY_ENV_VAR
+from airflow_vibedream.emulator.contract import API_KEY_ENV_VAR
 from airflow_vibedream.emulator.faults import parse_cli_rules
 from airflow_vibedream.emulator.server import base_url_of, bind_socket, build_server
 from airflow_vibedream.emulator.state import EmulatorConfig

@@ -15,12 +15,21 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from airflow_vibedream.constants import OUTPUT_FORMATS, TARGET_RESOLUTIONS, UPSCALER_MODEL_ID
+from airflow_vibedream.emulator.contract import (
+    GENERATE_ROUTE,
+    INPUT_FIELDS,
+    OUTPUT_FORMATS,
+    PREDICTION_ROUTE,
+    TARGET_RESOLUTIONS,
+    UPSCALER_MODEL_ID,
+)
 from airflow_vibedream.emulator.faults import DroppedResponse, FaultRule, apply_delay
 from airflow_vibedream.emulator.imaging import MEDIA_TYPES, sample_image
 from airflow_vibedream.emulator.state import EmulatorConfig, EmulatorState, is_upscaler
 
 CONTROL_PREFIX = "/_emulator"
+#: The body of a ``garbage`` fault.
+GARBAGE_BODY = b"<html><body>502 upstream hiccup</body></html>"
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -32,6 +41,9 @@ def fault_response(rule: FaultRule) -> Response:
     """The answer a ``status`` or ``drop`` fault gives instead of the real one."""
     if rule.kind == "drop":
         return DroppedResponse()
+    if rule.kind == "garbage":
+        # A 2xx that is no prediction: what a misbehaving proxy or a half-deployed API sends.
+        return Response(GARBAGE_BODY, status_code=200, media_type="text/html")
     extra: dict[str, Any] = {}
     headers: dict[str, str] = {}
     if rule.retry_after is not None:
@@ -45,7 +57,7 @@ def fault_response(rule: FaultRule) -> Response:
 
 
 def is_answer_fault(rule: FaultRule | None) -> bool:
-    return rule is not None and rule.kind in ("status", "drop")
+    return rule is not None and rule.kind in ("status", "drop", "garbage")
 
 
 class RequestCounter:
@@ -85,7 +97,7 @@ def validate_upscale_input(body: Any) -> tuple[dict[str, Any] | None, JSONRespon
     for name in ("enable_base64_output", "enable_sync_mode"):
         if name in body and not isinstance(body[name], bool):
             return None, error(400, f"{name} must be a boolean; got {body[name]!r}", field=name)
-    unknown = sorted(set(body) - {"image", *choices, "enable_base64_output", "enable_sync_mode"})
+    unknown = sorted(set(body) - set(INPUT_FIELDS))
     if unknown:
         return None, error(400, f"Unknown parameter: {unknown[0]}", field=unknown[0])
     return {
@@ -125,12 +137,12 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
     def unauthorized() -> JSONResponse:
         return error(401, "Invalid or missing API key. Send 'Authorization: Bearer <your API key>'.")
 
-    @app.post("/api/v1/models/{model_id}/generate")
+    @app.post(GENERATE_ROUTE)
     async def generate(model_id: str, request: Request) -> Response:
         state.counters["submissions"] += 1
         if not authorized(request):
             return unauthorized()
-        fault = state.faults.pick("submit", kinds=("status", "drop", "slow"))
+        fault = state.faults.pick("submit", kinds=("status", "drop", "slow", "garbage"))
         await apply_delay(fault)
         if fault is not None and is_answer_fault(fault) and not fault.after_create:
             return fault_response(fault)
@@ -155,11 +167,11 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
             return JSONResponse(state.submit_answer(prediction))
         return JSONResponse(state.sync_answer(prediction))
 
-    @app.get("/api/v1/predictions/{prediction_id}")
+    @app.get(PREDICTION_ROUTE)
     async def get_prediction(prediction_id: str, request: Request) -> Response:
         if not authorized(request):
             return unauthorized()
-        fault = state.faults.pick("poll", kinds=("status", "drop", "slow"))
+        fault = state.faults.pick("poll", kinds=("status", "drop", "slow", "garbage"))
         await apply_delay(fault)
         if fault is not None and is_answer_fault(fault):
             return fault_response(fault)

@@ -19,9 +19,9 @@ from starlette.types import Receive, Scope, Send
 CONTENT_MODERATION_ERROR = "Your request was flagged by content moderation. Please modify your prompt."
 
 Route = Literal["submit", "poll", "output", "any"]
-Kind = Literal["status", "drop", "slow", "fail_prediction", "stuck"]
+Kind = Literal["status", "drop", "slow", "garbage", "fail_prediction", "stuck"]
 ROUTES: tuple[str, ...] = ("submit", "poll", "output", "any")
-KINDS: tuple[str, ...] = ("status", "drop", "slow", "fail_prediction", "stuck")
+KINDS: tuple[str, ...] = ("status", "drop", "slow", "garbage", "fail_prediction", "stuck")
 
 
 @dataclass
@@ -30,8 +30,10 @@ class FaultRule:
 
     :param route: ``submit``, ``poll``, ``output`` or ``any``.
     :param kind: ``status`` (answer ``status`` with a JSON error), ``drop`` (close the connection
-        mid-answer), ``slow`` (answer after ``delay`` seconds), ``fail_prediction`` (the job ends
-        ``failed`` with ``error``), ``stuck`` (the job never leaves ``processing``).
+        mid-answer), ``slow`` (answer after ``delay`` seconds), ``garbage`` (a 200 whose body is not
+        JSON; with ``after_create`` on ``submit``, the job exists but its id is unreadable),
+        ``fail_prediction`` (the job ends ``failed`` with ``error``), ``stuck`` (the job never
+        leaves ``processing``).
     :param status: the HTTP status of a ``status`` fault.
     :param retry_after: seconds to send as a ``Retry-After`` header (and ``retry_after`` body field).
     :param after_create: on ``submit``, create the job first and fail afterwards: the client cannot

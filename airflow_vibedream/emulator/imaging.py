@@ -9,7 +9,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from airflow_vibedream.constants import INPUT_IMAGE_FORMATS, TARGET_RESOLUTIONS
+from airflow_vibedream.emulator.contract import INPUT_IMAGE_FORMATS, TARGET_RESOLUTIONS
 
 #: Pillow's encoder name and the file extension for each ``output_format``.
 ENCODERS: dict[str, tuple[str, str]] = {

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from airflow_vibedream.constants import (
-    PREDICTION_PATH,
+from airflow_vibedream.emulator.contract import (
+    PREDICTION_ROUTE,
     STATUS_COMPLETED,
     STATUS_FAILED,
     STATUS_PROCESSING,
@@ -119,7 +119,7 @@ class EmulatorState:
         return (self.config.assets_base_url or self.public_base_url).rstrip("/")
 
     def status_url(self, prediction_id: str) -> str:
-        return self.public_base_url.rstrip("/") + PREDICTION_PATH.format(prediction_id=prediction_id)
+        return self.public_base_url.rstrip("/") + PREDICTION_ROUTE.format(prediction_id=prediction_id)
 
     def submit(self, model_id: str, request: dict[str, Any]) -> EmulatedPrediction:
         outcome = self.faults.pick("submit", kinds=("fail_prediction", "stuck"))
