@@ -209,18 +209,17 @@ def _write_atomically(target: Any, chunks: Iterable[bytes], inspector: _Inspecto
             raise
         return
     # Object stores publish an object only when its upload completes; on failure abort the upload
-    # (fsspec's discard) so the buffered part is never committed at the final key.
-    handle = target.open("wb", block_size=UPLOAD_BLOCK_SIZE)
+    # (fsspec's discard) so the buffered part is never committed at the final key. The file is
+    # opened on the store's own file system, so this code owns the handle it aborts (the operators
+    # report lineage of stored outputs themselves).
+    handle = target.fs.open(target.path, "wb", block_size=UPLOAD_BLOCK_SIZE)
     try:
         _copy(chunks, handle, inspector)
     except BaseException:
-        discard = getattr(handle, "discard", None)
-        if callable(discard):
-            discard()
-            # A discarded fsspec file is not marked closed, so its finaliser would try to flush the
-            # buffer discard just dropped (an error printed at garbage collection). Airflow wraps the
-            # file for lineage; the flag belongs on the file itself.
-            getattr(handle, "_obj", handle).closed = True
+        handle.discard()
+        # discard() leaves the file open with no buffer; marked closed, its finaliser does not
+        # try to flush what was just thrown away.
+        handle.closed = True
         raise
     handle.close()
 
@@ -261,6 +260,29 @@ def store_output(output: str, target: Any, *, http: httpx.Client, uri: str | Non
         height=height,
         format=image_format,
     )
+
+
+#: Answers that mean an output is gone for good (expired links, deleted objects).
+GONE_STATUSES = frozenset({403, 404, 410})
+
+
+def first_gone_output(outputs: list[str] | None, *, timeout: float = 30.0) -> tuple[str, int] | None:
+    """The first download URL among ``outputs`` that answers 403/404/410, with that status, or None.
+
+    Only the answer's head is read (the body is not downloaded). Base64 outputs are inline: never gone.
+    A network error proves nothing either way, so it counts as available (the download will say).
+    """
+    with httpx.Client(timeout=timeout, follow_redirects=True) as http:
+        for output in outputs or []:
+            if is_data_output(output):
+                continue
+            try:
+                with http.stream("GET", output) as response:
+                    if response.status_code in GONE_STATUSES:
+                        return output, response.status_code
+            except httpx.HTTPError:
+                continue
+    return None
 
 
 def output_extension(output: str, output_format: str | None) -> str:

@@ -18,7 +18,7 @@ import httpx
 
 from airflow_vibedream import __version__
 from airflow_vibedream.client.models import Prediction, shorten
-from airflow_vibedream.client.request import validate_model_id
+from airflow_vibedream.client.request import validate_model_id, validate_prediction_id
 from airflow_vibedream.client.settings import ClientSettings
 from airflow_vibedream.constants import GENERATE_PATH, PREDICTION_PATH
 from airflow_vibedream.errors import (
@@ -264,10 +264,7 @@ class Api:
         )
 
     def get_prediction(self, prediction_id: str) -> ApiCall:
-        if not isinstance(prediction_id, str) or not prediction_id or "/" in prediction_id:
-            raise VibeDreamValidationError(
-                f"prediction_id must be a prediction id; got {prediction_id!r}", field="prediction_id"
-            )
+        validate_prediction_id(prediction_id)
         return ApiCall(
             f"poll of prediction {prediction_id}",
             "GET",

@@ -87,3 +87,12 @@ def validate_model_id(model_id: Any) -> str:
             field="model_id",
         )
     return model_id
+
+
+def validate_prediction_id(prediction_id: Any) -> str:
+    """A prediction id is one URL path segment: refuse anything that would change the route."""
+    if not isinstance(prediction_id, str) or not prediction_id or "/" in prediction_id:
+        raise VibeDreamValidationError(
+            f"prediction_id must be a prediction id; got {prediction_id!r}", field="prediction_id"
+        )
+    return prediction_id

@@ -3,82 +3,88 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator, conf
 
-from airflow_vibedream.client import Prediction, UpscaleRequest, VibeDreamClient
-from airflow_vibedream.client.request import validate_choice
-from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL, OUTPUT_FORMATS, TARGET_RESOLUTIONS
+from airflow_vibedream.client.request import UpscaleRequest
+from airflow_vibedream.client.sync import VibeDreamClient
+from airflow_vibedream.constants import (
+    DEFAULT_POLL_INTERVAL,
+    OUTPUT_FORMATS,
+    TARGET_RESOLUTIONS,
+    UPSCALER_MODEL_ID,
+)
 from airflow_vibedream.errors import VibeDreamError, VibeDreamValidationError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
+from airflow_vibedream.lifecycle.batch import (
+    DONE,
+    FAILED,
+    PENDING,
+    BatchImage,
+    BatchSubmitter,
+    poll_outcome,
+)
+from airflow_vibedream.lifecycle.events import EVENT_SUCCESS, EVENT_TIMEOUT, error_from_event
+from airflow_vibedream.lifecycle.fingerprint import JobSpec
+from airflow_vibedream.lifecycle.outputs import OutputTarget
+from airflow_vibedream.lifecycle.rules import failures_decided_once, is_permanent
+from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
+from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
 from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,
     list_s3_images,
-    persist_outputs,
     resolve_image,
     safe_segment,
     storage_uri,
     validate_image_source,
     write_text_atomically,
 )
-from airflow_vibedream.triggers.vibedream import EVENT_SUCCESS, VibeDreamBatchTrigger
+from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
-#: task_state_store key of image ``i``'s submission: one key each, written as soon as it is
-#: submitted, so a crash mid-batch loses no prediction id.
-STATE_KEY = "vibedream_batch_{index}"
-
-#: Below Airflow 3.3 (no task_state_store) the submissions cross the deferral in this XCom instead
-#: (small: input, prediction id and cost per image). It lasts for the try, not beyond.
+#: Below Airflow 3.3 (no task_state_store) the records cross the deferral in this XCom instead
+#: (small: fingerprint, input, prediction id and cost per image). It lasts for the try, not beyond.
 XCOM_SUBMISSIONS = "vibedream_batch_submissions"
 
-
-class RateLimiter:
-    """At most ``per_minute`` acquisitions a minute, evenly spaced; thread-safe. None: no limit."""
-
-    def __init__(self, per_minute: float | None) -> None:
-        self._spacing = 60.0 / per_minute if per_minute else 0.0
-        self._next = time.monotonic()
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        if not self._spacing:
-            return
-        with self._lock:
-            now = time.monotonic()
-            wait = self._next - now
-            self._next = max(now, self._next) + self._spacing
-        if wait > 0:
-            time.sleep(wait)
+#: Manifest statuses beyond the API's own (``completed``, ``failed``).
+STATUS_UNKNOWN = "submission_state_unknown"
+STATUS_NOT_SUBMITTED = "not_submitted"
+STATUS_TIMEOUT = "timeout"
 
 
 class VibeDreamBatchUpscaleOperator(BaseOperator):
     """Upscales many images in one task: bounded, rate-limited submits, then one deferral to one
     trigger that polls them all, then a JSONL manifest next to the outputs.
 
-    Returns a small summary: ``{"total", "completed", "failed", "total_cost_cents", "manifest"}``.
-    Each manifest line: ``{"input", "prediction_id", "status", "outputs", "error", "cost_cents"}``.
-    A retry reuses every prediction already submitted (kept in ``task_state_store``, Airflow 3.3+).
+    Returns a small summary: ``{"total", "completed", "failed", "unknown", "total_cost_cents",
+    "manifest"}``. Each manifest line: ``{"input", "prediction_id", "status", "outputs", "error",
+    "cost_cents"}``. Every prediction id is recorded in ``task_state_store`` (Airflow 3.3+) the moment
+    its submit returns, keyed by the fingerprint of its request: a retry or a clear reuses each
+    image's own job (never another image's) and submits only what was not submitted. An image whose
+    submit outcome is unknown (an answer lost after sending) is never resubmitted automatically: it
+    is listed as ``submission_state_unknown`` in the manifest and in the task's error.
 
     :param images: image URLs / ``s3://`` objects (a list, or a templated XCom/JSON list).
     :param s3_prefix: instead of ``images``: every image object under this ``s3://bucket/prefix``.
     :param target_resolution: ``2k``, ``4k`` or ``8k``. Templated.
     :param output_format: ``jpeg``, ``png`` or ``webp``. Templated.
     :param output_path: where outputs and the manifest go (local directory or object-store URI).
+    :param output_name_template: each output's name relative to ``output_path`` (as for the
+        single-image operators).
+    :param output_conn_id: the connection of ``output_path``'s store, if not ``aws_conn_id``.
     :param max_concurrency: submits (and downloads) in flight at once (the lowest tier allows 2).
     :param requests_per_minute: submit rate limit; None for no limit (lowest tier: about 2).
     :param fail_on_error: fail the task, after the manifest is written, if any image failed.
     :param vibedream_conn_id: the VibeDream connection.
-    :param aws_conn_id: for ``s3://`` inputs, prefix listing and outputs.
+    :param aws_conn_id: for ``s3://`` inputs, prefix listing and (by default) outputs.
     :param poll_interval: seconds between polling rounds.
     :param timeout: seconds (or timedelta) the whole batch may take after the submits.
     :param deferrable: wait in the triggerer.
@@ -105,6 +111,8 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         output_path: str,
         images: list[str] | str | None = None,
         s3_prefix: str | None = None,
+        output_name_template: str = DEFAULT_OUTPUT_NAME,
+        output_conn_id: str | None = None,
         max_concurrency: int = 4,
         requests_per_minute: float | None = None,
         fail_on_error: bool = True,
@@ -119,44 +127,34 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        for name, value, allow_none in (
-            ("max_cost_cents", max_cost_cents, True),
-            ("cost_cents_per_image", cost_cents_per_image, False),
-        ):
-            if value is None and allow_none:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise VibeDreamValidationError(
-                    f"{name} must be a number of cents >= 0{' or None' if allow_none else ''}; got {value!r}",
-                    field=name,
-                )
+        # Checked here, at parse time, the same way as every other operator's parameters.
+        non_negative(max_cost_cents, "max_cost_cents", allow_none=True)
+        non_negative(cost_cents_per_image, "cost_cents_per_image")
         if (images is None) == (s3_prefix is None):
             raise VibeDreamValidationError("give exactly one of images or s3_prefix", field="images")
-        if not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise VibeDreamValidationError(
-                f"max_concurrency must be >= 1; got {max_concurrency!r}", field="max_concurrency"
-            )
-        if requests_per_minute is not None and requests_per_minute <= 0:
-            raise VibeDreamValidationError(
-                f"requests_per_minute must be > 0 or None; got {requests_per_minute!r}",
-                field="requests_per_minute",
-            )
+        self.max_concurrency = positive_whole(max_concurrency, "max_concurrency")
+        if requests_per_minute is not None:
+            positive_seconds(requests_per_minute, "requests_per_minute")
+        self.poll_interval = positive_seconds(poll_interval, "poll_interval")
+        self.timeout = positive_seconds(timeout, "timeout")
+        self.progress_interval = positive_seconds(progress_interval, "progress_interval")
+        choice("target_resolution", target_resolution, TARGET_RESOLUTIONS, unless_templated=True)
+        choice("output_format", output_format, OUTPUT_FORMATS, unless_templated=True)
         self.images = images
         self.s3_prefix = s3_prefix
         self.target_resolution = target_resolution
         self.output_format = output_format
         self.output_path = output_path
-        self.max_concurrency = max_concurrency
+        self.output_name_template = output_name_template
+        self.output_conn_id = output_conn_id
         self.requests_per_minute = requests_per_minute
         self.fail_on_error = fail_on_error
         self.vibedream_conn_id = vibedream_conn_id
         self.aws_conn_id = aws_conn_id
-        self.poll_interval = float(poll_interval)
-        self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
         self.deferrable = deferrable
         self.max_cost_cents = max_cost_cents
         self.cost_cents_per_image = cost_cents_per_image
-        self.progress_interval = float(progress_interval)
+        self._submitter: BatchSubmitter | None = None
 
     @cached_property
     def hook(self) -> VibeDreamHook:
@@ -166,8 +164,8 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
 
     def image_list(self) -> list[str]:
         """The rendered images, validated one by one (the field name says which one is wrong)."""
-        validate_choice("target_resolution", self.target_resolution, TARGET_RESOLUTIONS)
-        validate_choice("output_format", self.output_format, OUTPUT_FORMATS)
+        choice("target_resolution", self.target_resolution, TARGET_RESOLUTIONS)
+        choice("output_format", self.output_format, OUTPUT_FORMATS)
         if self.s3_prefix is not None:
             return list_s3_images(self.s3_prefix, aws_conn_id=self.aws_conn_id)
         images = json.loads(self.images) if isinstance(self.images, str) else self.images
@@ -177,19 +175,47 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             )
         return [validate_image_source(f"images[{index}]", image) for index, image in enumerate(images)]
 
+    def batch_images(self) -> list[BatchImage]:
+        """Each image with what is asked for it (the image as named: ``s3://`` is never presigned here)."""
+        return [
+            BatchImage(
+                index,
+                image,
+                JobSpec(
+                    UPSCALER_MODEL_ID,
+                    {
+                        "image": image,
+                        "target_resolution": self.target_resolution,
+                        "output_format": self.output_format,
+                        "enable_base64_output": False,
+                        "enable_sync_mode": False,
+                    },
+                ),
+            )
+            for index, image in enumerate(self.image_list())
+        ]
+
+    def _payload(self, item: BatchImage) -> dict[str, Any]:
+        expires = self.timeout * (int(self.retries or 0) + 1) + 3600
+        image = resolve_image(item.image, aws_conn_id=self.aws_conn_id, expires_in=expires)
+        return UpscaleRequest(**{**item.spec.asked, "image": image}).to_payload()
+
+    def _store(self, context: Context) -> SubmissionStore:
+        return SubmissionStore(context, handover_key=XCOM_SUBMISSIONS)
+
     # -- the task ----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        images = self.image_list()  # every input checked before any request
-        self.log.info("VibeDream batch of %d images", len(images))
-        submitted = self._submit_all(context, self.hook.get_client(), images)
-        ids = [entry["prediction_id"] for entry in submitted.values() if entry.get("prediction_id")]
+        with failures_decided_once():
+            items = self.batch_images()  # every input checked before any request
+        self.log.info("VibeDream batch of %d images", len(items))
+        store = self._store(context)
+        client = self.hook.get_client()
+        records = self._submit_all(store, client, items)
+        ids = sorted({r.prediction_id for r in records.values() if r.prediction_id})
         deadline = time.time() + self.timeout
         if self.deferrable and ids:
-            if context.get("task_state_store") is None:  # type: ignore[attr-defined]
-                context["ti"].xcom_push(
-                    key=XCOM_SUBMISSIONS, value={str(index): entry for index, entry in submitted.items()}
-                )
+            store.hand_over()
             self.defer(
                 trigger=VibeDreamBatchTrigger(
                     prediction_ids=ids,
@@ -202,103 +228,106 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout + 60),
             )
-        return self._finish(context, images, submitted, pending=self._wait_in_worker(ids, deadline))
+        with failures_decided_once():
+            outcome = self._wait_in_worker(client, ids, deadline)
+        return self._finish(context, items, records, outcome)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        images = self.image_list()
-        submitted = self._stored(context, images)
-        if event.get("status") not in (EVENT_SUCCESS, "timeout"):
-            raise VibeDreamError(f"Waiting for the VibeDream batch failed: {event.get('message')}")
-        return self._finish(context, images, submitted, pending=list(event.get("pending") or []))
+        items = self.batch_images()
+        store = self._store(context)
+        records = {item.key: r for item in items if (r := store.get(item.key)) is not None}
+        if event.get("status") not in (EVENT_SUCCESS, EVENT_TIMEOUT):
+            with failures_decided_once():
+                raise error_from_event(event, prediction_id="batch")
+        outcome = {pid: (FAILED, error) for pid, error in (event.get("failed") or {}).items()}
+        outcome.update({pid: (PENDING, None) for pid in event.get("pending") or []})
+        return self._finish(context, items, records, outcome)
 
-    def _wait_in_worker(self, ids: list[str], deadline: float) -> list[str]:
-        client = self.hook.get_client()
-        outstanding = list(ids)
-        failures = 0
+    def on_kill(self) -> None:
+        # Called from Airflow's SIGTERM handler: only set a flag; the submit loop winds down itself.
+        if self._submitter is not None:
+            self._submitter.stop()
+
+    def _wait_in_worker(
+        self, client: VibeDreamClient, ids: list[str], deadline: float
+    ) -> dict[str, tuple[str, str | None]]:
+        """Poll every prediction until none is pending or the deadline passes; the same reading of
+        each answer as the trigger's (a 404 fails that image only)."""
+        outcome: dict[str, tuple[str, str | None]] = dict.fromkeys(ids, (PENDING, None))
         started = last_progress = time.monotonic()
-        while outstanding and time.time() < deadline:
+
+        def poll(prediction_id: str) -> tuple[str, str | None]:
+            try:
+                return poll_outcome(client.get_prediction(prediction_id))
+            except VibeDreamError as exc:
+                return poll_outcome(exc)
+
+        while (
+            pending := [pid for pid, (state, _) in outcome.items() if state == PENDING]
+        ) and time.time() < deadline:
             with ThreadPoolExecutor(self.max_concurrency) as pool:
-                answers = list(pool.map(client.get_prediction, outstanding))
-            failures += sum(1 for answer in answers if answer.failed)
-            outstanding = [answer.id for answer in answers if not answer.is_terminal]
+                outcome.update(zip(pending, pool.map(poll, pending), strict=True))
             now = time.monotonic()
-            if not outstanding or now - last_progress >= self.progress_interval:
+            still = sum(1 for state, _ in outcome.values() if state == PENDING)
+            if not still or now - last_progress >= self.progress_interval:
                 last_progress = now
+                failures = sum(1 for state, _ in outcome.values() if state == FAILED)
                 self.log.info(
                     "VibeDream batch: %d/%d done, %d failed, %.0fs elapsed",
-                    len(ids) - len(outstanding),
+                    len(ids) - still,
                     len(ids),
                     failures,
                     now - started,
                 )
-            if outstanding:
-                time.sleep(self.poll_interval)
-        return outstanding
+            if still:
+                time.sleep(max(0.0, min(self.poll_interval, deadline - time.time())))
+        return outcome
 
     # -- submits, resumable ------------------------------------------------------------------------
 
-    def _stored(self, context: Context, images: list[str]) -> dict[int, dict[str, Any]]:
-        store = context.get("task_state_store")  # type: ignore[attr-defined]
-        found: dict[int, dict[str, Any]] = {}
-        if store is None:
-            # Airflow < 3.3: only what this try handed over its own deferral (see XCOM_SUBMISSIONS).
-            ti = context["ti"]
-            handed_over = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_SUBMISSIONS, map_indexes=ti.map_index)
-            for key, entry in (handed_over or {}).items():
-                index = int(key)
-                if index < len(images) and isinstance(entry, dict) and entry.get("input") == images[index]:
-                    found[index] = entry
-            return found
-        for index, image in enumerate(images):
-            entry = store.get(STATE_KEY.format(index=index))
-            if isinstance(entry, dict) and entry.get("input") == image:
-                found[index] = entry
-        return found
-
     def _submit_all(
-        self, context: Context, client: VibeDreamClient, images: list[str]
-    ) -> dict[int, dict[str, Any]]:
-        submitted = self._stored(context, images)
-        if submitted:
-            self.log.info("Reusing %d predictions submitted by an earlier try", len(submitted))
-        self._check_budget(len(images), submitted)
-        store = context.get("task_state_store")  # type: ignore[attr-defined]
-        limiter = RateLimiter(self.requests_per_minute)
-        expires = self.timeout * (int(self.retries or 0) + 1) + 3600
-
-        def submit(image: str) -> Prediction:
-            request = UpscaleRequest(
-                image=resolve_image(image, aws_conn_id=self.aws_conn_id, expires_in=expires),
-                target_resolution=self.target_resolution,
-                output_format=self.output_format,
+        self, store: SubmissionStore, client: VibeDreamClient, items: list[BatchImage]
+    ) -> dict[str, SubmissionRecord]:
+        """Every image's record: reused from an earlier try when made for the same request, else
+        submitted now. Identical requests in one batch share one job."""
+        unique = list({item.key: item for item in items}.values())
+        records: dict[str, SubmissionRecord] = {}
+        for item in unique:
+            record = store.get(item.key)
+            if record is not None and record.fingerprint == item.spec.fingerprint:
+                records[item.key] = record
+        if records:
+            unknown = sum(1 for r in records.values() if r.state == UNKNOWN)
+            self.log.info(
+                "Reusing %d predictions recorded by an earlier try (%d of them with submission state "
+                "unknown, not resubmitted)",
+                len(records) - unknown,
+                unknown,
             )
-            limiter.acquire()
-            return client.upscale(request)
+        if len(unique) < len(items):
+            self.log.info(
+                "%d images repeat an earlier one in the list: one job serves each repeat",
+                len(items) - len(unique),
+            )
+        todo = [item for item in unique if item.key not in records]
+        self._check_budget(len(todo), records)
+        self._submitter = BatchSubmitter(
+            client=client,
+            store=store,
+            log=self.log,
+            payload=self._payload,
+            max_concurrency=self.max_concurrency,
+            requests_per_minute=self.requests_per_minute,
+            request_timeout=client.settings.timeout,
+        )
+        result = self._submitter.submit_all(todo)
+        self._not_submitted = result.errors
+        records.update(result.records)
+        return records
 
-        todo = [index for index in range(len(images)) if index not in submitted]
-        with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="vibedream-submit") as pool:
-            futures: dict[Future[Prediction], int] = {pool.submit(submit, images[i]): i for i in todo}
-            for future in as_completed(futures):
-                index = futures[future]
-                try:
-                    prediction = future.result()
-                except VibeDreamError as exc:  # this image is lost, the batch goes on
-                    submitted[index] = {"input": images[index], "prediction_id": None, "error": str(exc)}
-                    continue
-                entry: dict[str, Any] = {
-                    "input": images[index],
-                    "prediction_id": prediction.id,
-                    "cost_cents": prediction.cost_cents,
-                }
-                submitted[index] = entry
-                if store is not None:  # persisted from this thread, right after the submit returned
-                    store.set(STATE_KEY.format(index=index), entry)
-        return submitted
-
-    def _check_budget(self, total: int, submitted: dict[int, dict[str, Any]]) -> None:
+    def _check_budget(self, to_submit: int, records: dict[str, SubmissionRecord]) -> None:
         """Refuse the batch, before any submit, when its estimated cost is over ``max_cost_cents``."""
-        spent = sum(entry.get("cost_cents") or 0 for entry in submitted.values())
-        to_submit = total - len(submitted)
+        spent = sum(r.cost_cents or 0 for r in records.values())
         estimate = spent + to_submit * self.cost_cents_per_image
         self.log.info(
             "VibeDream batch cost estimate: %g cents (%d images to submit x %g cents, %g cents already "
@@ -319,66 +348,102 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     # -- results -----------------------------------------------------------------------------------
 
     def _finish(
-        self, context: Context, images: list[str], submitted: dict[int, dict[str, Any]], pending: list[str]
+        self,
+        context: Context,
+        items: list[BatchImage],
+        records: dict[str, SubmissionRecord],
+        outcome: dict[str, tuple[str, str | None]],
     ) -> dict[str, Any]:
         client = self.hook.get_client()
         ti = context["ti"]
-        names = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
+        target = OutputTarget(
+            self.output_path, self.output_name_template, self.output_conn_id or self.aws_conn_id
+        )
+        not_submitted: dict[str, str] = getattr(self, "_not_submitted", {})
 
-        def line(index: int) -> dict[str, Any]:
-            entry = submitted.get(index, {})
-            prediction_id = entry.get("prediction_id")
+        def line(item: BatchImage) -> dict[str, Any]:
+            record = records.get(item.key)
             base = {
-                "input": images[index],
-                "prediction_id": prediction_id,
-                "cost_cents": entry.get("cost_cents"),
+                "input": item.image,
+                "prediction_id": record.prediction_id if record else None,
+                "cost_cents": record.cost_cents if record else None,
             }
-            if not prediction_id:
-                return {**base, "status": "not_submitted", "outputs": None, "error": entry.get("error")}
-            if prediction_id in pending:
+            if record is None:
                 return {
                     **base,
-                    "status": "timeout",
+                    "status": STATUS_NOT_SUBMITTED,
+                    "outputs": None,
+                    "error": not_submitted.get(item.key),
+                }
+            if record.state == UNKNOWN or record.prediction_id is None:
+                return {**base, "status": STATUS_UNKNOWN, "outputs": None, "error": record.error}
+            state, error = outcome.get(record.prediction_id, (DONE, None))
+            if state == PENDING:
+                return {
+                    **base,
+                    "status": STATUS_TIMEOUT,
                     "outputs": None,
                     "error": "did not finish before the deadline",
                 }
+            if state == FAILED:
+                return {**base, "status": "failed", "outputs": None, "error": error}
             try:
-                prediction = client.get_prediction(prediction_id)
+                prediction = client.get_prediction(record.prediction_id)
                 if not prediction.succeeded:
                     return {**base, "status": prediction.status, "outputs": None, "error": prediction.error}
-                stored = persist_outputs(
-                    prediction.outputs or [],
-                    self.output_path,
-                    names={**names, "prediction_id": prediction_id},
-                    output_format=self.output_format,
-                    name_template=DEFAULT_OUTPUT_NAME,
-                    conn_id=self.aws_conn_id,
-                )
+                stored = target.store(prediction, ti, self.output_format)
                 return {**base, "status": "completed", "outputs": [s.uri for s in stored], "error": None}
             except VibeDreamError as exc:
-                return {**base, "status": "failed", "outputs": None, "error": str(exc)}
+                return {
+                    **base,
+                    "status": "failed",
+                    "outputs": None,
+                    "error": str(exc),
+                    "retryable": not is_permanent(exc),  # e.g. a download cut short
+                }
 
+        # One download per distinct job (repeated images share one), then one manifest line per image.
+        unique = list({item.key: item for item in items}.values())
         with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="vibedream-download") as pool:
-            lines = list(pool.map(line, range(len(images))))
+            by_key = dict(zip((item.key for item in unique), pool.map(line, unique), strict=True))
+        lines = [{**by_key[item.key], "input": item.image} for item in items]
         map_suffix = f"/map_{ti.map_index}" if ti.map_index is not None and ti.map_index >= 0 else ""
         manifest_uri = (
             f"{storage_uri(self.output_path).rstrip('/')}/{safe_segment(ti.dag_id)}/{safe_segment(ti.run_id)}/"
             f"{safe_segment(ti.task_id)}{map_suffix}/manifest.jsonl"
         )
+        retryable = any(
+            item["status"] in (STATUS_NOT_SUBMITTED, STATUS_TIMEOUT) or item.pop("retryable", False)
+            for item in lines
+        )
+        for item in lines:
+            item.pop("retryable", None)
         write_text_atomically(
-            manifest_uri, "".join(json.dumps(item) + "\n" for item in lines), conn_id=self.aws_conn_id
+            manifest_uri, "".join(json.dumps(item) + "\n" for item in lines), conn_id=target.conn_id
         )
         completed = sum(1 for item in lines if item["status"] == "completed")
+        unknown = [item["input"] for item in lines if item["status"] == STATUS_UNKNOWN]
         summary = {
             "total": len(lines),
             "completed": completed,
             "failed": len(lines) - completed,
-            "total_cost_cents": sum(item["cost_cents"] or 0 for item in lines),
+            "unknown": len(unknown),
+            "total_cost_cents": sum(r.cost_cents or 0 for r in records.values()),
             "manifest": manifest_uri,
         }
         self.log.info("VibeDream batch finished: %s", summary)
         if self.fail_on_error and summary["failed"]:
-            raise AirflowException(
+            message = (
                 f"{summary['failed']} of {summary['total']} images failed; see the manifest {manifest_uri}"
             )
+            if unknown:
+                message += (
+                    ". Submission state unknown (sent, answer lost: they may exist and be billed; NOT "
+                    f"resubmitted, check your VibeDream dashboard): {', '.join(unknown)}"
+                )
+            # Only a retry that can change something is allowed: images never submitted, or cut by the
+            # deadline, or lost to a transient error. Failed predictions and unknown states are final.
+            if retryable:
+                raise AirflowException(message)
+            raise AirflowFailException(message)
         return summary

@@ -12,34 +12,27 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator, conf
+from airflow.providers.common.compat.sdk import BaseOperator, conf
 
-from airflow_vibedream.client import Prediction, UpscaleRequest, VibeDreamClient
-from airflow_vibedream.client.request import validate_bool, validate_choice, validate_model_id
+from airflow_vibedream.client.models import Prediction
+from airflow_vibedream.client.request import UpscaleRequest, validate_bool, validate_model_id
 from airflow_vibedream.constants import (
     DEFAULT_POLL_INTERVAL,
     OUTPUT_FORMATS,
     TARGET_RESOLUTIONS,
     UPSCALER_MODEL_ID,
 )
-from airflow_vibedream.errors import (
-    VibeDreamAuthError,
-    VibeDreamConfigError,
-    VibeDreamNotFoundError,
-    VibeDreamPredictionFailedError,
-    VibeDreamSubmissionStateUnknownError,
-    VibeDreamValidationError,
-)
+from airflow_vibedream.errors import VibeDreamPredictionFailedError, VibeDreamValidationError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
+from airflow_vibedream.lifecycle.events import prediction_from_event
+from airflow_vibedream.lifecycle.fingerprint import JobSpec
+from airflow_vibedream.lifecycle.job import SingleJob
+from airflow_vibedream.lifecycle.outputs import OutputTarget
+from airflow_vibedream.lifecycle.rules import failures_decided_once
+from airflow_vibedream.lifecycle.validation import choice, is_templated, positive_seconds
 from airflow_vibedream.operators.lineage import input_image_of, lineage_for, output_asset
-from airflow_vibedream.operators.resume import StoredSubmission, load_submission, save_submission
-from airflow_vibedream.storage import (
-    DEFAULT_OUTPUT_NAME,
-    persist_outputs,
-    resolve_image,
-    validate_image_source,
-)
-from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger, prediction_from_event
+from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, resolve_image, validate_image_source
+from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -49,31 +42,6 @@ XCOM_PREDICTION_ID = "prediction_id"
 #: XCom key of the submit answer's cost: poll answers do not repeat it, and XCom (unlike defer
 #: kwargs, which ``dag.test()`` drops) survives until the task finishes.
 XCOM_COST_CENTS = "cost_cents"
-
-#: Errors no retry of the task can cure: bad input, bad key, bad configuration. And a submit whose
-#: outcome is unknown: a blind retry could create, and bill, a second job.
-_PERMANENT_ERRORS = (
-    VibeDreamValidationError,
-    VibeDreamAuthError,
-    VibeDreamConfigError,
-    VibeDreamSubmissionStateUnknownError,
-)
-
-
-def _is_templated(value: Any) -> bool:
-    """Values rendered later (Jinja strings, XComArgs) are validated after rendering instead."""
-    return not isinstance(value, (str, bool, int, float, Mapping)) or (
-        isinstance(value, str) and "{{" in value
-    )
-
-
-def _seconds(value: float | timedelta, field_name: str) -> float:
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
-        raise VibeDreamValidationError(
-            f"{field_name} must be a positive number of seconds; got {value!r}", field=field_name
-        )
-    return float(seconds)
 
 
 class VibeDreamGenerateOperator(BaseOperator):
@@ -128,7 +96,7 @@ class VibeDreamGenerateOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id
         self.output_conn_id = output_conn_id
         self._lineage: tuple[str | None, list[str]] = (None, [])
-        if output_path and not _is_templated(output_path):
+        if output_path and not is_templated(output_path):
             # A fixed destination is a data product: declare it, so asset-aware DAGs can follow it.
             self.outlets = [*self.outlets, output_asset(output_path)]
         self.model_id = model_id
@@ -136,10 +104,10 @@ class VibeDreamGenerateOperator(BaseOperator):
         self.output_path = output_path
         self.output_name_template = output_name_template
         self.vibedream_conn_id = vibedream_conn_id
-        self.poll_interval = _seconds(poll_interval, "poll_interval")
-        self.timeout = _seconds(timeout, "timeout")
+        self.poll_interval = positive_seconds(poll_interval, "poll_interval")
+        self.timeout = positive_seconds(timeout, "timeout")
         self.deferrable = deferrable
-        if not _is_templated(model_id):
+        if not is_templated(model_id):
             validate_model_id(model_id)
 
     @cached_property
@@ -148,13 +116,17 @@ class VibeDreamGenerateOperator(BaseOperator):
 
     # -- what to submit ---------------------------------------------------------------------------
 
-    def build_request(self) -> tuple[str, dict[str, Any]]:
-        """The model id and JSON input, validated (after templates were rendered)."""
+    def job_spec(self) -> JobSpec:
+        """What this try asks for, validated (after templates were rendered), as the user named it."""
         if not isinstance(self.input, Mapping):
             raise VibeDreamValidationError(
                 f"input must be a JSON object of the model's parameters; got {self.input!r}", field="input"
             )
-        return validate_model_id(self.model_id), dict(self.input)
+        return JobSpec(validate_model_id(self.model_id), dict(self.input))
+
+    def payload(self, spec: JobSpec) -> dict[str, Any]:
+        """The JSON body actually sent (built only when submitting)."""
+        return dict(spec.asked)
 
     def requested_output_format(self) -> str | None:
         """The ``output_format`` input, if any: it names the stored files' extension."""
@@ -164,89 +136,47 @@ class VibeDreamGenerateOperator(BaseOperator):
     # -- the task ---------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        try:
-            model_id, payload = self.build_request()
+        with failures_decided_once():
+            spec = self.job_spec()  # every rendered value checked before any request
             client = self.hook.get_client()
-            prediction = self._reconnect(context, client, model_id) or self._submit(
-                context, client, model_id, payload
+            job = SingleJob(context, self.log, durable=self.durable)
+            prediction = job.start(client, spec, lambda: self.payload(spec))
+            # XCom is cleared at each try; push again so downstream tasks and execute_complete see it.
+            context["ti"].xcom_push(key=XCOM_PREDICTION_ID, value=prediction.id)
+            context["ti"].xcom_push(key=XCOM_COST_CENTS, value=prediction.cost_cents)
+            if prediction.is_terminal:  # sync mode's answer, or a prediction that completed meanwhile
+                return self._finish(context, prediction)
+            # One wall-clock deadline for this try, shared by the trigger and the worker loop.
+            deadline = time.time() + self.timeout
+            if self.deferrable:
+                self.defer(
+                    trigger=VibeDreamPredictionTrigger(
+                        prediction_id=prediction.id,
+                        vibedream_conn_id=self.vibedream_conn_id,
+                        poll_interval=self.poll_interval,
+                        end_time=deadline,
+                    ),
+                    method_name="execute_complete",
+                    # A backstop after the trigger's own timeout event: if no triggerer runs the trigger
+                    # at all, Airflow fails the try and the retry reconnects to the stored prediction.
+                    timeout=timedelta(seconds=self.timeout + 60),
+                )
+            waited = client.wait_for_prediction(
+                prediction.id,
+                poll_interval=self.poll_interval,
+                deadline=deadline,
+                on_status_change=self._log_status_change,
             )
-        except _PERMANENT_ERRORS as exc:
-            raise AirflowFailException(str(exc)) from exc
-        # XCom is cleared at each try; push again so downstream tasks and execute_complete see it.
-        context["ti"].xcom_push(key=XCOM_PREDICTION_ID, value=prediction.id)
-        context["ti"].xcom_push(key=XCOM_COST_CENTS, value=prediction.cost_cents)
-        if prediction.is_terminal:  # sync mode's answer, or a prediction that completed meanwhile
-            return self._finish(context, prediction)
-        # One wall-clock deadline for this try, shared by the trigger and the worker loop.
-        deadline = time.time() + self.timeout
-        if self.deferrable:
-            self.defer(
-                trigger=VibeDreamPredictionTrigger(
-                    prediction_id=prediction.id,
-                    vibedream_conn_id=self.vibedream_conn_id,
-                    poll_interval=self.poll_interval,
-                    end_time=deadline,
-                ),
-                method_name="execute_complete",
-                # A backstop after the trigger's own timeout event: if no triggerer runs the trigger
-                # at all, Airflow fails the try and the retry reconnects to the stored prediction.
-                timeout=timedelta(seconds=self.timeout + 60),
-            )
-        waited = client.wait_for_prediction(
-            prediction.id,
-            poll_interval=self.poll_interval,
-            deadline=deadline,
-            on_status_change=self._log_status_change,
-        )
-        return self._finish(context, waited.with_cost(prediction.cost_cents))
-
-    def _submit(
-        self, context: Context, client: VibeDreamClient, model_id: str, payload: dict[str, Any]
-    ) -> Prediction:
-        submitted = client.submit(model_id, payload)
-        self.log.info(
-            "Submitted VibeDream prediction %s to model %s (cost %s cents)",
-            submitted.id,
-            model_id,
-            submitted.cost_cents,
-        )
-        if self.durable:
-            # Before any waiting: from here on, a crash of this try must not cost a second job.
-            save_submission(context, StoredSubmission(submitted.id, submitted.cost_cents, model_id))
-        return submitted
-
-    def _reconnect(self, context: Context, client: VibeDreamClient, model_id: str) -> Prediction | None:
-        """The stored prediction of an earlier try, if it can still serve this one."""
-        if not self.durable:
-            return None
-        stored = load_submission(context, self.log)
-        if stored is None or stored.model_id != model_id:
-            return None
-        try:
-            prediction = client.get_prediction(stored.prediction_id).with_cost(stored.cost_cents)
-        except VibeDreamNotFoundError:
-            self.log.warning(
-                "Stored VibeDream prediction %s no longer exists; submitting anew", stored.prediction_id
-            )
-            return None
-        if prediction.failed:
-            self.log.warning(
-                "Stored VibeDream prediction %s failed (%s); submitting anew", prediction.id, prediction.error
-            )
-            return None
-        self.log.info(
-            "Reconnected to VibeDream prediction %s from an earlier try (status %s): not submitting again",
-            prediction.id,
-            prediction.status,
-        )
-        return prediction
+            return self._finish(context, waited.with_cost(prediction.cost_cents))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        """Resume after the trigger fired. Only a ``success`` event succeeds."""
-        ti = context["ti"]
-        cost_cents = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_COST_CENTS, map_indexes=ti.map_index)
-        prediction = prediction_from_event(event, lambda pid: self.hook.get_client().get_prediction(pid))
-        return self._finish(context, prediction.with_cost(cost_cents))
+        """Resume after the trigger fired. Only a ``success`` event succeeds; any other raises the
+        typed error it names, decided by the same permanent-error rule as in ``execute``."""
+        with failures_decided_once():
+            ti = context["ti"]
+            cost_cents = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_COST_CENTS, map_indexes=ti.map_index)
+            prediction = prediction_from_event(event, lambda pid: self.hook.get_client().get_prediction(pid))
+            return self._finish(context, prediction.with_cost(cost_cents))
 
     def _finish(self, context: Context, prediction: Prediction) -> dict[str, Any]:
         if not prediction.succeeded:
@@ -260,21 +190,10 @@ class VibeDreamGenerateOperator(BaseOperator):
             "VibeDream prediction %s completed (cost %s cents)", prediction.id, prediction.cost_cents
         )
         if self.output_path and prediction.outputs:
-            ti = context["ti"]
-            stored = persist_outputs(
-                prediction.outputs,
-                self.output_path,
-                names={
-                    "dag_id": ti.dag_id,
-                    "run_id": ti.run_id,
-                    "task_id": ti.task_id,
-                    "map_index": getattr(ti, "map_index", -1),
-                    "prediction_id": prediction.id,
-                },
-                output_format=self.requested_output_format(),
-                name_template=self.output_name_template,
-                conn_id=self.output_conn_id or self.aws_conn_id,
+            target = OutputTarget(
+                self.output_path, self.output_name_template, self.output_conn_id or self.aws_conn_id
             )
+            stored = target.store(prediction, context["ti"], self.requested_output_format())
             for item in stored:
                 self.log.info(
                     "Stored %s (%d bytes, %sx%s %s)",
@@ -354,37 +273,40 @@ class VibeDreamUpscaleImageOperator(VibeDreamGenerateOperator):
         self._validate_inputs(only_plain_values=True)  # fail at parse time, before any task runs
 
     def _validate_inputs(self, *, only_plain_values: bool = False) -> None:
-        checks = (
-            ("image", self.image, lambda v: validate_image_source("image", v)),
-            (
-                "target_resolution",
-                self.target_resolution,
-                lambda v: validate_choice("target_resolution", v, TARGET_RESOLUTIONS),
-            ),
-            (
-                "output_format",
-                self.output_format,
-                lambda v: validate_choice("output_format", v, OUTPUT_FORMATS),
-            ),
+        if not (only_plain_values and is_templated(self.image)):
+            validate_image_source("image", self.image)
+        choice(
+            "target_resolution",
+            self.target_resolution,
+            TARGET_RESOLUTIONS,
+            unless_templated=only_plain_values,
         )
-        for _, value, check in checks:
-            if not (only_plain_values and _is_templated(value)):
-                check(value)
+        choice("output_format", self.output_format, OUTPUT_FORMATS, unless_templated=only_plain_values)
 
     def _presign_seconds(self) -> float:
         # Long enough for this try, every retry, and the queueing in between.
         return self.timeout * (int(self.retries or 0) + 1) + 3600
 
-    def build_request(self) -> tuple[str, dict[str, Any]]:
+    def job_spec(self) -> JobSpec:
         self._validate_inputs()
-        request = UpscaleRequest(
-            image=resolve_image(self.image, aws_conn_id=self.aws_conn_id, expires_in=self._presign_seconds()),
-            target_resolution=self.target_resolution,
-            output_format=self.output_format,
-            enable_base64_output=self.enable_base64_output,
-            enable_sync_mode=self.enable_sync_mode,
+        # The image as the user named it: an s3:// reference, never the presigned URL (which differs
+        # on every try and says nothing about which image it is).
+        return JobSpec(
+            UPSCALER_MODEL_ID,
+            {
+                "image": validate_image_source("image", self.image),
+                "target_resolution": self.target_resolution,
+                "output_format": self.output_format,
+                "enable_base64_output": self.enable_base64_output,
+                "enable_sync_mode": self.enable_sync_mode,
+            },
         )
-        return UPSCALER_MODEL_ID, request.to_payload()
+
+    def payload(self, spec: JobSpec) -> dict[str, Any]:
+        image = resolve_image(
+            spec.asked["image"], aws_conn_id=self.aws_conn_id, expires_in=self._presign_seconds()
+        )
+        return UpscaleRequest(**{**spec.asked, "image": image}).to_payload()
 
     def lineage_input(self) -> str | None:
         return self.image

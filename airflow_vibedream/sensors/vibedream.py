@@ -10,10 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue, conf
 
+from airflow_vibedream.client.request import validate_prediction_id
 from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
 from airflow_vibedream.errors import VibeDreamPredictionFailedError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
-from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger, prediction_from_event
+from airflow_vibedream.lifecycle.events import prediction_from_event
+from airflow_vibedream.lifecycle.rules import failures_decided_once
+from airflow_vibedream.lifecycle.validation import is_templated, positive_seconds
+from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -41,7 +45,11 @@ class VibeDreamPredictionSensor(BaseSensorOperator):
         poke_interval: float | timedelta = DEFAULT_POLL_INTERVAL,
         **kwargs: Any,
     ) -> None:
-        super().__init__(poke_interval=poke_interval, **kwargs)
+        if "timeout" in kwargs:  # before Airflow's own check, which fails on inf with an OverflowError
+            positive_seconds(kwargs["timeout"], "timeout")
+        super().__init__(poke_interval=positive_seconds(poke_interval, "poke_interval"), **kwargs)
+        if not is_templated(prediction_id):
+            validate_prediction_id(prediction_id)
         self.prediction_id = prediction_id
         self.vibedream_conn_id = vibedream_conn_id
         self.deferrable = deferrable
@@ -51,10 +59,13 @@ class VibeDreamPredictionSensor(BaseSensorOperator):
         return VibeDreamHook(vibedream_conn_id=self.vibedream_conn_id)
 
     def execute(self, context: Context) -> Any:
+        validate_prediction_id(self.prediction_id)  # the rendered value, before any request
         if not self.deferrable:
-            return super().execute(context)
+            with failures_decided_once():
+                return super().execute(context)
         # One poll first: a prediction that is already over needs no trigger.
-        done = self.poke(context)
+        with failures_decided_once():
+            done = self.poke(context)
         if done.is_done:
             return done.xcom_value
         self.defer(
@@ -79,7 +90,9 @@ class VibeDreamPredictionSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=prediction.succeeded, xcom_value=prediction.to_result())
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        """Resume after the trigger fired. Only a ``success`` event succeeds."""
-        return prediction_from_event(
-            event, lambda pid: self.hook.get_client().get_prediction(pid)
-        ).to_result()
+        """Resume after the trigger fired. Only a ``success`` event succeeds; any other raises the
+        typed error it names, decided by the same permanent-error rule as a poke."""
+        with failures_decided_once():
+            return prediction_from_event(
+                event, lambda pid: self.hook.get_client().get_prediction(pid)
+            ).to_result()

@@ -5,78 +5,25 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_vibedream.client import Prediction
-from airflow_vibedream.client.calls import deadline_reached
+from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.schedule import PollSchedule, StatusTracker, elapsed_since, next_sleep
 from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
-from airflow_vibedream.errors import (
-    VibeDreamError,
-    VibeDreamNotFoundError,
-    VibeDreamPredictionFailedError,
-    VibeDreamTimeoutError,
-)
+from airflow_vibedream.errors import VibeDreamError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
-
-#: Event statuses. The operator treats only ``success`` as success.
-EVENT_SUCCESS = "success"
-EVENT_FAILED = "failed"
-EVENT_TIMEOUT = "timeout"
-EVENT_ERROR = "error"
-
-
-def make_event(
-    status: str, prediction_id: str, message: str, prediction: Prediction | None = None
-) -> dict[str, Any]:
-    """The one event shape: status, prediction_id, prediction (dict or None), message."""
-    return {
-        "status": status,
-        "prediction_id": prediction_id,
-        "prediction": event_prediction(prediction) if prediction is not None else None,
-        "message": message,
-    }
-
-
-def event_prediction(prediction: Prediction) -> dict[str, Any]:
-    """The prediction as stored in the event. Base64 outputs are left out: events are written to the
-    metadata database, and an 8K image as text is tens of megabytes. The worker fetches them."""
-    data = prediction.to_dict()
-    outputs = prediction.outputs or []
-    if any(not output.startswith(("http://", "https://")) for output in outputs):
-        data["outputs"] = None
-        data["outputs_omitted"] = True
-    return data
-
-
-def prediction_from_event(event: dict[str, Any], fetch: Callable[[str], Prediction]) -> Prediction:
-    """The finished prediction an event reports; raises the matching error unless it is ``success``.
-
-    ``fetch`` gets the prediction from the API when the event left its outputs out (base64).
-    Shared by every task that resumes from this trigger, so they all read events the same way.
-    """
-    status = event.get("status")
-    prediction_id = str(event.get("prediction_id"))
-    message = event.get("message") or "no message"
-    if status == EVENT_SUCCESS:
-        data = event.get("prediction") or {}
-        if not data or data.get("outputs_omitted"):
-            return fetch(prediction_id)
-        return Prediction.from_dict(data)
-    if status == EVENT_FAILED:
-        raise VibeDreamPredictionFailedError(
-            f"VibeDream prediction {prediction_id} failed: {message}",
-            api_message=message,
-            prediction_id=prediction_id,
-        )
-    if status == EVENT_TIMEOUT:
-        raise VibeDreamTimeoutError(message, prediction_id=prediction_id)
-    raise VibeDreamError(
-        f"Waiting for VibeDream prediction {prediction_id} failed: {message}", prediction_id=prediction_id
-    )
+from airflow_vibedream.lifecycle.batch import FAILED, PENDING, poll_outcome
+from airflow_vibedream.lifecycle.events import (
+    EVENT_ERROR,
+    EVENT_SUCCESS,
+    EVENT_TIMEOUT,
+    error_event,
+    terminal_event,
+    timeout_event,
+)
 
 
 class VibeDreamPredictionTrigger(BaseTrigger):
@@ -133,23 +80,12 @@ class VibeDreamPredictionTrigger(BaseTrigger):
             await asyncio.sleep(next_sleep(random.uniform(0, self.poll_interval), self.end_time))
             while True:
                 if self.end_time is not None and time.time() >= self.end_time:
-                    return make_event(
-                        EVENT_TIMEOUT,
-                        self.prediction_id,
-                        deadline_reached(self.prediction_id, self.end_time).message,
-                    )
+                    return timeout_event(self.prediction_id, self.end_time)
                 polled_at = time.monotonic()
                 prediction = await client.get_prediction(self.prediction_id)
                 tracker.observe(prediction)
-                if prediction.succeeded:
-                    return make_event(EVENT_SUCCESS, self.prediction_id, "completed", prediction)
-                if prediction.failed:
-                    return make_event(
-                        EVENT_FAILED,
-                        self.prediction_id,
-                        prediction.error or "failed (no reason given)",
-                        prediction,
-                    )
+                if prediction.is_terminal:
+                    return terminal_event(prediction)
                 if created is None:  # parsed once: the creation time never changes
                     created = time.monotonic() - elapsed_since(prediction.created_at, started)
                 # A steady cadence from poll to poll (not from answer to poll), so a finished job is
@@ -161,7 +97,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         except VibeDreamError as exc:
             # Transient errors were already retried by the client; what reaches here is final.
             self.log.error("Stopped waiting for VibeDream prediction %s: %s", self.prediction_id, exc)
-            return make_event(EVENT_ERROR, self.prediction_id, str(exc))
+            return error_event(self.prediction_id, exc)
 
     def _log_status_change(self, prediction: Prediction, elapsed: float) -> None:
         self.log.info("VibeDream prediction %s is %s after %.1fs", prediction.id, prediction.status, elapsed)
@@ -226,24 +162,24 @@ class VibeDreamBatchTrigger(BaseTrigger):
             client = await VibeDreamHook(self.vibedream_conn_id).get_shared_async_client()
             slots = asyncio.Semaphore(self.max_concurrency)
 
-            async def poll(prediction_id: str) -> Prediction | VibeDreamError:
+            async def poll(prediction_id: str) -> tuple[str, str | None]:
                 async with slots:
                     try:
-                        return await client.get_prediction(prediction_id)
-                    except VibeDreamNotFoundError as exc:  # gone: this one is over, as failed
-                        return exc
+                        return poll_outcome(await client.get_prediction(prediction_id))
+                    except VibeDreamError as exc:
+                        # The worker loop's reading: a 404 fails this image only; anything else
+                        # (a refused key, an outage past the retries) is raised for the batch.
+                        return poll_outcome(exc)
 
             while outstanding:
                 if self.end_time is not None and time.time() >= self.end_time:
                     return self._event(EVENT_TIMEOUT, total, failed, outstanding, "deadline reached")
                 answers = await asyncio.gather(*(poll(pid) for pid in outstanding))
                 still = []
-                for prediction_id, answer in zip(outstanding, answers, strict=True):
-                    if isinstance(answer, VibeDreamError):
-                        failed[prediction_id] = str(answer)
-                    elif answer.failed:
-                        failed[prediction_id] = answer.error or "failed (no reason given)"
-                    elif not answer.succeeded:
+                for prediction_id, (state, error) in zip(outstanding, answers, strict=True):
+                    if state == FAILED:
+                        failed[prediction_id] = error or "failed (no reason given)"
+                    elif state == PENDING:
                         still.append(prediction_id)
                 outstanding = still
                 if outstanding and time.monotonic() - last_progress >= self.progress_interval:
@@ -253,7 +189,7 @@ class VibeDreamBatchTrigger(BaseTrigger):
                     await asyncio.sleep(next_sleep(self.poll_interval, self.end_time))
         except VibeDreamError as exc:
             self.log.error("Stopped waiting for the VibeDream batch: %s", exc)
-            return self._event(EVENT_ERROR, total, failed, outstanding, str(exc))
+            return self._event(EVENT_ERROR, total, failed, outstanding, str(exc), exc)
         self._log_progress(total, 0, len(failed), time.monotonic() - started)
         return self._event(EVENT_SUCCESS, total, failed, [], f"{total - len(failed)} of {total} completed")
 
@@ -264,6 +200,19 @@ class VibeDreamBatchTrigger(BaseTrigger):
 
     @staticmethod
     def _event(
-        status: str, total: int, failed: dict[str, str], pending: list[str], message: str
+        status: str,
+        total: int,
+        failed: dict[str, str],
+        pending: list[str],
+        message: str,
+        error: VibeDreamError | None = None,
     ) -> dict[str, Any]:
-        return {"status": status, "total": total, "failed": failed, "pending": pending, "message": message}
+        return {
+            "status": status,
+            "total": total,
+            "failed": failed,
+            "pending": pending,
+            "message": message,
+            "error_type": type(error).__name__ if error is not None else None,
+            "status_code": error.status_code if error is not None else None,
+        }

@@ -15,16 +15,12 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.emulator.imaging import sample_image
-from airflow_vibedream.operators.batch import (
-    STATE_KEY,
-    XCOM_SUBMISSIONS,
-    RateLimiter,
-    VibeDreamBatchUpscaleOperator,
-)
+from airflow_vibedream.lifecycle.batch import RateLimiter
+from airflow_vibedream.lifecycle.store import SubmissionRecord
+from airflow_vibedream.operators.batch import XCOM_SUBMISSIONS, VibeDreamBatchUpscaleOperator
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger
 from tests.conftest import TEST_KEY, MotoS3, emulator_stats
-from tests.unit.test_operators import FakeTI
-from tests.unit.test_resume import FakeStateStore
+from tests.helpers import FakeStateStore, FakeTI
 
 
 def batch(
@@ -42,6 +38,23 @@ def batch(
         **kwargs,
     }
     return VibeDreamBatchUpscaleOperator(**values)
+
+
+def recorded_earlier(
+    emulator: EmulatorServer, operator: VibeDreamBatchUpscaleOperator, indices: list[int], cost: int = 2
+) -> dict[str, Any]:
+    """What an earlier try of ``operator`` recorded after submitting images ``indices`` for real."""
+    client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=emulator.base_url))
+    items = operator.batch_images()
+    return {
+        items[i].key: SubmissionRecord(
+            items[i].spec.fingerprint,
+            dict(items[i].spec.asked),
+            client.upscale(UpscaleRequest(items[i].image, "2k", "jpeg")).id,
+            cost,
+        ).to_json()
+        for i in indices
+    }
 
 
 def manifest(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -64,25 +77,35 @@ def test_batch_in_the_worker_writes_outputs_and_a_manifest(
     assert len(store.values) == 5  # one persisted submission per image
 
 
-def test_a_retry_reuses_persisted_predictions(vibedream_conn: EmulatorServer, tmp_path: Path) -> None:
+def test_a_retry_reuses_recorded_predictions(vibedream_conn: EmulatorServer, tmp_path: Path) -> None:
     operator = batch(vibedream_conn, tmp_path)
-    images = operator.image_list()
-    client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=vibedream_conn.base_url))
-    earlier = {
-        STATE_KEY.format(index=i): {
-            "input": images[i],
-            "prediction_id": client.upscale(UpscaleRequest(images[i], "2k", "jpeg")).id,
-            "cost_cents": 2,
-        }
-        for i in (0, 1, 2)
-    }
-    store = FakeStateStore()
-    store.values = dict(earlier)
+    earlier = recorded_earlier(vibedream_conn, operator, [0, 1, 2])
+    store = FakeStateStore(earlier)
     summary = operator.execute({"ti": FakeTI(), "task_state_store": store})
     assert summary["completed"] == 5
     assert emulator_stats(vibedream_conn.base_url)["accepted_submissions"] == 5  # 3 earlier + 2 now
     ids = [line["prediction_id"] for line in manifest(summary)]
-    assert ids[:3] == [earlier[STATE_KEY.format(index=i)]["prediction_id"] for i in (0, 1, 2)]
+    assert ids[:3] == [record["prediction_id"] for record in earlier.values()]
+
+
+def test_a_retry_after_the_list_changed_gives_each_image_its_own_job(
+    vibedream_conn: EmulatorServer, tmp_path: Path
+) -> None:
+    """Reordered, one image gone, one new, and a different resolution for the same list: each image
+    gets the job made for exactly its request, never its neighbour's."""
+    first = batch(vibedream_conn, tmp_path / "first", count=3)
+    earlier = recorded_earlier(vibedream_conn, first, [0, 1, 2])
+    by_image = {record["asked"]["image"]: record["prediction_id"] for record in earlier.values()}
+    changed = batch(vibedream_conn, tmp_path / "second", count=4)
+    changed.images = [changed.images[3], changed.images[1], changed.images[0]]  # type: ignore[index]
+    summary = changed.execute({"ti": FakeTI(), "task_state_store": FakeStateStore(earlier)})
+    lines = manifest(summary)
+    assert [line["prediction_id"] == by_image.get(line["input"]) for line in lines] == [False, True, True]
+    assert emulator_stats(vibedream_conn.base_url)["accepted_submissions"] == 3 + 1
+    rescaled = batch(vibedream_conn, tmp_path / "third", count=3, target_resolution="4k")
+    summary = rescaled.execute({"ti": FakeTI(), "task_state_store": FakeStateStore(earlier)})
+    assert not {line["prediction_id"] for line in manifest(summary)} & set(by_image.values())
+    assert emulator_stats(vibedream_conn.base_url)["accepted_submissions"] == 4 + 3
 
 
 def test_fail_on_error_fails_after_writing_the_manifest(
@@ -109,7 +132,7 @@ def test_fail_on_error_false_returns_the_summary(vibedream_conn: EmulatorServer,
 def test_bad_image_is_named_and_nothing_is_sent(vibedream_conn: EmulatorServer, tmp_path: Path) -> None:
     operator = batch(vibedream_conn, tmp_path, count=3)
     operator.images = [*operator.images, "ftp://host/x.png"]  # type: ignore[misc]
-    with pytest.raises(ValueError, match=r"images\[3\] must be an http\(s\) URL or s3://"):
+    with pytest.raises(AirflowFailException, match=r"images\[3\] must be an http\(s\) URL or s3://"):
         operator.execute({"ti": FakeTI()})
     assert emulator_stats(vibedream_conn.base_url).get("requests", 0) == 0
 
@@ -126,17 +149,8 @@ def test_a_batch_over_max_cost_is_refused_before_any_submit(
 
 def test_the_budget_counts_what_an_earlier_try_spent(vibedream_conn: EmulatorServer, tmp_path: Path) -> None:
     operator = batch(vibedream_conn, tmp_path, max_cost_cents=10, cost_cents_per_image=2)
-    images = operator.image_list()
-    client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=vibedream_conn.base_url))
-    store = FakeStateStore()
     # An earlier try submitted image 0 and was billed 4 cents for it: 4 + 4 x 2 = 12 > 10.
-    store.values = {
-        STATE_KEY.format(index=0): {
-            "input": images[0],
-            "prediction_id": client.upscale(UpscaleRequest(images[0], "2k", "jpeg")).id,
-            "cost_cents": 4,
-        }
-    }
+    store = FakeStateStore(recorded_earlier(vibedream_conn, operator, [0], cost=4))
     with pytest.raises(AirflowFailException, match="about 12 cents"):
         operator.execute({"ti": FakeTI(), "task_state_store": store})
     assert emulator_stats(vibedream_conn.base_url)["accepted_submissions"] == 1  # the earlier one only
@@ -153,7 +167,7 @@ def test_a_batch_within_max_cost_runs(vibedream_conn: EmulatorServer, tmp_path: 
 def test_bad_budget_settings_name_the_field(
     vibedream_conn: EmulatorServer, tmp_path: Path, field: str, value: object
 ) -> None:
-    with pytest.raises(ValueError, match=f"^{field} must be a number of cents"):
+    with pytest.raises(ValueError, match=f"^{field} must be a finite number >= 0"):
         batch(vibedream_conn, tmp_path, **{field: value})
 
 
@@ -225,7 +239,7 @@ def test_progress_lines_say_done_total_failed_and_elapsed(
         f"{vibedream_conn.base_url}/_emulator/faults",
         json={"rules": [{"route": "submit", "kind": "fail_prediction", "times": 1}]},
     ).raise_for_status()
-    operator = batch(vibedream_conn, tmp_path, count=3, progress_interval=0, fail_on_error=False)
+    operator = batch(vibedream_conn, tmp_path, count=3, progress_interval=0.001, fail_on_error=False)
     operator.execute({"ti": FakeTI()})
     output = capsys.readouterr().out + caplog.text
     assert re.search(r"VibeDream batch: 3/3 done, 1 failed, \d+s elapsed", output), output[-2000:]

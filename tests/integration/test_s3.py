@@ -17,7 +17,7 @@ from airflow_vibedream.emulator.imaging import sample_image
 from airflow_vibedream.operators.vibedream import VibeDreamUpscaleImageOperator
 from airflow_vibedream.storage import OutputStorageError, persist_outputs, resolve_image
 from tests.conftest import MotoS3
-from tests.unit.test_operators import FakeTI
+from tests.helpers import FakeTI
 
 
 def put_sample(s3: MotoS3, key: str, width: int = 320, height: int = 200) -> bytes:

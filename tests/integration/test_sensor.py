@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from airflow.providers.common.compat.sdk import TaskDeferred
+from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferred
 
 from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
 from airflow_vibedream.emulator import EmulatorServer
@@ -33,8 +33,9 @@ def test_poke_raises_when_the_prediction_failed(vibedream_conn: EmulatorServer) 
     sensor = VibeDreamPredictionSensor(
         task_id="wait", prediction_id=prediction_id, poke_interval=0.1, timeout=30
     )
-    with pytest.raises(VibeDreamPredictionFailedError, match="Failed to fetch the input image"):
+    with pytest.raises(AirflowFailException, match="Failed to fetch the input image") as info:
         sensor.execute({})
+    assert isinstance(info.value.__cause__, VibeDreamPredictionFailedError)  # no retry: it failed for good
 
 
 async def test_deferrable_sensor_defers_and_completes_from_the_event(vibedream_conn: EmulatorServer) -> None:
@@ -50,17 +51,42 @@ async def test_deferrable_sensor_defers_and_completes_from_the_event(vibedream_c
     assert sensor.execute_complete({}, event)["status"] == "completed"
 
 
+def test_a_401_seen_by_a_poke_fails_without_retry(vibedream_conn: EmulatorServer) -> None:
+    prediction_id = submit(vibedream_conn)
+    vibedream_conn.state.faults.replace([{"route": "poll", "kind": "status", "status": 401}])
+    sensor = VibeDreamPredictionSensor(
+        task_id="wait", prediction_id=prediction_id, poke_interval=0.1, timeout=30
+    )
+    with pytest.raises(AirflowFailException, match="HTTP 401"):
+        sensor.execute({})
+
+
 @pytest.mark.parametrize(
-    ("status", "error"),
+    ("status", "error_type", "error"),
     [
-        ("failed", VibeDreamPredictionFailedError),
-        ("timeout", VibeDreamTimeoutError),
-        ("error", VibeDreamError),
+        ("failed", None, AirflowFailException),
+        ("error", "VibeDreamAuthError", AirflowFailException),
+        ("timeout", None, VibeDreamTimeoutError),
+        ("error", None, VibeDreamError),
     ],
 )
-def test_execute_complete_raises_on_anything_but_success(status: str, error: type[Exception]) -> None:
+def test_execute_complete_decides_by_the_one_rule(
+    status: str, error_type: str | None, error: type[Exception]
+) -> None:
     sensor = VibeDreamPredictionSensor(task_id="wait", prediction_id="p-1", deferrable=True)
-    with pytest.raises(error):
-        sensor.execute_complete(
-            {}, {"status": status, "prediction_id": "p-1", "prediction": None, "message": "m"}
-        )
+    event = {
+        "status": status,
+        "prediction_id": "p-1",
+        "prediction": None,
+        "message": "m",
+        "error_type": error_type,
+    }
+    with pytest.raises(error) as info:
+        sensor.execute_complete({}, event)
+    assert type(info.value) is error
+
+
+@pytest.mark.parametrize(("field", "value"), [("poke_interval", float("nan")), ("timeout", float("inf"))])
+def test_bad_sensor_settings_name_the_field(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"^{field} must be a finite, positive number"):
+        VibeDreamPredictionSensor(task_id="wait", prediction_id="p-1", **{field: value})

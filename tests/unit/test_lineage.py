@@ -7,7 +7,7 @@ from unittest import mock
 from airflow_vibedream.operators.lineage import dataset_name
 from airflow_vibedream.operators.vibedream import VibeDreamUpscaleImageOperator
 from airflow_vibedream.storage import StoredOutput
-from tests.unit.test_operators import COMPLETED, FakeTI
+from tests.helpers import COMPLETED, FakeTI
 
 
 def upscale(**kwargs: object) -> VibeDreamUpscaleImageOperator:
@@ -34,7 +34,7 @@ def test_openlineage_names_input_and_stored_outputs() -> None:
     stored = [StoredOutput("s3://bucket/upscaled/a.png", 10, "00", 2048, 1024, "PNG")]
     with (
         mock.patch("airflow_vibedream.hooks.vibedream.VibeDreamHook.get_conn") as get_conn,
-        mock.patch("airflow_vibedream.operators.vibedream.persist_outputs", return_value=stored),
+        mock.patch("airflow_vibedream.lifecycle.outputs.persist_outputs", return_value=stored),
         mock.patch(
             "airflow_vibedream.operators.vibedream.resolve_image", return_value="https://signed.example/x"
         ),

@@ -11,8 +11,11 @@ from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferr
 
 from airflow_vibedream.client import Prediction
 from airflow_vibedream.errors import (
+    VibeDreamAuthError,
     VibeDreamError,
+    VibeDreamNotFoundError,
     VibeDreamPredictionFailedError,
+    VibeDreamServerError,
     VibeDreamSubmissionStateUnknownError,
     VibeDreamTimeoutError,
     VibeDreamValidationError,
@@ -24,33 +27,7 @@ from airflow_vibedream.operators.vibedream import (
     VibeDreamUpscaleImageOperator,
 )
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
-
-PID = "550e8400-e29b-41d4-a716-446655440000"
-SUBMITTED = Prediction(id=PID, status="processing", cost_cents=2, created_at="2025-01-15T12:00:00.000Z")
-COMPLETED = Prediction(
-    id=PID,
-    status="completed",
-    model_id="image-upscaler",
-    outputs=["https://assets.vibedream.test/o.png"],
-    created_at="2025-01-15T12:00:00.000Z",
-    completed_at="2025-01-15T12:00:30.000Z",
-)
-
-
-class FakeTI:
-    task_id = "upscale"
-    dag_id = "dag"
-    run_id = "manual__1"
-    map_index = -1
-
-    def __init__(self) -> None:
-        self.xcom: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcom[key] = value
-
-    def xcom_pull(self, task_ids: str, key: str, map_indexes: int) -> Any:
-        return self.xcom.get(key)
+from tests.helpers import COMPLETED, PID, SUBMITTED, FakeTI
 
 
 def operator(**kwargs: Any) -> VibeDreamUpscaleImageOperator:
@@ -150,12 +127,16 @@ def test_unknown_submission_state_is_not_retried(client: mock.MagicMock) -> None
         operator().execute({"ti": FakeTI()})
 
 
-def event(status: str, message: str = "", prediction: Prediction | None = None) -> dict[str, Any]:
+def event(
+    status: str, message: str = "", prediction: Prediction | None = None, error_type: str | None = None
+) -> dict[str, Any]:
     return {
         "status": status,
         "prediction_id": PID,
         "prediction": prediction.to_dict() if prediction else None,
         "message": message,
+        "error_type": error_type,
+        "status_code": 401 if error_type == "VibeDreamAuthError" else None,
     }
 
 
@@ -176,16 +157,33 @@ def test_execute_complete_fetches_omitted_base64_outputs(client: mock.MagicMock)
 
 
 @pytest.mark.parametrize(
-    ("status", "error_type", "words"),
+    ("status", "named_error", "raised", "cause", "words"),
     [
-        ("failed", VibeDreamPredictionFailedError, "flagged by content moderation"),
-        ("timeout", VibeDreamTimeoutError, "did not finish"),
-        ("error", VibeDreamError, "HTTP 401"),
-        ("something-new", VibeDreamError, "something-new"),
+        # Permanent: no retry, exactly as when execute() itself sees the same answer.
+        (
+            "failed",
+            None,
+            AirflowFailException,
+            VibeDreamPredictionFailedError,
+            "flagged by content moderation",
+        ),
+        ("error", "VibeDreamAuthError", AirflowFailException, VibeDreamAuthError, "HTTP 401"),
+        ("error", "VibeDreamNotFoundError", AirflowFailException, VibeDreamNotFoundError, "HTTP 401"),
+        # Transient: Airflow may retry, and the retry reconnects to the recorded prediction.
+        ("timeout", None, VibeDreamTimeoutError, None, "did not finish"),
+        ("error", "VibeDreamServerError", VibeDreamServerError, None, "HTTP 401"),
+        ("error", None, VibeDreamError, None, "HTTP 401"),
+        ("error", "NotAnErrorOfOurs", VibeDreamError, None, "HTTP 401"),
+        ("something-new", None, VibeDreamError, None, "something-new"),
     ],
 )
-def test_execute_complete_raises_on_anything_but_success(
-    client: mock.MagicMock, status: str, error_type: type[Exception], words: str
+def test_execute_complete_decides_every_event_by_the_one_rule(
+    client: mock.MagicMock,
+    status: str,
+    named_error: str | None,
+    raised: type[Exception],
+    cause: type[Exception] | None,
+    words: str,
 ) -> None:
     messages = {
         "failed": "Your request was flagged by content moderation. Please modify your prompt.",
@@ -193,9 +191,12 @@ def test_execute_complete_raises_on_anything_but_success(
         "error": "VibeDream poll failed: HTTP 401: bad key",
         "something-new": "something-new",
     }
-    with pytest.raises(error_type, match=words) as info:
-        operator().execute_complete({"ti": FakeTI()}, event(status, messages[status]))
-    assert PID in str(info.value) or getattr(info.value, "prediction_id", None) == PID
+    with pytest.raises(raised, match=words) as info:
+        operator().execute_complete({"ti": FakeTI()}, event(status, messages[status], error_type=named_error))
+    assert type(info.value) is raised
+    if cause is not None:
+        assert type(info.value.__cause__) is cause
+    assert PID in str(info.value)
 
 
 def test_generate_operator_submits_any_model(client: mock.MagicMock) -> None:

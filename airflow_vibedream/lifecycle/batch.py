@@ -1,0 +1,229 @@
+"""Many predictions in one task: submits that record every returned id at once, stop cleanly when
+interrupted, and never resend a submit whose outcome is unknown; and one reading of poll answers.
+
+A record is keyed by the fingerprint of its image's request, not by its position in the list: a
+retry after the list changed (reordered, grown, shrunk) still finds each image's own job, and
+never adopts another image's.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_vibedream.client.models import Prediction
+from airflow_vibedream.client.sync import VibeDreamClient
+from airflow_vibedream.errors import (
+    VibeDreamError,
+    VibeDreamNotFoundError,
+    VibeDreamSubmissionStateUnknownError,
+)
+from airflow_vibedream.lifecycle.fingerprint import JobSpec
+from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
+
+#: task_state_store key of one image's record.
+BATCH_STATE_KEY = "vibedream_batch_{fingerprint}"
+
+
+@dataclass(frozen=True)
+class BatchImage:
+    """One image of a batch.
+
+    :param index: its position in the rendered list.
+    :param image: the image as the user named it.
+    :param spec: what is asked for it.
+    """
+
+    index: int
+    image: str
+    spec: JobSpec
+
+    @property
+    def key(self) -> str:
+        return BATCH_STATE_KEY.format(fingerprint=self.spec.fingerprint)
+
+
+class SubmitsStopped(Exception):
+    """The batch's submits were stopped (``on_kill``): the queued images were not sent."""
+
+
+class RateLimiter:
+    """At most ``per_minute`` acquisitions a minute, evenly spaced; thread-safe. None: no limit.
+    A wait ends early when ``stop`` is set (then :class:`SubmitsStopped` is raised)."""
+
+    def __init__(self, per_minute: float | None, stop: threading.Event | None = None) -> None:
+        self._spacing = 60.0 / per_minute if per_minute else 0.0
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = stop or threading.Event()
+
+    def acquire(self) -> None:
+        if not self._spacing:
+            return
+        with self._lock:
+            now = time.monotonic()
+            wait_for = self._next - now
+            self._next = max(now, self._next) + self._spacing
+        if wait_for > 0 and self._stop.wait(wait_for):
+            raise SubmitsStopped
+
+
+@dataclass
+class SubmitResult:
+    """What the submits of one try produced.
+
+    :param records: recorded submissions by key (new ones; an id that came back is always here).
+    :param errors: images whose submit surely created no job, with the reason (sent again by a retry).
+    """
+
+    records: dict[str, SubmissionRecord]
+    errors: dict[str, str]
+
+
+class BatchSubmitter:
+    """Submits a batch's images with bounded concurrency, recording each id the moment it returns.
+
+    On any exception in the waiting thread (``execution_timeout``, an error) or after :meth:`stop`
+    (``on_kill``): the queued submits are cancelled, the in-flight ones are awaited for at most
+    ``request_timeout`` seconds and their ids recorded, those still in flight then are recorded as
+    ``unknown`` (never resent automatically), and only then is the error raised.
+
+    :param client: the VibeDream client.
+    :param store: where records go.
+    :param log: the task's logger.
+    :param payload: builds an image's request body (presigning happens here, per submit).
+    :param max_concurrency: submits in flight at once.
+    :param requests_per_minute: submit rate limit (None: none).
+    :param request_timeout: the longest to wait for in-flight submits when interrupted, seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: VibeDreamClient,
+        store: SubmissionStore,
+        log: logging.Logger | Any,
+        payload: Callable[[BatchImage], Mapping[str, Any]],
+        max_concurrency: int,
+        requests_per_minute: float | None,
+        request_timeout: float,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.log = log
+        self.payload = payload
+        self.max_concurrency = max_concurrency
+        self.request_timeout = request_timeout
+        self._stopped = threading.Event()
+        self._limiter = RateLimiter(requests_per_minute, self._stopped)
+
+    def stop(self) -> None:
+        """Send nothing more (safe from a signal handler: it only sets a flag)."""
+        self._stopped.set()
+
+    def _submit_one(self, item: BatchImage) -> Prediction:
+        if self._stopped.is_set():
+            raise SubmitsStopped
+        body = self.payload(item)
+        self._limiter.acquire()
+        if self._stopped.is_set():
+            raise SubmitsStopped
+        return self.client.submit(item.spec.model_id, body)
+
+    def submit_all(self, todo: list[BatchImage]) -> SubmitResult:
+        result = SubmitResult({}, {})
+        if not todo:
+            return result
+        pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="vibedream-submit")
+        futures: dict[Future[Prediction], BatchImage] = {
+            pool.submit(self._submit_one, item): item for item in todo
+        }
+        pending = set(futures)
+        handled: set[Future[Prediction]] = set()
+        try:
+            while pending:
+                # Woken at least every second, so a stop() from on_kill is seen promptly.
+                done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._record(futures[future], future, result)
+                    handled.add(future)
+                if self._stopped.is_set():
+                    raise SubmitsStopped("VibeDream batch submits were stopped (the task was killed)")
+        except BaseException:
+            self._stopped.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._wind_down({f: item for f, item in futures.items() if f not in handled}, result)
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return result
+
+    def _wind_down(self, unhandled: dict[Future[Prediction], BatchImage], result: SubmitResult) -> None:
+        """Record what the in-flight submits return (waiting one request timeout at most)."""
+        in_flight = {future for future in unhandled if not future.cancelled()}
+        done, still_running = wait(in_flight, timeout=self.request_timeout)
+        for future in done:
+            self._record(unhandled[future], future, result)
+        for future in still_running:
+            # Its answer may yet create a job this process will never see: never send it again.
+            self._record_unknown(
+                unhandled[future], "the task was interrupted while this submit was in flight", result
+            )
+        self.log.warning(
+            "VibeDream batch interrupted: %d submits recorded this try, %d in flight recorded as state "
+            "unknown, %d not sent",
+            len(result.records),
+            len(still_running),
+            sum(1 for future in unhandled if future.cancelled()),
+        )
+
+    def _record(self, item: BatchImage, future: Future[Prediction], result: SubmitResult) -> None:
+        try:
+            prediction = future.result()
+        except SubmitsStopped:
+            return
+        except VibeDreamSubmissionStateUnknownError as exc:
+            self._record_unknown(item, str(exc), result)
+            return
+        except VibeDreamError as exc:
+            # Surely no job (refused, rate limited, never sent): a retry may send it.
+            result.errors[item.key] = str(exc)
+            return
+        record = SubmissionRecord(
+            item.spec.fingerprint, dict(item.spec.asked), prediction.id, prediction.cost_cents
+        )
+        self.store.set(item.key, record)
+        result.records[item.key] = record
+
+    def _record_unknown(self, item: BatchImage, reason: str, result: SubmitResult) -> None:
+        record = SubmissionRecord(
+            item.spec.fingerprint, dict(item.spec.asked), None, state=UNKNOWN, error=reason
+        )
+        self.store.set(item.key, record)
+        result.records[item.key] = record
+
+
+# -- reading poll answers: the same for the trigger and the worker loop ---------------------------------
+
+PENDING = "pending"
+DONE = "done"
+FAILED = "failed"
+
+
+def poll_outcome(answer: Prediction | VibeDreamError) -> tuple[str, str | None]:
+    """``(pending|done|failed, error)`` of one poll of one image. A prediction that is gone (404)
+    failed, for this image only; any other error is the whole batch's and is raised by the caller."""
+    if isinstance(answer, VibeDreamNotFoundError):
+        return FAILED, str(answer)
+    if isinstance(answer, VibeDreamError):
+        raise answer
+    if answer.failed:
+        return FAILED, answer.error or "failed (no reason given)"
+    if answer.succeeded:
+        return DONE, None
+    return PENDING, None

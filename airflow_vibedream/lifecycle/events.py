@@ -1,0 +1,114 @@
+"""The trigger event of one prediction, written and read in one place.
+
+Every event has one shape: ``{"status", "prediction_id", "prediction", "message", "error_type",
+"status_code"}``. ``error_type`` names the typed error behind an ``error`` event (e.g.
+``VibeDreamAuthError`` for a 401), so the task that resumes raises that same error and the one
+permanent-error rule decides it exactly as it would have in ``execute``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from airflow_vibedream import errors
+from airflow_vibedream.client.calls import deadline_reached
+from airflow_vibedream.client.models import Prediction
+from airflow_vibedream.errors import VibeDreamError, VibeDreamPredictionFailedError, VibeDreamTimeoutError
+
+#: Event statuses. Only ``success`` succeeds.
+EVENT_SUCCESS = "success"
+EVENT_FAILED = "failed"
+EVENT_TIMEOUT = "timeout"
+EVENT_ERROR = "error"
+
+#: The typed errors an event may name (an allow-list: an event never instantiates anything else).
+_ERROR_TYPES: dict[str, type[VibeDreamError]] = {
+    name: klass
+    for name, klass in vars(errors).items()
+    if isinstance(klass, type) and issubclass(klass, VibeDreamError)
+}
+
+
+def make_event(
+    status: str,
+    prediction_id: str,
+    message: str,
+    prediction: Prediction | None = None,
+    error: VibeDreamError | None = None,
+) -> dict[str, Any]:
+    """The one event shape."""
+    return {
+        "status": status,
+        "prediction_id": prediction_id,
+        "prediction": event_prediction(prediction) if prediction is not None else None,
+        "message": message,
+        "error_type": type(error).__name__ if error is not None else None,
+        "status_code": error.status_code if error is not None else None,
+    }
+
+
+def error_event(prediction_id: str, error: VibeDreamError) -> dict[str, Any]:
+    """An ``error`` event that names its typed error."""
+    return make_event(EVENT_ERROR, prediction_id, str(error), error=error)
+
+
+def timeout_event(prediction_id: str, deadline: float) -> dict[str, Any]:
+    return make_event(EVENT_TIMEOUT, prediction_id, deadline_reached(prediction_id, deadline).message)
+
+
+def terminal_event(prediction: Prediction) -> dict[str, Any]:
+    """``success`` or ``failed`` for a terminal prediction."""
+    if prediction.succeeded:
+        return make_event(EVENT_SUCCESS, prediction.id, "completed", prediction)
+    return make_event(EVENT_FAILED, prediction.id, prediction.error or "failed (no reason given)", prediction)
+
+
+def event_prediction(prediction: Prediction) -> dict[str, Any]:
+    """The prediction as stored in the event. Base64 outputs are left out: events are written to the
+    metadata database, and an 8K image as text is tens of megabytes. The worker fetches them."""
+    data = prediction.to_dict()
+    outputs = prediction.outputs or []
+    if any(not output.startswith(("http://", "https://")) for output in outputs):
+        data["outputs"] = None
+        data["outputs_omitted"] = True
+    return data
+
+
+def error_from_event(event: dict[str, Any], prediction_id: str | None = None) -> VibeDreamError:
+    """The typed error an ``error``/``failed``/``timeout`` event stands for."""
+    status = event.get("status")
+    prediction_id = prediction_id or str(event.get("prediction_id"))
+    message = event.get("message") or "no message"
+    if status == EVENT_FAILED:
+        return VibeDreamPredictionFailedError(
+            f"VibeDream prediction {prediction_id} failed: {message}",
+            api_message=message,
+            prediction_id=prediction_id,
+        )
+    if status == EVENT_TIMEOUT:
+        return VibeDreamTimeoutError(message, prediction_id=prediction_id)
+    klass = _ERROR_TYPES.get(str(event.get("error_type")), VibeDreamError)
+    status_code = event.get("status_code")
+    text = f"Waiting for VibeDream prediction {prediction_id} failed: {message}"
+    common: dict[str, Any] = {
+        "status_code": status_code if isinstance(status_code, int) else None,
+        "prediction_id": prediction_id,
+    }
+    if issubclass(klass, errors.VibeDreamTransportError):
+        return klass(text, request_sent=True, **common)
+    return klass(text, **common)
+
+
+def prediction_from_event(event: dict[str, Any], fetch: Callable[[str], Prediction]) -> Prediction:
+    """The finished prediction a ``success`` event reports; any other event raises its typed error.
+
+    ``fetch`` gets the prediction from the API when the event left its outputs out (base64).
+    """
+    if event.get("status") != EVENT_SUCCESS:
+        raise error_from_event(event)
+    prediction_id = str(event.get("prediction_id"))
+    data = event.get("prediction") or {}
+    if not data or data.get("outputs_omitted"):
+        return fetch(prediction_id)
+    return Prediction.from_dict(data)

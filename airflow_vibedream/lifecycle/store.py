@@ -1,0 +1,113 @@
+"""Where submissions are recorded: Airflow's ``task_state_store`` (3.3+), which outlives the try.
+
+Below 3.3 there is no such store; a record can then only cross a deferral of the same try, in an
+XCom that :meth:`SubmissionStore.hand_over` writes before deferring.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Context
+
+#: Record states. ``unknown``: the submit was sent but its answer was lost or unreadable, so the job
+#: may exist (and be billed); it is never sent again automatically.
+SUBMITTED = "submitted"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class SubmissionRecord:
+    """One submission as recorded.
+
+    :param fingerprint: the fingerprint of what was asked (see :class:`.fingerprint.JobSpec`).
+    :param asked: what was asked, as the user named it (small; for the "input changed" log line).
+    :param prediction_id: the id the API returned (None when the state is unknown).
+    :param cost_cents: the submit answer's cost (poll answers do not repeat it).
+    :param state: ``submitted`` or ``unknown``.
+    :param error: why the state is unknown.
+    """
+
+    fingerprint: str
+    asked: dict[str, Any]
+    prediction_id: str | None
+    cost_cents: int | None = None
+    state: str = SUBMITTED
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "asked": self.asked,
+            "prediction_id": self.prediction_id,
+            "cost_cents": self.cost_cents,
+            "state": self.state,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> SubmissionRecord | None:
+        """A record, or None for anything else (including an older provider's record with no
+        fingerprint: it cannot prove it was made for this input)."""
+        if not isinstance(value, dict) or not isinstance(value.get("fingerprint"), str):
+            return None
+        cost = value.get("cost_cents")
+        prediction_id = value.get("prediction_id")
+        return cls(
+            fingerprint=value["fingerprint"],
+            asked=dict(value.get("asked") or {}),
+            prediction_id=prediction_id if isinstance(prediction_id, str) else None,
+            cost_cents=cost if isinstance(cost, int) and not isinstance(cost, bool) else None,
+            state=UNKNOWN if value.get("state") == UNKNOWN else SUBMITTED,
+            error=value.get("error") if isinstance(value.get("error"), str) else None,
+        )
+
+
+@dataclass
+class SubmissionStore:
+    """The records of one task instance.
+
+    :param context: the task's context.
+    :param handover_key: below 3.3, the XCom key records cross a deferral in (None: not at all).
+    """
+
+    context: Context
+    handover_key: str | None = None
+    _memory: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._backend = self.context.get("task_state_store")  # type: ignore[attr-defined]
+        if self._backend is None and self.handover_key:
+            ti = self.context["ti"]
+            handed = ti.xcom_pull(task_ids=ti.task_id, key=self.handover_key, map_indexes=ti.map_index)
+            self._memory = dict(handed) if isinstance(handed, dict) else {}
+
+    @property
+    def durable(self) -> bool:
+        """True when records outlive the try (Airflow 3.3+)."""
+        return self._backend is not None
+
+    def warn_if_not_durable(self, log: logging.Logger | Any) -> None:
+        if not self.durable:
+            log.warning(
+                "task_state_store is not available (Airflow < 3.3): a retry of this task cannot reconnect to "
+                "its prediction and will submit a new one"
+            )
+
+    def get(self, key: str) -> SubmissionRecord | None:
+        raw = self._backend.get(key) if self._backend is not None else self._memory.get(key)
+        return SubmissionRecord.from_json(raw)
+
+    def set(self, key: str, record: SubmissionRecord) -> None:
+        if self._backend is not None:
+            self._backend.set(key, record.to_json())
+        else:
+            self._memory[key] = record.to_json()
+
+    def hand_over(self) -> None:
+        """Below 3.3, before deferring: push the records of this try for ``execute_complete``."""
+        if self._backend is None and self.handover_key:
+            self.context["ti"].xcom_push(key=self.handover_key, value=self._memory)

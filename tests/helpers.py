@@ -1,0 +1,53 @@
+"""Fakes shared by the tests: the parts of Airflow's task instance and task_state_store that the
+operators use, and sample predictions. Real Airflow runs in tests/e2e; these keep unit tests I/O-free."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_vibedream.client import Prediction
+
+PID = "550e8400-e29b-41d4-a716-446655440000"
+NEW_PID = "11111111-2222-3333-4444-555555555555"
+SUBMITTED = Prediction(id=PID, status="processing", cost_cents=2, created_at="2025-01-15T12:00:00.000Z")
+COMPLETED = Prediction(
+    id=PID,
+    status="completed",
+    model_id="image-upscaler",
+    outputs=["https://assets.vibedream.test/o.png"],
+    created_at="2025-01-15T12:00:00.000Z",
+    completed_at="2025-01-15T12:00:30.000Z",
+)
+
+
+class FakeTI:
+    """The task instance attributes and XCom calls the operators use."""
+
+    task_id = "upscale"
+    dag_id = "dag"
+    run_id = "manual__1"
+    map_index = -1
+
+    def __init__(self) -> None:
+        self.xcom: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = value
+
+    def xcom_pull(self, task_ids: str, key: str, map_indexes: int) -> Any:
+        return self.xcom.get(key)
+
+
+class FakeStateStore:
+    """The part of Airflow's TaskStateStoreAccessor the operators use."""
+
+    def __init__(self, values: dict[str, Any] | None = None) -> None:
+        self.values: dict[str, Any] = dict(values or {})
+        self.writes: list[str] = []
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = value
+        self.writes.append(key)
