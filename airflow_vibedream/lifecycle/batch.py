@@ -150,8 +150,8 @@ class BatchSubmitter:
                 # Woken at least every second, so a stop() from on_kill is seen promptly.
                 done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
                 for future in done:
+                    handled.add(future)  # first: an error read from it must not be read again
                     self._record(futures[future], future, result)
-                    handled.add(future)
                 if self._stopped.is_set():
                     raise SubmitsStopped("VibeDream batch submits were stopped (the task was killed)")
         except BaseException:
@@ -168,7 +168,12 @@ class BatchSubmitter:
         in_flight = {future for future in unhandled if not future.cancelled()}
         done, still_running = wait(in_flight, timeout=self.request_timeout)
         for future in done:
-            self._record(unhandled[future], future, result)
+            try:
+                self._record(unhandled[future], future, result)
+            except Exception as exc:  # the error already being raised is the one the task reports
+                self.log.warning(
+                    "VibeDream batch: submit of %s also failed: %s", unhandled[future].image, exc
+                )
         for future in still_running:
             # Its answer may yet create a job this process will never see: never send it again.
             self._record_unknown(

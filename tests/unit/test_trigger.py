@@ -116,3 +116,30 @@ async def test_poll_uses_one_client_for_all_polls(
     # submit + the emulator fetching its own sample + at least two polls ...
     assert vibedream_conn.state.counters["requests"] >= 4
     assert len(created) == 1  # ... through one client (one connection pool)
+
+
+async def test_a_401_while_waiting_fires_an_error_event_that_names_the_auth_error(
+    vibedream_conn: EmulatorServer,
+) -> None:
+    prediction_id = submit(vibedream_conn)
+    vibedream_conn.state.faults.replace([{"route": "poll", "kind": "status", "status": 401}])
+    [event] = await events_of(VibeDreamPredictionTrigger(prediction_id, poll_interval=0.1))
+    assert (event["status"], event["error_type"], event["status_code"]) == (
+        "error",
+        "VibeDreamAuthError",
+        401,
+    )
+    assert TEST_KEY not in json.dumps(event)
+
+
+async def test_a_401_while_waiting_for_a_batch_names_the_auth_error(vibedream_conn: EmulatorServer) -> None:
+    from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger
+
+    ids = [submit(vibedream_conn) for _ in range(2)]
+    vibedream_conn.state.faults.replace([{"route": "poll", "kind": "status", "status": 401}])
+    [event] = [e.payload async for e in VibeDreamBatchTrigger(ids, poll_interval=0.1).run()]
+    assert (event["status"], event["error_type"], event["status_code"]) == (
+        "error",
+        "VibeDreamAuthError",
+        401,
+    )
