@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.errors import VibeDreamConfigError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook, base_url_from_connection
-from tests.conftest import TEST_KEY, connection_json, emulator_stats
+from tests.conftest import TEST_KEY, connection_json
 
 
 def test_connection_fields_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,27 +75,6 @@ def test_key_is_registered_with_the_secrets_masker(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("VIBEDREAM_API_KEY", "env-only-key-91b2")
     VibeDreamHook().get_settings()
     assert "env-only-key-91b2" not in str(redact("the key is env-only-key-91b2"))
-
-
-async def test_async_settings_match_sync(vibedream_conn: EmulatorServer) -> None:
-    hook = VibeDreamHook()
-    assert await hook.aget_settings() == hook.get_settings()
-    async with await hook.get_async_client() as client:
-        with pytest.raises(Exception, match="not found"):
-            await client.get_prediction("00000000-0000-0000-0000-000000000000")
-
-
-def test_test_connection_against_the_emulator(vibedream_conn: EmulatorServer) -> None:
-    ok, message = VibeDreamHook().test_connection()
-    assert ok, message
-    assert emulator_stats(vibedream_conn.base_url)["requests"] == 1
-
-
-def test_test_connection_with_a_wrong_key(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json(emulator.base_url, api_key="wrong"))
-    ok, message = VibeDreamHook().test_connection()
-    assert not ok
-    assert "401" in message and "API key" in message
 
 
 async def test_triggers_on_one_loop_share_one_client_and_one_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
