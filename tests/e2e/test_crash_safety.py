@@ -77,8 +77,6 @@ def sqlite_cluster(
         yield airflow
     finally:
         airflow.stop()
-    # (d) for this cluster: logs, process output and the SQLite database, after all its runs.
-    assert files_containing(airflow.home, TEST_KEY.encode()) == []
 
 
 def upscale_ti(cluster: AirflowCluster, dag_id: str, run_id: str) -> dict[str, Any]:
@@ -134,6 +132,12 @@ def test_b_worker_killed_after_submit_retries_and_reconnects(
     assert "Reconnected to VibeDream prediction" in "".join(
         p.read_text(errors="replace") for p in (sqlite_cluster.home / "logs").rglob("*") if p.is_file()
     )
+
+
+def test_d_the_api_key_is_in_no_file_of_the_sqlite_deployment(sqlite_cluster: AirflowCluster) -> None:
+    """(d) for this cluster: its logs, process output and SQLite database, after (a) and (b) ran."""
+    assert any(sqlite_cluster.home.rglob("*.log")) and (sqlite_cluster.home / "airflow.db").is_file()
+    assert files_containing(sqlite_cluster.home, TEST_KEY.encode()) == []
 
 
 @pytest.fixture

@@ -88,7 +88,6 @@ def test_permanent_faults_fail_fast_with_zero_retries(
     prediction_id = client.upscale(UpscaleRequest(image, "2k", "jpeg")).id if route == "poll" else None
     set_faults(emulator.base_url, [{"route": route, "kind": "status", "status": status}])
     before = emulator_stats(emulator.base_url).get("requests", 0)
-    started = time.monotonic()
     call = (
         (lambda: client.upscale(UpscaleRequest(image, "2k", "jpeg")))
         if prediction_id is None
@@ -98,8 +97,7 @@ def test_permanent_faults_fail_fast_with_zero_retries(
         call()
     assert info.value.status_code == status
     assert info.value.api_message == f"Emulated fault: HTTP {status}"
-    assert emulator_stats(emulator.base_url)["requests"] - before == 1  # 0 retries
-    assert time.monotonic() - started < 1
+    assert emulator_stats(emulator.base_url)["requests"] - before == 1  # 0 retries, so no backoff either
 
 
 @pytest.mark.parametrize(
