@@ -11,6 +11,7 @@ import httpx
 import tenacity
 
 from airflow_vibedream.client.calls import Api, ApiCall, CappedBody
+from airflow_vibedream.client.gate import OutageReport, loop_gate, poll_patiently_async
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.request import UpscaleRequest
 from airflow_vibedream.client.settings import ClientSettings
@@ -107,8 +108,10 @@ class AsyncVibeDreamClient:
         )
         return cls(settings, http=http, session=session)
 
-    async def _call(self, call: ApiCall, *, fast: bool = False) -> Prediction:
+    async def _call(self, call: ApiCall, *, fast: bool = False, retry: bool = True) -> Prediction:
         # One plain attempt, then tenacity for the retries (see RetryPolicy.after_first_failure).
+        if not retry:
+            return await self._attempt(call, fast)
         try:
             return await self._attempt(call, fast)
         except VibeDreamError as exc:
@@ -149,9 +152,33 @@ class AsyncVibeDreamClient:
         """Start an upscale job."""
         return await self.submit(UPSCALER_MODEL_ID, request.to_payload())
 
-    async def get_prediction(self, prediction_id: str) -> Prediction:
-        """Poll a prediction once (transient errors retried per the policy)."""
-        return await self._call(self._api.get_prediction(prediction_id), fast=True)
+    async def get_prediction(self, prediction_id: str, *, retry: bool = True) -> Prediction:
+        """Poll a prediction once (transient errors retried per the policy, unless ``retry`` is False)."""
+        return await self._call(self._api.get_prediction(prediction_id), fast=True, retry=retry)
+
+    async def poll_patiently(
+        self,
+        prediction_id: str,
+        *,
+        deadline: float | None,
+        spread: float,
+        on_unavailable: OutageReport | None = None,
+    ) -> Prediction:
+        """Poll once, riding out transient failures until ``deadline`` (then
+        :class:`VibeDreamTimeoutError`) through this loop's shared outage gate.
+
+        :param spread: seconds over which pollers held back by an outage resume (their poll interval).
+        :param on_unavailable: called with (seconds unavailable, last error) at most every 30 s.
+        """
+        return await poll_patiently_async(
+            lambda: self.get_prediction(prediction_id, retry=False),
+            gate=loop_gate(self.settings.base_url),
+            prediction_id=prediction_id,
+            deadline=deadline,
+            policy=self.settings.retry,
+            spread=spread,
+            on_unavailable=on_unavailable,
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -10,6 +10,7 @@ import httpx
 import tenacity
 
 from airflow_vibedream.client.calls import Api, ApiCall, CappedBody, deadline_reached
+from airflow_vibedream.client.gate import OutageReport, poll_patiently, process_gate
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.request import UpscaleRequest
 from airflow_vibedream.client.schedule import StatusTracker, next_sleep
@@ -30,8 +31,10 @@ class VibeDreamClient:
         self._api = Api(settings)
         self._http = http or httpx.Client(timeout=settings.timeout, follow_redirects=True)
 
-    def _call(self, call: ApiCall) -> Prediction:
+    def _call(self, call: ApiCall, *, retry: bool = True) -> Prediction:
         # The same shape as the async client: one plain attempt, then tenacity for the retries.
+        if not retry:
+            return self._attempt(call)
         try:
             return self._attempt(call)
         except VibeDreamError as exc:
@@ -63,9 +66,29 @@ class VibeDreamClient:
         """Start an upscale job."""
         return self.submit(UPSCALER_MODEL_ID, request.to_payload())
 
-    def get_prediction(self, prediction_id: str) -> Prediction:
-        """Poll a prediction once (transient errors retried per the policy)."""
-        return self._call(self._api.get_prediction(prediction_id))
+    def get_prediction(self, prediction_id: str, *, retry: bool = True) -> Prediction:
+        """Poll a prediction once (transient errors retried per the policy, unless ``retry`` is False)."""
+        return self._call(self._api.get_prediction(prediction_id), retry=retry)
+
+    def poll_patiently(
+        self,
+        prediction_id: str,
+        *,
+        deadline: float | None,
+        spread: float,
+        on_unavailable: OutageReport | None = None,
+    ) -> Prediction:
+        """Poll once, riding out transient failures until ``deadline`` (then
+        :class:`VibeDreamTimeoutError`) through this process's shared outage gate."""
+        return poll_patiently(
+            lambda: self.get_prediction(prediction_id, retry=False),
+            gate=process_gate(self.settings.base_url),
+            prediction_id=prediction_id,
+            deadline=deadline,
+            policy=self.settings.retry,
+            spread=spread,
+            on_unavailable=on_unavailable,
+        )
 
     def wait_for_prediction(
         self,
@@ -74,17 +97,21 @@ class VibeDreamClient:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         deadline: float | None = None,
         on_status_change: Callable[[Prediction, float], None] | None = None,
+        on_unavailable: OutageReport | None = None,
     ) -> Prediction:
-        """Poll until the prediction is terminal; raise :class:`VibeDreamTimeoutError` at ``deadline``
-        (epoch seconds). Returns the terminal prediction, failed or not."""
+        """Poll until the prediction is terminal, riding out outages; raise
+        :class:`VibeDreamTimeoutError` at ``deadline`` (epoch seconds). Returns the terminal
+        prediction, failed or not."""
         tracker = StatusTracker(on_status_change)
         while True:
-            if deadline is not None and time.time() >= deadline:
-                raise deadline_reached(prediction_id, deadline)
-            prediction = self.get_prediction(prediction_id)
+            prediction = self.poll_patiently(
+                prediction_id, deadline=deadline, spread=poll_interval, on_unavailable=on_unavailable
+            )
             tracker.observe(prediction)
             if prediction.is_terminal:
                 return prediction
+            if deadline is not None and time.time() >= deadline:
+                raise deadline_reached(prediction_id, deadline)
             time.sleep(next_sleep(poll_interval, deadline))
 
     def close(self) -> None:

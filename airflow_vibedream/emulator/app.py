@@ -23,7 +23,13 @@ from airflow_vibedream.emulator.contract import (
     TARGET_RESOLUTIONS,
     UPSCALER_MODEL_ID,
 )
-from airflow_vibedream.emulator.faults import DroppedResponse, FaultRule, apply_delay
+from airflow_vibedream.emulator.faults import (
+    ANSWER_KINDS,
+    DroppedResponse,
+    EndlessResponse,
+    FaultRule,
+    apply_delay,
+)
 from airflow_vibedream.emulator.imaging import MEDIA_TYPES, sample_image
 from airflow_vibedream.emulator.state import EmulatorConfig, EmulatorState, is_upscaler
 
@@ -41,6 +47,10 @@ def fault_response(rule: FaultRule) -> Response:
     """The answer a ``status`` or ``drop`` fault gives instead of the real one."""
     if rule.kind == "drop":
         return DroppedResponse()
+    if rule.kind in ("endless", "drip"):
+        return EndlessResponse(delay=rule.delay if rule.kind == "drip" else 0.0)
+    if rule.kind == "redirect":
+        return Response(status_code=302, headers={"Location": rule.location})
     if rule.kind == "garbage":
         # A 2xx that is no prediction: what a misbehaving proxy or a half-deployed API sends.
         return Response(GARBAGE_BODY, status_code=200, media_type="text/html")
@@ -57,7 +67,7 @@ def fault_response(rule: FaultRule) -> Response:
 
 
 def is_answer_fault(rule: FaultRule | None) -> bool:
-    return rule is not None and rule.kind in ("status", "drop", "garbage")
+    return rule is not None and rule.kind in ANSWER_KINDS
 
 
 class RequestCounter:
@@ -142,7 +152,7 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
         state.counters["submissions"] += 1
         if not authorized(request):
             return unauthorized()
-        fault = state.faults.pick("submit", kinds=("status", "drop", "slow", "garbage"))
+        fault = state.faults.pick("submit", kinds=(*ANSWER_KINDS, "slow"))
         await apply_delay(fault)
         if fault is not None and is_answer_fault(fault) and not fault.after_create:
             return fault_response(fault)
@@ -171,7 +181,7 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
     async def get_prediction(prediction_id: str, request: Request) -> Response:
         if not authorized(request):
             return unauthorized()
-        fault = state.faults.pick("poll", kinds=("status", "drop", "slow", "garbage"))
+        fault = state.faults.pick("poll", kinds=(*ANSWER_KINDS, "slow"))
         await apply_delay(fault)
         if fault is not None and is_answer_fault(fault):
             return fault_response(fault)
@@ -183,7 +193,7 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
     @app.get("/outputs/{prediction_id}/{name}")
     async def get_output(prediction_id: str, name: str) -> Response:
         # Output links are public download URLs, like the real assets host: no auth.
-        fault = state.faults.pick("output", kinds=("status", "drop", "slow"))
+        fault = state.faults.pick("output", kinds=(*ANSWER_KINDS, "slow"))
         await apply_delay(fault)
         path = state.output_file(prediction_id, name)
         media_type = MEDIA_TYPES.get(path.suffix.lstrip("."), "application/octet-stream") if path else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -19,9 +20,24 @@ from starlette.types import Receive, Scope, Send
 CONTENT_MODERATION_ERROR = "Your request was flagged by content moderation. Please modify your prompt."
 
 Route = Literal["submit", "poll", "output", "any"]
-Kind = Literal["status", "drop", "slow", "garbage", "fail_prediction", "stuck"]
+Kind = Literal[
+    "status", "drop", "slow", "garbage", "outage", "endless", "drip", "redirect", "fail_prediction", "stuck"
+]
 ROUTES: tuple[str, ...] = ("submit", "poll", "output", "any")
-KINDS: tuple[str, ...] = ("status", "drop", "slow", "garbage", "fail_prediction", "stuck")
+KINDS: tuple[str, ...] = (
+    "status",
+    "drop",
+    "slow",
+    "garbage",
+    "outage",
+    "endless",
+    "drip",
+    "redirect",
+    "fail_prediction",
+    "stuck",
+)
+#: Kinds that replace the answer of the request they hit.
+ANSWER_KINDS: tuple[str, ...] = ("status", "drop", "garbage", "outage", "endless", "drip", "redirect")
 
 
 @dataclass
@@ -32,8 +48,11 @@ class FaultRule:
     :param kind: ``status`` (answer ``status`` with a JSON error), ``drop`` (close the connection
         mid-answer), ``slow`` (answer after ``delay`` seconds), ``garbage`` (a 200 whose body is not
         JSON; with ``after_create`` on ``submit``, the job exists but its id is unreadable),
-        ``fail_prediction`` (the job ends ``failed`` with ``error``), ``stuck`` (the job never
-        leaves ``processing``).
+        ``outage`` (every matching request answers ``status``, 503 by default, for ``seconds``
+        from the moment the rule is set), ``endless`` (a 200 whose body never ends), ``drip``
+        (a 200 whose body comes one byte every ``delay`` seconds), ``redirect`` (a 302 to
+        ``location``), ``fail_prediction`` (the job ends ``failed`` with ``error``), ``stuck`` (the
+        job never leaves ``processing``).
     :param status: the HTTP status of a ``status`` fault.
     :param retry_after: seconds to send as a ``Retry-After`` header (and ``retry_after`` body field).
     :param after_create: on ``submit``, create the job first and fail afterwards: the client cannot
@@ -56,12 +75,15 @@ class FaultRule:
     error: str = CONTENT_MODERATION_ERROR
     every: int = 1
     times: int | None = None
+    seconds: float = 0.0
+    location: str = ""
     seen: int = field(default=0)
     fired: int = field(default=0)
+    set_at: float = field(default_factory=time.monotonic)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FaultRule:
-        known = {f.name for f in fields(cls)} - {"seen", "fired"}
+        known = {f.name for f in fields(cls)} - {"seen", "fired", "set_at"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown fault field(s): {', '.join(sorted(unknown))}")
@@ -75,6 +97,8 @@ class FaultRule:
         return rule
 
     def matches(self, route: str) -> bool:
+        if self.kind == "outage" and time.monotonic() >= self.set_at + self.seconds:
+            return False  # the outage is over
         return self.route in (route, "any") and (self.times is None or self.fired < self.times)
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,3 +165,28 @@ class EmulatedConnectionDrop(Exception):
 async def apply_delay(rule: FaultRule | None) -> None:
     if rule is not None and rule.kind == "slow" and rule.delay > 0:
         await asyncio.sleep(rule.delay)
+
+
+class EndlessResponse(Response):
+    """A 200 whose body never ends (``delay`` 0), or drips one byte every ``delay`` seconds: the
+    downloads a client must bound by size and by time.
+
+    :param delay: seconds between chunks (0: as fast as the client reads).
+    :param media_type: the Content-Type sent.
+    """
+
+    def __init__(self, delay: float = 0.0, media_type: str = "image/png") -> None:
+        super().__init__(status_code=200, media_type=media_type)
+        self.delay = delay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"image/png")]}
+        )
+        chunk = b"\x00" if self.delay else b"\x00" * 65536
+        # Bounded like every loop of the emulator's: an hour of dripping, or 64 GiB of zeros, at most.
+        for _ in range(3600 if self.delay else 1_048_576):
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -8,13 +8,20 @@ permanent-error rule decides it exactly as it would have in ``execute``.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from airflow_vibedream import errors
 from airflow_vibedream.client.calls import deadline_reached
 from airflow_vibedream.client.models import Prediction
-from airflow_vibedream.errors import VibeDreamError, VibeDreamPredictionFailedError, VibeDreamTimeoutError
+from airflow_vibedream.errors import (
+    VibeDreamError,
+    VibeDreamPredictionFailedError,
+    VibeDreamProtocolError,
+    VibeDreamTimeoutError,
+)
 
 #: Event statuses. Only ``success`` succeeds.
 EVENT_SUCCESS = "success"
@@ -112,3 +119,31 @@ def prediction_from_event(event: dict[str, Any], fetch: Callable[[str], Predicti
     if not data or data.get("outputs_omitted"):
         return fetch(prediction_id)
     return Prediction.from_dict(data)
+
+
+def unexpected(exc: BaseException) -> VibeDreamError:
+    """Anything that is not already a typed error, as one (so a trigger still fires an event)."""
+    if isinstance(exc, VibeDreamError):
+        return exc
+    return VibeDreamProtocolError(f"unexpected {type(exc).__name__} while waiting: {str(exc)[:300]}")
+
+
+def log_unavailable(log: logging.Logger | Any, seconds: float, error: VibeDreamError) -> None:
+    """The progress line of a wait held up by the API: says so, instead of silence."""
+    log.warning("VibeDream API unavailable for %.0fs (%s), retrying until the deadline", seconds, error)
+
+
+class Throttled:
+    """A report callable that passes at most one call every ``interval`` seconds (one line for a
+    whole batch, not one per prediction)."""
+
+    def __init__(self, report: Callable[[float, VibeDreamError], None], interval: float = 30.0) -> None:
+        self._report = report
+        self._interval = interval
+        self._last: float | None = None
+
+    def __call__(self, seconds: float, error: VibeDreamError) -> None:
+        now = time.monotonic()
+        if self._last is None or now - self._last >= self._interval:
+            self._last = now
+            self._report(seconds, error)

@@ -20,7 +20,7 @@ from airflow_vibedream.constants import (
     TARGET_RESOLUTIONS,
     UPSCALER_MODEL_ID,
 )
-from airflow_vibedream.errors import VibeDreamError, VibeDreamValidationError
+from airflow_vibedream.errors import VibeDreamError, VibeDreamTimeoutError, VibeDreamValidationError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.lifecycle.batch import (
     DONE,
@@ -30,7 +30,13 @@ from airflow_vibedream.lifecycle.batch import (
     BatchSubmitter,
     poll_outcome,
 )
-from airflow_vibedream.lifecycle.events import EVENT_SUCCESS, EVENT_TIMEOUT, error_from_event
+from airflow_vibedream.lifecycle.events import (
+    EVENT_SUCCESS,
+    EVENT_TIMEOUT,
+    Throttled,
+    error_from_event,
+    log_unavailable,
+)
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.outputs import OutputTarget
 from airflow_vibedream.lifecycle.rules import failures_decided_once, is_permanent
@@ -256,9 +262,16 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         outcome: dict[str, tuple[str, str | None]] = dict.fromkeys(ids, (PENDING, None))
         started = last_progress = time.monotonic()
 
+        report = Throttled(lambda seconds, error: log_unavailable(self.log, seconds, error))
+
         def poll(prediction_id: str) -> tuple[str, str | None]:
             try:
-                return poll_outcome(client.get_prediction(prediction_id))
+                answer = client.poll_patiently(
+                    prediction_id, deadline=deadline, spread=self.poll_interval, on_unavailable=report
+                )
+                return poll_outcome(answer)
+            except VibeDreamTimeoutError:  # the deadline came during an outage
+                return PENDING, None
             except VibeDreamError as exc:
                 return poll_outcome(exc)
 

@@ -24,7 +24,7 @@ from airflow_vibedream.constants import (
 )
 from airflow_vibedream.errors import VibeDreamPredictionFailedError, VibeDreamValidationError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
-from airflow_vibedream.lifecycle.events import prediction_from_event
+from airflow_vibedream.lifecycle.events import log_unavailable, prediction_from_event
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.job import SingleJob
 from airflow_vibedream.lifecycle.outputs import OutputTarget
@@ -166,6 +166,7 @@ class VibeDreamGenerateOperator(BaseOperator):
                 poll_interval=self.poll_interval,
                 deadline=deadline,
                 on_status_change=self._log_status_change,
+                on_unavailable=lambda seconds, error: log_unavailable(self.log, seconds, error),
             )
             return self._finish(context, waited.with_cost(prediction.cost_cents))
 

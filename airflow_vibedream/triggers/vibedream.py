@@ -13,16 +13,19 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.schedule import PollSchedule, StatusTracker, elapsed_since, next_sleep
 from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
-from airflow_vibedream.errors import VibeDreamError
+from airflow_vibedream.errors import VibeDreamError, VibeDreamTimeoutError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.lifecycle.batch import FAILED, PENDING, poll_outcome
 from airflow_vibedream.lifecycle.events import (
     EVENT_ERROR,
     EVENT_SUCCESS,
     EVENT_TIMEOUT,
+    Throttled,
     error_event,
+    log_unavailable,
     terminal_event,
     timeout_event,
+    unexpected,
 )
 
 
@@ -82,7 +85,14 @@ class VibeDreamPredictionTrigger(BaseTrigger):
                 if self.end_time is not None and time.time() >= self.end_time:
                     return timeout_event(self.prediction_id, self.end_time)
                 polled_at = time.monotonic()
-                prediction = await client.get_prediction(self.prediction_id)
+                # Transient failures are ridden out here, until the deadline, through the gate that
+                # every trigger on this loop shares (one probe while the API is down).
+                prediction = await client.poll_patiently(
+                    self.prediction_id,
+                    deadline=self.end_time,
+                    spread=self.poll_interval,
+                    on_unavailable=self._log_unavailable,
+                )
                 tracker.observe(prediction)
                 if prediction.is_terminal:
                     return terminal_event(prediction)
@@ -94,13 +104,23 @@ class VibeDreamPredictionTrigger(BaseTrigger):
                 interval = schedule.next_interval(now - created)
                 pause = max(interval - (now - polled_at), 0.1 * interval)
                 await asyncio.sleep(next_sleep(pause, self.end_time))
+        except VibeDreamTimeoutError:
+            assert self.end_time is not None  # only a deadline raises it
+            return timeout_event(self.prediction_id, self.end_time)
         except VibeDreamError as exc:
-            # Transient errors were already retried by the client; what reaches here is final.
+            # Transient errors were ridden out until the deadline; what reaches here is final.
             self.log.error("Stopped waiting for VibeDream prediction %s: %s", self.prediction_id, exc)
             return error_event(self.prediction_id, exc)
+        except Exception as exc:
+            # Never die without an event: the task would wait for its deferral timeout instead.
+            self.log.exception("Stopped waiting for VibeDream prediction %s", self.prediction_id)
+            return error_event(self.prediction_id, unexpected(exc))
 
     def _log_status_change(self, prediction: Prediction, elapsed: float) -> None:
         self.log.info("VibeDream prediction %s is %s after %.1fs", prediction.id, prediction.status, elapsed)
+
+    def _log_unavailable(self, seconds: float, error: VibeDreamError) -> None:
+        log_unavailable(self.log, seconds, error)
 
 
 class VibeDreamBatchTrigger(BaseTrigger):
@@ -162,10 +182,21 @@ class VibeDreamBatchTrigger(BaseTrigger):
             client = await VibeDreamHook(self.vibedream_conn_id).get_shared_async_client()
             slots = asyncio.Semaphore(self.max_concurrency)
 
+            report = Throttled(lambda seconds, error: log_unavailable(self.log, seconds, error))
+
             async def poll(prediction_id: str) -> tuple[str, str | None]:
                 async with slots:
                     try:
-                        return poll_outcome(await client.get_prediction(prediction_id))
+                        return poll_outcome(
+                            await client.poll_patiently(
+                                prediction_id,
+                                deadline=self.end_time,
+                                spread=self.poll_interval,
+                                on_unavailable=report,
+                            )
+                        )
+                    except VibeDreamTimeoutError:  # the deadline came during an outage
+                        return PENDING, None
                     except VibeDreamError as exc:
                         # The worker loop's reading: a 404 fails this image only; anything else
                         # (a refused key, an outage past the retries) is raised for the batch.
@@ -190,6 +221,10 @@ class VibeDreamBatchTrigger(BaseTrigger):
         except VibeDreamError as exc:
             self.log.error("Stopped waiting for the VibeDream batch: %s", exc)
             return self._event(EVENT_ERROR, total, failed, outstanding, str(exc), exc)
+        except Exception as exc:
+            self.log.exception("Stopped waiting for the VibeDream batch")
+            wrapped = unexpected(exc)
+            return self._event(EVENT_ERROR, total, failed, outstanding, str(wrapped), wrapped)
         self._log_progress(total, 0, len(failed), time.monotonic() - started)
         return self._event(EVENT_SUCCESS, total, failed, [], f"{total - len(failed)} of {total} completed")
 

@@ -1,0 +1,361 @@
+"""Riding out API outages: one shared gate per event loop (and per worker process) for every poller.
+
+Polls are idempotent GETs, so a transient failure (429, 5xx, network) is retried until the waiting
+task's own deadline, never for a fixed count. But a thousand triggers retrying each on their own
+would hammer an API that is down, and all at once the moment it returns. So every poller of one
+API on one event loop shares an :class:`OutageGate`, a circuit breaker:
+
+- *closed*: polls go out. ``failure_threshold`` transient failures in a row (from any poller)
+  open it;
+- *open*: nobody polls. After a capped, jittered backoff (never sooner than a ``Retry-After``) the
+  first poller to ask becomes the one *probe* (half-open); everyone else keeps waiting;
+- the probe succeeds: closed again, and the waiters resume spread over their own poll interval
+  (jitter), so the API is not hit by all of them in the same instant; the probe fails: open again,
+  with a longer backoff.
+
+Nobody waits past its own deadline: a waiter leaves the gate at its deadline and reports a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from airflow_vibedream.client.calls import deadline_reached
+from airflow_vibedream.client.settings import RetryPolicy
+from airflow_vibedream.errors import VibeDreamError, VibeDreamProtocolError
+
+T = TypeVar("T")
+
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half-open"
+
+#: Seconds between "API unavailable" lines of one poller.
+OUTAGE_LOG_INTERVAL = 30.0
+
+
+@dataclass
+class GateCore:
+    """The gate's decisions, with no waiting and an injectable clock (so they can be tested alone).
+
+    :param failure_threshold: transient failures in a row that open the gate.
+    :param initial_probe_backoff: the first wait before a probe, seconds.
+    :param max_probe_backoff: the longest wait between probes, seconds (a ``Retry-After`` may ask
+        for longer; it is honoured).
+    :param clock: monotonic seconds.
+    """
+
+    failure_threshold: int = 5
+    initial_probe_backoff: float = 1.0
+    max_probe_backoff: float = 10.0
+    clock: Callable[[], float] = time.monotonic
+    state: str = CLOSED
+    consecutive_failures: int = 0
+    #: When the current run of failures began (None while the API answers).
+    failing_since: float | None = None
+    next_probe_at: float = 0.0
+    probes_failed: int = 0
+    #: Counters, for tests and benchmarks.
+    opened: int = 0
+    probes: int = 0
+    _probe_token: object | None = field(default=None, repr=False)
+
+    def try_enter(self) -> tuple[bool, object | None]:
+        """(may poll now, probe token or None). A False means: wait for a change or the next probe."""
+        if self.state == CLOSED:
+            return True, None
+        if self.state == OPEN and self.clock() >= self.next_probe_at:
+            self.state = HALF_OPEN
+            self.probes += 1
+            self._probe_token = object()
+            return True, self._probe_token
+        return False, None
+
+    def seconds_to_probe(self) -> float | None:
+        """How long until a probe may go (None while a probe is out: wait for its outcome)."""
+        if self.state == OPEN:
+            return max(0.0, self.next_probe_at - self.clock())
+        return None
+
+    def succeeded(self) -> bool:
+        """A poll got an answer. Returns True when this closed an open gate (waiters resume)."""
+        reopened = self.state != CLOSED
+        self.state = CLOSED
+        self.consecutive_failures = 0
+        self.failing_since = None
+        self.probes_failed = 0
+        self._probe_token = None
+        return reopened
+
+    def failed(self, exc: BaseException, probe: object | None) -> bool:
+        """A poll failed transiently. Returns True when the gate (re)opened (waiters re-plan)."""
+        now = self.clock()
+        self.consecutive_failures += 1
+        if self.failing_since is None:
+            self.failing_since = now
+        if probe is not None and probe is self._probe_token:
+            self.probes_failed += 1
+            self._open(now, exc)
+            return True
+        if self.state == CLOSED and self.consecutive_failures >= self.failure_threshold:
+            self.opened += 1
+            self._open(now, exc)
+            return True
+        return False
+
+    def released(self, probe: object | None) -> bool:
+        """A probe ended with no verdict (cancelled, permanent error): let another poller probe now."""
+        if probe is not None and probe is self._probe_token and self.state == HALF_OPEN:
+            self.state = OPEN
+            self.next_probe_at = self.clock()
+            self._probe_token = None
+            return True
+        return False
+
+    def unavailable_for(self) -> float:
+        """Seconds since the current run of failures began (0 while the API answers)."""
+        return 0.0 if self.failing_since is None else self.clock() - self.failing_since
+
+    def _open(self, now: float, exc: BaseException) -> None:
+        self.state = OPEN
+        self._probe_token = None
+        ceiling = min(
+            self.max_probe_backoff, self.initial_probe_backoff * 2 ** max(0, self.probes_failed - 1)
+        )
+        wait = random.uniform(ceiling / 2, ceiling)
+        server_asked = getattr(exc, "retry_after", None)
+        if server_asked is not None:
+            wait = max(wait, float(server_asked))
+        self.next_probe_at = now + wait
+
+
+class AsyncOutageGate:
+    """The gate of one API on one event loop.
+
+    :param core: the decisions (a fresh :class:`GateCore` by default).
+    """
+
+    def __init__(self, core: GateCore | None = None) -> None:
+        self.core = core or GateCore()
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        # Wake every waiter, then arm a new event for the next change.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def enter(self, deadline: float | None, spread: float) -> tuple[bool, object | None]:
+        """Wait for a turn: (True, probe token or None), or (False, None) at the deadline."""
+        waited = False
+        while True:
+            allowed, probe = self.core.try_enter()
+            if allowed:
+                if waited and probe is None and spread > 0:
+                    # The gate just closed: resume spread over one interval, not all at once.
+                    await asyncio.sleep(_capped(random.uniform(0, spread), deadline) or 0.0)
+                return True, probe
+            waited = True
+            timeout = _capped(self.core.seconds_to_probe(), deadline)
+            if deadline is not None and time.time() >= deadline:
+                return False, None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def succeeded(self) -> None:
+        if self.core.succeeded():
+            self._notify()
+
+    def failed(self, exc: BaseException, probe: object | None) -> None:
+        if self.core.failed(exc, probe):
+            self._notify()
+
+    def released(self, probe: object | None) -> None:
+        if self.core.released(probe):
+            self._notify()
+
+
+class ThreadOutageGate:
+    """The gate of one API in one worker process (its polling threads share it)."""
+
+    def __init__(self, core: GateCore | None = None) -> None:
+        self.core = core or GateCore()
+        self._condition = threading.Condition()
+
+    def enter(self, deadline: float | None, spread: float) -> tuple[bool, object | None]:
+        waited = False
+        with self._condition:
+            while True:
+                allowed, probe = self.core.try_enter()
+                if allowed:
+                    break
+                waited = True
+                if deadline is not None and time.time() >= deadline:
+                    return False, None
+                self._condition.wait(_capped(self.core.seconds_to_probe(), deadline))
+        if waited and probe is None and spread > 0:
+            time.sleep(_capped(random.uniform(0, spread), deadline) or 0.0)
+        return True, probe
+
+    def succeeded(self) -> None:
+        with self._condition:
+            if self.core.succeeded():
+                self._condition.notify_all()
+
+    def failed(self, exc: BaseException, probe: object | None) -> None:
+        with self._condition:
+            if self.core.failed(exc, probe):
+                self._condition.notify_all()
+
+    def released(self, probe: object | None) -> None:
+        with self._condition:
+            if self.core.released(probe):
+                self._condition.notify_all()
+
+
+def _capped(seconds: float | None, deadline: float | None) -> float | None:
+    """``seconds`` (None: no limit of its own), never past the wall-clock ``deadline``."""
+    if deadline is None:
+        return seconds
+    remaining = max(0.0, deadline - time.time())
+    return remaining if seconds is None else min(seconds, remaining)
+
+
+# -- one gate per API per event loop / per process ------------------------------------------------------
+
+_LOOP_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncOutageGate]] = (
+    weakref.WeakKeyDictionary()
+)
+_PROCESS_GATES: dict[str, ThreadOutageGate] = {}
+_PROCESS_GATES_LOCK = threading.Lock()
+
+
+def loop_gate(base_url: str) -> AsyncOutageGate:
+    """The gate of the API at ``base_url`` on the running event loop (it holds no loop reference)."""
+    gates = _LOOP_GATES.setdefault(asyncio.get_running_loop(), {})
+    gate = gates.get(base_url)
+    if gate is None:
+        gate = gates[base_url] = AsyncOutageGate()
+    return gate
+
+
+def process_gate(base_url: str) -> ThreadOutageGate:
+    """The gate of the API at ``base_url`` in this process."""
+    with _PROCESS_GATES_LOCK:
+        gate = _PROCESS_GATES.get(base_url)
+        if gate is None:
+            gate = _PROCESS_GATES[base_url] = ThreadOutageGate()
+        return gate
+
+
+# -- the patient poll: the same shape for the async and the sync clients --------------------------------
+
+OutageReport = Callable[[float, VibeDreamError], None]
+
+
+def worth_waiting_for(policy: RetryPolicy, exc: VibeDreamError) -> bool:
+    """Transient for a poll: what the policy retries, and an unreadable answer (a proxy's error page
+    now is no reason to give up on a job that is running and billed)."""
+    return policy.is_retryable(exc) or isinstance(exc, VibeDreamProtocolError)
+
+
+@dataclass
+class _Patience:
+    """One poller's retry state: its backoff, its deadline, and when it last said the API is down."""
+
+    prediction_id: str
+    deadline: float | None
+    policy: RetryPolicy
+    on_unavailable: OutageReport | None
+    attempt: int = 0
+    last_report: float | None = None
+
+    def check_deadline(self) -> None:
+        if self.deadline is not None and time.time() >= self.deadline:
+            raise deadline_reached(self.prediction_id, self.deadline)
+
+    def after_failure(self, exc: VibeDreamError, core: GateCore) -> float:
+        """The pause before this poller tries again (capped by its deadline); reports the outage."""
+        self.attempt += 1
+        down = core.unavailable_for()
+        now = time.monotonic()
+        if self.on_unavailable is not None and (
+            self.last_report is None or now - self.last_report >= OUTAGE_LOG_INTERVAL
+        ):
+            self.last_report = now
+            self.on_unavailable(down, exc)
+        return _capped(self.policy.backoff(self.attempt, exc), self.deadline) or 0.0
+
+
+async def poll_patiently_async(
+    poll: Callable[[], Awaitable[T]],
+    *,
+    gate: AsyncOutageGate,
+    prediction_id: str,
+    deadline: float | None,
+    policy: RetryPolicy,
+    spread: float,
+    on_unavailable: OutageReport | None = None,
+) -> T:
+    """``poll()`` until it answers: transient failures are retried until ``deadline`` (then
+    :class:`VibeDreamTimeoutError`), through ``gate``; any other error is raised at once."""
+    patience = _Patience(prediction_id, deadline, policy, on_unavailable)
+    while True:
+        patience.check_deadline()
+        allowed, probe = await gate.enter(deadline, spread)
+        if not allowed:
+            continue  # the deadline came while waiting at the gate
+        try:
+            answer = await poll()
+        except VibeDreamError as exc:
+            if not worth_waiting_for(policy, exc):
+                gate.released(probe)
+                raise
+            gate.failed(exc, probe)
+            await asyncio.sleep(patience.after_failure(exc, gate.core))
+            continue
+        except BaseException:
+            gate.released(probe)
+            raise
+        gate.succeeded()
+        return answer
+
+
+def poll_patiently(
+    poll: Callable[[], T],
+    *,
+    gate: ThreadOutageGate,
+    prediction_id: str,
+    deadline: float | None,
+    policy: RetryPolicy,
+    spread: float,
+    on_unavailable: OutageReport | None = None,
+) -> T:
+    """The blocking twin of :func:`poll_patiently_async`."""
+    patience = _Patience(prediction_id, deadline, policy, on_unavailable)
+    while True:
+        patience.check_deadline()
+        allowed, probe = gate.enter(deadline, spread)
+        if not allowed:
+            continue
+        try:
+            answer = poll()
+        except VibeDreamError as exc:
+            if not worth_waiting_for(policy, exc):
+                gate.released(probe)
+                raise
+            gate.failed(exc, probe)
+            time.sleep(patience.after_failure(exc, gate.core))
+            continue
+        except BaseException:
+            gate.released(probe)
+            raise
+        gate.succeeded()
+        return answer
