@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import io
 import re
+import string
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -35,7 +36,10 @@ UPLOAD_BLOCK_SIZE = 8 * 1024 * 1024
 #: task for the same prediction overwrites rather than duplicates.
 DEFAULT_OUTPUT_NAME = "{dag_id}/{run_id}/{task_id}{map_suffix}/{prediction_id}-{index}.{ext}"
 
-_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
+#: The only extensions a stored output gets, by format or suffix; anything else is ``bin``.
+_EXTENSIONS = {"JPEG": "jpg", "JPG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
+#: The fields an ``output_name_template`` may use.
+NAME_FIELDS = frozenset({"dag_id", "run_id", "task_id", "map_suffix", "prediction_id", "index", "ext"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
 
@@ -286,12 +290,55 @@ def first_gone_output(outputs: list[str] | None, *, timeout: float = 30.0) -> tu
 
 
 def output_extension(output: str, output_format: str | None) -> str:
+    """The file extension, from a fixed map only: a format, a ``data:image/<subtype>`` or a URL's
+    suffix never puts its own text into a file name."""
     if output_format:
-        return _EXTENSIONS.get(output_format.upper(), output_format.lower())
-    if output.startswith("data:image/"):
-        return output[len("data:image/") :].split(";", 1)[0].replace("jpeg", "jpg")
-    suffix = Path(httpx.URL(output).path).suffix.lstrip(".") if not is_data_output(output) else ""
-    return suffix or "bin"
+        candidate = output_format
+    elif output.startswith("data:image/"):
+        candidate = output[len("data:image/") :].split(";", 1)[0].split(",", 1)[0]
+    elif not is_data_output(output):
+        candidate = Path(httpx.URL(output).path).suffix.lstrip(".")
+    else:
+        candidate = ""
+    return _EXTENSIONS.get(candidate.upper(), "bin")
+
+
+def validate_name_template(template: Any, field_name: str = "output_name_template") -> str:
+    """A name template that keeps every output inside ``output_path``: known fields only, relative,
+    no ``..`` (checked when the operator is built, so a bad one never costs a job)."""
+    if not isinstance(template, str) or not template.strip():
+        raise VibeDreamValidationError(
+            f"{field_name} must be a non-empty text; got {template!r}", field=field_name
+        )
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise VibeDreamValidationError(
+            f"{field_name} is not a valid template: {exc}", field=field_name
+        ) from None
+    unknown = sorted({name for name in names if name not in NAME_FIELDS})
+    if unknown:
+        raise VibeDreamValidationError(
+            f"{field_name} uses unknown field(s) {', '.join(repr(n) for n in unknown)}; "
+            f"known: {', '.join(sorted(NAME_FIELDS))}",
+            field=field_name,
+        )
+    sample = template.format(
+        dag_id="d", run_id="r", task_id="t", map_suffix="/map_0", prediction_id="p", index=0, ext="png"
+    )
+    parts = sample.replace("\\", "/").split("/")
+    if (
+        sample.startswith(("/", "\\"))
+        or re.match(r"^[A-Za-z]:[\\/]", sample)
+        or ".." in parts
+        or "://" in sample
+    ):
+        raise VibeDreamValidationError(
+            f"{field_name} must be a relative name inside output_path (no leading '/', no '..'); "
+            f"got {template!r}",
+            field=field_name,
+        )
+    return template
 
 
 def persist_outputs(

@@ -59,8 +59,16 @@ class _AiohttpSender:
                     async for chunk in answer.content.iter_chunked(64 * 1024):
                         body.feed(chunk)
                     status, headers = answer.status, answer.raw_headers
-        except httpx.TransportError as exc:
-            raise call.on_transport_error(exc) from exc
+        except httpx.HTTPError as exc:
+            if "content-encoding" in str(exc).lower():
+                # aiohttp reports a body that is not the gzip/deflate it claims as a payload error;
+                # it is an answer that cannot be read, as httpx's DecodingError says on the httpx path.
+                exc = httpx.DecodingError(str(exc))
+            raise call.on_http_error(exc) from exc
+        except VibeDreamError:
+            raise
+        except Exception as exc:  # an aiohttp error httpx-aiohttp does not map (e.g. a bad status line)
+            raise call.on_http_error(httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}")) from exc
         content = b"".join(body.chunks)
         if 200 <= status < 300:
             return call.on_success(status, content)
@@ -134,14 +142,14 @@ class AsyncVibeDreamClient:
     async def _send(self, call: ApiCall) -> Prediction:
         body = CappedBody(self.settings.max_response_bytes, call)
         try:
-            streamed = await self._http.send(call.request, stream=True)
+            streamed = await self._http.send(call.request, stream=True, follow_redirects=not call.submits)
             try:
                 async for chunk in streamed.aiter_bytes():
                     body.feed(chunk)
             finally:
                 await streamed.aclose()
-        except httpx.TransportError as exc:
-            raise call.on_transport_error(exc) from exc
+        except httpx.HTTPError as exc:
+            raise call.on_http_error(exc) from exc
         return call.on_body(streamed, body)
 
     async def submit(self, model_id: str, payload: Mapping[str, Any]) -> Prediction:

@@ -76,7 +76,7 @@ def _api_error_text(body: Any, response: httpx.Response) -> str:
 def _error_for_status(response: httpx.Response, what: str) -> VibeDreamError:
     try:
         body: Any = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not text, or nested past any sense
         body = None
     status = response.status_code
     api_message = _api_error_text(body, response)
@@ -101,7 +101,7 @@ def _error_for_status(response: httpx.Response, what: str) -> VibeDreamError:
 def _prediction_or_none(response: httpx.Response) -> Prediction | None:
     try:
         return Prediction.from_api(response.json())
-    except (json.JSONDecodeError, UnicodeDecodeError, VibeDreamProtocolError):
+    except (ValueError, RecursionError, VibeDreamProtocolError):
         return None
 
 
@@ -170,6 +170,18 @@ class ApiCall:
             self.method, self.url, headers=self.headers, json=self.json_body, extensions=extensions
         )
 
+    def on_http_error(self, exc: httpx.HTTPError) -> VibeDreamError:
+        """Any httpx failure, as a typed error: no answer (transport), or an answer that cannot be
+        read (a body that fails to decompress, a redirect loop)."""
+        if isinstance(exc, httpx.TransportError):
+            return self.on_transport_error(exc)
+        reason = f"{type(exc).__name__}: {shorten(str(exc))}"
+        if self.submits:
+            return self.state_unknown(f"an unreadable answer ({reason})")
+        return VibeDreamProtocolError(
+            f"VibeDream {self.description}: unreadable answer from {self.host} ({reason})"
+        )
+
     def on_transport_error(self, exc: httpx.TransportError) -> VibeDreamError:
         request_sent = not _surely_not_sent(exc)
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -189,6 +201,14 @@ class ApiCall:
                 return relayed
         if response.is_success:
             return self.on_success(response.status_code, response.content)
+        if self.submits and response.is_redirect:
+            # A submit carries the image URLs (presigned ones too): it is never re-sent elsewhere.
+            raise VibeDreamProtocolError(
+                f"VibeDream {self.description} was answered with HTTP {response.status_code} to "
+                f"{shorten(response.headers.get('location', '?'), 120)}; a submit is never re-sent to "
+                "another address. Point the connection's Host at the API itself.",
+                status_code=response.status_code,
+            )
         error = _error_for_status(response, self.description)
         # A 5xx after a submit was sent may still have created the job; a 408 says the server gave
         # up before reading the whole request, and a 429 that it refused it: both surely created none.

@@ -46,11 +46,28 @@ class Prediction:
     @classmethod
     def from_api(cls, body: Any) -> Prediction:
         """Parse the API's camelCase JSON; raise :class:`VibeDreamProtocolError` if it is not one."""
-        if not isinstance(body, Mapping) or not body.get("id") or not body.get("status"):
+        if (
+            not isinstance(body, Mapping)
+            or not isinstance(body.get("id"), str)
+            or not body["id"]
+            or not isinstance(body.get("status"), str)
+            or not body["status"]
+        ):
             raise VibeDreamProtocolError(
                 f"VibeDream answered with something that is not a prediction: {shorten(body)}"
             )
+        for name in ("modelId", "modelName", "error", "createdAt", "completedAt", "statusUrl"):
+            if body.get(name) is not None and not isinstance(body[name], str):
+                raise VibeDreamProtocolError(
+                    f"VibeDream answered with a {name} that is not text: {shorten(body[name])}"
+                )
         outputs = body.get("outputs")
+        if outputs is not None and (
+            not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs)
+        ):
+            raise VibeDreamProtocolError(
+                f"VibeDream answered with outputs that are not texts: {shorten(outputs)}"
+            )
         cost = body.get("costCents")
         if cost is not None and (
             isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost)
@@ -63,7 +80,7 @@ class Prediction:
             status=str(body["status"]),
             model_id=body.get("modelId"),
             model_name=body.get("modelName"),
-            outputs=[str(o) for o in outputs] if isinstance(outputs, list) else None,
+            outputs=list(outputs) if outputs is not None else None,
             error=body.get("error"),
             created_at=body.get("createdAt"),
             completed_at=body.get("completedAt"),

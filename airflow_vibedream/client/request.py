@@ -79,20 +79,31 @@ class UpscaleRequest:
         }
 
 
+def _is_path_segment(value: Any) -> bool:
+    """One URL path segment that stays one: no separators, not ``.``/``..`` (which collapse)."""
+    return (
+        isinstance(value, str)
+        and bool(value)
+        and value.strip() == value
+        and value not in (".", "..")
+        and not any(sep in value for sep in ("/", "\\"))
+    )
+
+
 def validate_model_id(model_id: Any) -> str:
     """A model id is one URL path segment: refuse anything that would change the route."""
-    if not isinstance(model_id, str) or not model_id or "/" in model_id or model_id.strip() != model_id:
+    if not _is_path_segment(model_id):
         raise VibeDreamValidationError(
             f"model_id must be a model name such as {UPSCALER_MODEL_ID!r}; got {model_id!r}",
             field="model_id",
         )
-    return model_id
+    return str(model_id)
 
 
 def validate_prediction_id(prediction_id: Any) -> str:
     """A prediction id is one URL path segment: refuse anything that would change the route."""
-    if not isinstance(prediction_id, str) or not prediction_id or "/" in prediction_id:
+    if not _is_path_segment(prediction_id):
         raise VibeDreamValidationError(
             f"prediction_id must be a prediction id; got {prediction_id!r}", field="prediction_id"
         )
-    return prediction_id
+    return str(prediction_id)

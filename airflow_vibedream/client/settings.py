@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,8 +152,15 @@ class ClientSettings:
                 f"base_url {base_url!r} is plain http on a non-loopback host, which would send the API key "
                 "unencrypted; use https, or set allow_insecure_http in the connection extra"
             )
-        if not isinstance(self.timeout, (int, float)) or isinstance(self.timeout, bool) or self.timeout <= 0:
-            raise VibeDreamConfigError(f"timeout must be a number of seconds > 0; got {self.timeout!r}")
+        for name in ("timeout", "sync_wait_seconds"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise VibeDreamConfigError(f"{name} must be a finite number of seconds > 0; got {value!r}")
         if type(self.max_response_bytes) is not int or self.max_response_bytes <= 0:
             raise VibeDreamConfigError(
                 f"max_response_bytes must be a whole number > 0; got {self.max_response_bytes!r}"

@@ -48,14 +48,14 @@ class VibeDreamClient:
     def _attempt(self, call: ApiCall) -> Prediction:
         body = CappedBody(self.settings.max_response_bytes, call)
         try:
-            streamed = self._http.send(call.request, stream=True)
+            streamed = self._http.send(call.request, stream=True, follow_redirects=not call.submits)
             try:
                 for chunk in streamed.iter_bytes():
                     body.feed(chunk)
             finally:
                 streamed.close()
-        except httpx.TransportError as exc:
-            raise call.on_transport_error(exc) from exc
+        except httpx.HTTPError as exc:
+            raise call.on_http_error(exc) from exc
         return call.on_body(streamed, body)
 
     def submit(self, model_id: str, payload: Mapping[str, Any]) -> Prediction:

@@ -49,6 +49,8 @@ def fault_response(rule: FaultRule) -> Response:
         return DroppedResponse()
     if rule.kind in ("endless", "drip"):
         return EndlessResponse(delay=rule.delay if rule.kind == "drip" else 0.0)
+    if rule.kind == "answer":
+        return Response(rule.body.encode(), status_code=rule.status, headers=rule.headers)
     if rule.kind == "redirect":
         return Response(status_code=302, headers={"Location": rule.location})
     if rule.kind == "garbage":

@@ -21,7 +21,17 @@ CONTENT_MODERATION_ERROR = "Your request was flagged by content moderation. Plea
 
 Route = Literal["submit", "poll", "output", "any"]
 Kind = Literal[
-    "status", "drop", "slow", "garbage", "outage", "endless", "drip", "redirect", "fail_prediction", "stuck"
+    "status",
+    "drop",
+    "slow",
+    "garbage",
+    "answer",
+    "outage",
+    "endless",
+    "drip",
+    "redirect",
+    "fail_prediction",
+    "stuck",
 ]
 ROUTES: tuple[str, ...] = ("submit", "poll", "output", "any")
 KINDS: tuple[str, ...] = (
@@ -29,6 +39,7 @@ KINDS: tuple[str, ...] = (
     "drop",
     "slow",
     "garbage",
+    "answer",
     "outage",
     "endless",
     "drip",
@@ -37,7 +48,16 @@ KINDS: tuple[str, ...] = (
     "stuck",
 )
 #: Kinds that replace the answer of the request they hit.
-ANSWER_KINDS: tuple[str, ...] = ("status", "drop", "garbage", "outage", "endless", "drip", "redirect")
+ANSWER_KINDS: tuple[str, ...] = (
+    "status",
+    "drop",
+    "garbage",
+    "answer",
+    "outage",
+    "endless",
+    "drip",
+    "redirect",
+)
 
 
 @dataclass
@@ -48,6 +68,8 @@ class FaultRule:
     :param kind: ``status`` (answer ``status`` with a JSON error), ``drop`` (close the connection
         mid-answer), ``slow`` (answer after ``delay`` seconds), ``garbage`` (a 200 whose body is not
         JSON; with ``after_create`` on ``submit``, the job exists but its id is unreadable),
+        ``answer`` (exactly ``status``, ``body`` and ``headers``: any hostile answer, such as
+        deeply nested JSON, a ``NaN`` cost or a body that is not the gzip it claims),
         ``outage`` (every matching request answers ``status``, 503 by default, for ``seconds``
         from the moment the rule is set), ``endless`` (a 200 whose body never ends), ``drip``
         (a 200 whose body comes one byte every ``delay`` seconds), ``redirect`` (a 302 to
@@ -77,6 +99,8 @@ class FaultRule:
     times: int | None = None
     seconds: float = 0.0
     location: str = ""
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
     seen: int = field(default=0)
     fired: int = field(default=0)
     set_at: float = field(default_factory=time.monotonic)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 import uuid
@@ -35,6 +36,8 @@ def _extra_number(extra: Mapping[str, Any], name: str, default: float, *, whole:
         raise VibeDreamConfigError(
             f"Connection extra {name!r} must be a {'whole number' if whole else 'number'}; got {value!r}"
         ) from None
+    if not math.isfinite(number):
+        raise VibeDreamConfigError(f"Connection extra {name!r} must be a finite number; got {value!r}")
     if whole and float(value) != number:
         raise VibeDreamConfigError(f"Connection extra {name!r} must be a whole number; got {value!r}")
     return number

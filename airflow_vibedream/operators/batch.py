@@ -49,6 +49,7 @@ from airflow_vibedream.storage import (
     safe_segment,
     storage_uri,
     validate_image_source,
+    validate_name_template,
     write_text_atomically,
 )
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger
@@ -151,7 +152,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         self.target_resolution = target_resolution
         self.output_format = output_format
         self.output_path = output_path
-        self.output_name_template = output_name_template
+        self.output_name_template = validate_name_template(output_name_template)
         self.output_conn_id = output_conn_id
         self.requests_per_minute = requests_per_minute
         self.fail_on_error = fail_on_error

@@ -31,7 +31,12 @@ from airflow_vibedream.lifecycle.outputs import OutputTarget
 from airflow_vibedream.lifecycle.rules import failures_decided_once
 from airflow_vibedream.lifecycle.validation import choice, is_templated, positive_seconds
 from airflow_vibedream.operators.lineage import input_image_of, lineage_for, output_asset
-from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, resolve_image, validate_image_source
+from airflow_vibedream.storage import (
+    DEFAULT_OUTPUT_NAME,
+    resolve_image,
+    validate_image_source,
+    validate_name_template,
+)
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
 
 if TYPE_CHECKING:
@@ -102,7 +107,7 @@ class VibeDreamGenerateOperator(BaseOperator):
         self.model_id = model_id
         self.input = input
         self.output_path = output_path
-        self.output_name_template = output_name_template
+        self.output_name_template = validate_name_template(output_name_template)
         self.vibedream_conn_id = vibedream_conn_id
         self.poll_interval = positive_seconds(poll_interval, "poll_interval")
         self.timeout = positive_seconds(timeout, "timeout")
