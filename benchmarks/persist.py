@@ -48,12 +48,17 @@ def measure_in_child(variant: str, url: str, destination: str) -> dict[str, Any]
 
 
 def transfer(variant: str, url: str, destination: str, names: dict[str, str]) -> int:
-    from airflow_vibedream.storage import CHUNK_SIZE, as_storage_path, persist_outputs
+    from airflow_vibedream.storage import CHUNK_SIZE, DownloadPolicy, as_storage_path, persist_outputs
 
     # Both sides stream in the same chunks through the same ObjectStoragePath backend.
     if variant.startswith("provider"):
         [stored] = persist_outputs(
-            [url], destination, names=names, output_format="png", conn_id="aws_default"
+            [url],
+            destination,
+            names=names,
+            output_format="png",
+            conn_id="aws_default",
+            policy=DownloadPolicy(allow_private=True),  # the emulator is on loopback
         )
         size = stored.bytes
     else:

@@ -152,9 +152,11 @@ class AsyncVibeDreamClient:
             raise call.on_http_error(exc) from exc
         return call.on_body(streamed, body)
 
-    async def submit(self, model_id: str, payload: Mapping[str, Any]) -> Prediction:
+    async def submit(
+        self, model_id: str, payload: Mapping[str, Any], *, wait_at_most: float | None = None
+    ) -> Prediction:
         """Start a prediction of any model; returns the submit answer."""
-        return await self._call(self._api.submit(model_id, payload))
+        return await self._call(self._api.submit(model_id, payload, wait_at_most=wait_at_most))
 
     async def upscale(self, request: UpscaleRequest) -> Prediction:
         """Start an upscale job."""

@@ -264,14 +264,19 @@ class Api:
         }
         self._headers = httpx.Headers(self.plain_headers)
 
-    def submit(self, model_id: str, payload: Mapping[str, Any]) -> ApiCall:
+    def submit(
+        self, model_id: str, payload: Mapping[str, Any], *, wait_at_most: float | None = None
+    ) -> ApiCall:
+        """:param wait_at_most: the caller's own bound (its deadline) on a sync-mode read."""
         validate_model_id(model_id)
         timeout = None
         if payload.get("enable_sync_mode") is True:
             # The server holds a sync-mode request open while it works: read longer than it waits,
             # so its own answer (done, or still processing with an id) comes back, never a timeout
-            # that would leave the submission state unknown.
+            # that would leave the submission state unknown. But never past the caller's deadline.
             read = max(self.settings.timeout, self.settings.sync_wait_seconds + 30.0)
+            if wait_at_most is not None:
+                read = min(read, max(self.settings.timeout, wait_at_most))
             timeout = httpx.Timeout(self.settings.timeout, read=read)
         return ApiCall(
             f"submit to model {model_id!r}",

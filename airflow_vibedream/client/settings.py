@@ -127,6 +127,10 @@ class ClientSettings:
         set above this, so the server's own answer (finished, or still processing) arrives first.
     :param max_response_bytes: the largest API answer read (base64 outputs make answers large; an
         endless or hostile body must not exhaust the worker's memory).
+    :param max_output_bytes: the largest output file downloaded (default: room for an 8K PNG, x5).
+    :param download_timeout: seconds one output's download may take in all.
+    :param allow_private_outputs: download outputs from loopback, private or link-local addresses
+        even when the API itself is not on one.
     """
 
     api_key: str = field(repr=False)
@@ -136,6 +140,9 @@ class ClientSettings:
     allow_insecure_http: bool = False
     sync_wait_seconds: float = 300.0
     max_response_bytes: int = 256 * 1024 * 1024
+    max_output_bytes: int = 512 * 1024 * 1024
+    download_timeout: float = 600.0
+    allow_private_outputs: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key.strip():
@@ -152,7 +159,7 @@ class ClientSettings:
                 f"base_url {base_url!r} is plain http on a non-loopback host, which would send the API key "
                 "unencrypted; use https, or set allow_insecure_http in the connection extra"
             )
-        for name in ("timeout", "sync_wait_seconds"):
+        for name in ("timeout", "sync_wait_seconds", "download_timeout"):
             value = getattr(self, name)
             if (
                 not isinstance(value, (int, float))
@@ -161,8 +168,8 @@ class ClientSettings:
                 or value <= 0
             ):
                 raise VibeDreamConfigError(f"{name} must be a finite number of seconds > 0; got {value!r}")
-        if type(self.max_response_bytes) is not int or self.max_response_bytes <= 0:
-            raise VibeDreamConfigError(
-                f"max_response_bytes must be a whole number > 0; got {self.max_response_bytes!r}"
-            )
+        for name in ("max_response_bytes", "max_output_bytes"):
+            value = getattr(self, name)
+            if type(value) is not int or value <= 0:
+                raise VibeDreamConfigError(f"{name} must be a whole number > 0; got {value!r}")
         object.__setattr__(self, "base_url", base_url)

@@ -58,9 +58,11 @@ class VibeDreamClient:
             raise call.on_http_error(exc) from exc
         return call.on_body(streamed, body)
 
-    def submit(self, model_id: str, payload: Mapping[str, Any]) -> Prediction:
+    def submit(
+        self, model_id: str, payload: Mapping[str, Any], *, wait_at_most: float | None = None
+    ) -> Prediction:
         """Start a prediction of any model; returns the submit answer (usually ``processing``)."""
-        return self._call(self._api.submit(model_id, payload))
+        return self._call(self._api.submit(model_id, payload, wait_at_most=wait_at_most))
 
     def upscale(self, request: UpscaleRequest) -> Prediction:
         """Start an upscale job."""

@@ -98,6 +98,11 @@ def settings_from_connection(
         max_response_bytes=_extra_number(
             extra, "max_response_bytes", ClientSettings.max_response_bytes, whole=True
         ),
+        max_output_bytes=_extra_number(
+            extra, "max_output_bytes", ClientSettings.max_output_bytes, whole=True
+        ),
+        download_timeout=_extra_number(extra, "download_timeout", ClientSettings.download_timeout),
+        allow_private_outputs=_extra_bool(extra, "allow_private_outputs"),
     )
 
 

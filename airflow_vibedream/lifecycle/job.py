@@ -11,6 +11,7 @@ from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.sync import VibeDreamClient
 from airflow_vibedream.errors import VibeDreamNotFoundError
 from airflow_vibedream.lifecycle.fingerprint import JobSpec, what_changed
+from airflow_vibedream.lifecycle.outputs import download_policy
 from airflow_vibedream.lifecycle.store import SubmissionRecord, SubmissionStore
 from airflow_vibedream.storage import first_gone_output
 
@@ -37,11 +38,16 @@ class SingleJob:
             self.store.warn_if_not_durable(log)
 
     def start(
-        self, client: VibeDreamClient, spec: JobSpec, payload: Callable[[], Mapping[str, Any]]
+        self,
+        client: VibeDreamClient,
+        spec: JobSpec,
+        payload: Callable[[], Mapping[str, Any]],
+        *,
+        wait_at_most: float | None = None,
     ) -> Prediction:
         """The recorded prediction if it can serve ``spec``, else a new one (``payload`` is built
         only then: presigning an ``s3://`` input is not needed to reconnect)."""
-        return self.reconnect(client, spec) or self.submit(client, spec, payload())
+        return self.reconnect(client, spec) or self.submit(client, spec, payload(), wait_at_most=wait_at_most)
 
     def reconnect(self, client: VibeDreamClient, spec: JobSpec) -> Prediction | None:
         """The prediction an earlier try recorded, if it was made for this input and still serves."""
@@ -67,7 +73,9 @@ class SingleJob:
                 "Stored VibeDream prediction %s failed (%s): submitting anew", prediction.id, prediction.error
             )
             return None
-        if prediction.succeeded and (gone := first_gone_output(prediction.outputs)):
+        if prediction.succeeded and (
+            gone := first_gone_output(prediction.outputs, policy=download_policy(client.settings))
+        ):
             self.log.warning(
                 "Outputs of stored VibeDream prediction %s can no longer be fetched (%s answered HTTP %d): "
                 "submitting anew",
@@ -83,13 +91,21 @@ class SingleJob:
         )
         return prediction
 
-    def submit(self, client: VibeDreamClient, spec: JobSpec, payload: Mapping[str, Any]) -> Prediction:
+    def submit(
+        self,
+        client: VibeDreamClient,
+        spec: JobSpec,
+        payload: Mapping[str, Any],
+        *,
+        wait_at_most: float | None = None,
+    ) -> Prediction:
         """Submit and record at once: from here on a crash of this try must not cost a second job.
 
         A submit whose outcome is unknown raises ``VibeDreamSubmissionStateUnknownError`` (permanent):
         it is not recorded, so only a person (a clear, after checking the dashboard) sends it again.
         """
-        submitted = client.submit(spec.model_id, payload)
+        # A sync-mode read is bounded by the operator's timeout, not only by the server's own wait.
+        submitted = client.submit(spec.model_id, payload, wait_at_most=wait_at_most)
         if self.durable:
             self.store.set(
                 STATE_KEY,

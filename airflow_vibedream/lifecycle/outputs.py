@@ -4,9 +4,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow_vibedream.client.models import Prediction
-from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, StoredOutput, persist_outputs
+from airflow_vibedream.client.settings import ClientSettings
+from airflow_vibedream.storage import (
+    DEFAULT_OUTPUT_NAME,
+    DownloadPolicy,
+    StoredOutput,
+    is_non_public_host,
+    persist_outputs,
+)
+
+
+def download_policy(settings: ClientSettings) -> DownloadPolicy:
+    """The bounds of output downloads for a connection. Private destinations are allowed when the
+    API itself is on one (the emulator, an in-cluster gateway) or the extra says so."""
+    api_host = urlsplit(settings.base_url).hostname or ""
+    return DownloadPolicy(
+        max_bytes=settings.max_output_bytes,
+        timeout=settings.download_timeout,
+        read_timeout=settings.timeout,
+        allow_private=settings.allow_private_outputs or is_non_public_host(api_host),
+    )
 
 
 @dataclass(frozen=True)
@@ -23,8 +43,10 @@ class OutputTarget:
     name_template: str = DEFAULT_OUTPUT_NAME
     conn_id: str | None = None
 
-    def store(self, prediction: Prediction, ti: Any, output_format: str | None) -> list[StoredOutput]:
-        """Persist every output of ``prediction`` for the task instance ``ti``."""
+    def store(
+        self, prediction: Prediction, ti: Any, output_format: str | None, policy: DownloadPolicy
+    ) -> list[StoredOutput]:
+        """Persist every output of ``prediction`` for the task instance ``ti``, within ``policy``."""
         return persist_outputs(
             prediction.outputs or [],
             self.output_path,
@@ -38,4 +60,5 @@ class OutputTarget:
             output_format=output_format,
             name_template=self.name_template,
             conn_id=self.conn_id,
+            policy=policy,
         )

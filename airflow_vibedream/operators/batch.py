@@ -38,7 +38,7 @@ from airflow_vibedream.lifecycle.events import (
     log_unavailable,
 )
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
-from airflow_vibedream.lifecycle.outputs import OutputTarget
+from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy
 from airflow_vibedream.lifecycle.rules import failures_decided_once, is_permanent
 from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
 from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
@@ -374,6 +374,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             self.output_path, self.output_name_template, self.output_conn_id or self.aws_conn_id
         )
         not_submitted: dict[str, str] = getattr(self, "_not_submitted", {})
+        policy = download_policy(client.settings)
 
         def line(item: BatchImage) -> dict[str, Any]:
             record = records.get(item.key)
@@ -405,7 +406,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                 prediction = client.get_prediction(record.prediction_id)
                 if not prediction.succeeded:
                     return {**base, "status": prediction.status, "outputs": None, "error": prediction.error}
-                stored = target.store(prediction, ti, self.output_format)
+                stored = target.store(prediction, ti, self.output_format, policy)
                 return {**base, "status": "completed", "outputs": [s.uri for s in stored], "error": None}
             except VibeDreamError as exc:
                 return {

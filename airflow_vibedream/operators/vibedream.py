@@ -27,7 +27,7 @@ from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.lifecycle.events import log_unavailable, prediction_from_event
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.job import SingleJob
-from airflow_vibedream.lifecycle.outputs import OutputTarget
+from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy
 from airflow_vibedream.lifecycle.rules import failures_decided_once
 from airflow_vibedream.lifecycle.validation import choice, is_templated, positive_seconds
 from airflow_vibedream.operators.lineage import input_image_of, lineage_for, output_asset
@@ -145,7 +145,7 @@ class VibeDreamGenerateOperator(BaseOperator):
             spec = self.job_spec()  # every rendered value checked before any request
             client = self.hook.get_client()
             job = SingleJob(context, self.log, durable=self.durable)
-            prediction = job.start(client, spec, lambda: self.payload(spec))
+            prediction = job.start(client, spec, lambda: self.payload(spec), wait_at_most=self.timeout)
             # XCom is cleared at each try; push again so downstream tasks and execute_complete see it.
             context["ti"].xcom_push(key=XCOM_PREDICTION_ID, value=prediction.id)
             context["ti"].xcom_push(key=XCOM_COST_CENTS, value=prediction.cost_cents)
@@ -199,7 +199,8 @@ class VibeDreamGenerateOperator(BaseOperator):
             target = OutputTarget(
                 self.output_path, self.output_name_template, self.output_conn_id or self.aws_conn_id
             )
-            stored = target.store(prediction, context["ti"], self.requested_output_format())
+            policy = download_policy(self.hook.get_client().settings)
+            stored = target.store(prediction, context["ti"], self.requested_output_format(), policy)
             for item in stored:
                 self.log.info(
                     "Stored %s (%d bytes, %sx%s %s)",

@@ -15,7 +15,7 @@ from PIL import Image
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.emulator.imaging import sample_image
 from airflow_vibedream.operators.vibedream import VibeDreamUpscaleImageOperator
-from airflow_vibedream.storage import OutputStorageError, persist_outputs, resolve_image
+from airflow_vibedream.storage import DownloadPolicy, OutputStorageError, persist_outputs, resolve_image
 from tests.conftest import MotoS3
 from tests.helpers import FakeTI
 
@@ -126,6 +126,7 @@ def test_interrupted_download_leaves_nothing_behind(
             names={"dag_id": "d", "run_id": "r", "task_id": "t", "prediction_id": submitted["id"]},
             output_format="png",
             conn_id="aws_default",
+            policy=DownloadPolicy(allow_private=True),  # the emulator is on loopback
         )
     if destination == "s3":
         assert moto_s3.keys("interrupted") == []

@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferred
 
-from airflow_vibedream.client import Prediction
+from airflow_vibedream.client import ClientSettings, Prediction
 from airflow_vibedream.errors import VibeDreamNotFoundError, VibeDreamSubmissionStateUnknownError
 from airflow_vibedream.lifecycle.fingerprint import JobSpec, fingerprint_of, what_changed
 from airflow_vibedream.lifecycle.job import STATE_KEY
@@ -49,6 +49,7 @@ def client() -> mock.MagicMock:
         mock.patch("airflow_vibedream.lifecycle.job.first_gone_output", return_value=None),
     ):
         get_conn.return_value.submit.return_value = Prediction(id=NEW_PID, status="processing", cost_cents=2)
+        get_conn.return_value.settings = ClientSettings(api_key="k", base_url="http://127.0.0.1:9")
         yield get_conn.return_value
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from unittest import mock
 
+from airflow_vibedream.client import ClientSettings
 from airflow_vibedream.operators.lineage import dataset_name
 from airflow_vibedream.operators.vibedream import VibeDreamUpscaleImageOperator
 from airflow_vibedream.storage import StoredOutput
@@ -40,6 +41,7 @@ def test_openlineage_names_input_and_stored_outputs() -> None:
         ),
     ):
         get_conn.return_value.submit.return_value = COMPLETED
+        get_conn.return_value.settings = ClientSettings(api_key="k", base_url="http://127.0.0.1:9")
         task.execute({"ti": FakeTI()})
     lineage = task.get_openlineage_facets_on_complete(None)
     assert [(d.namespace, d.name) for d in lineage.inputs] == [("s3://raw", "in/photo.png")]

@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferred
 
-from airflow_vibedream.client import Prediction
+from airflow_vibedream.client import ClientSettings, Prediction
 from airflow_vibedream.errors import (
     VibeDreamAuthError,
     VibeDreamError,
@@ -45,6 +45,7 @@ def operator(**kwargs: Any) -> VibeDreamUpscaleImageOperator:
 @pytest.fixture
 def client() -> mock.MagicMock:
     with mock.patch("airflow_vibedream.hooks.vibedream.VibeDreamHook.get_conn") as get_conn:
+        get_conn.return_value.settings = ClientSettings(api_key="k", base_url="http://127.0.0.1:9")
         yield get_conn.return_value
 
 
@@ -89,6 +90,7 @@ def test_deferrable_submits_pushes_the_id_and_defers(client: mock.MagicMock) -> 
             "enable_base64_output": False,
             "enable_sync_mode": False,
         },
+        wait_at_most=600,  # a sync-mode read never outlives the operator's timeout
     )
     assert ti.xcom == {XCOM_PREDICTION_ID: PID, XCOM_COST_CENTS: 2}
     trigger = info.value.trigger
@@ -203,7 +205,7 @@ def test_generate_operator_submits_any_model(client: mock.MagicMock) -> None:
     client.submit.return_value = Prediction.from_dict({**COMPLETED.to_dict(), "model_id": "other-model"})
     task = VibeDreamGenerateOperator(task_id="gen", model_id="other-model", input={"prompt": "a cat"})
     assert task.execute({"ti": FakeTI()})["model_id"] == "other-model"
-    client.submit.assert_called_once_with("other-model", {"prompt": "a cat"})
+    client.submit.assert_called_once_with("other-model", {"prompt": "a cat"}, wait_at_most=1800)
 
 
 def test_generate_operator_refuses_a_bad_model_id() -> None:

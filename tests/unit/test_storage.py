@@ -11,6 +11,7 @@ import respx
 
 from airflow_vibedream.errors import VibeDreamValidationError
 from airflow_vibedream.storage import (
+    DownloadPolicy,
     OutputStorageError,
     _decoded_chunks,
     first_gone_output,
@@ -77,10 +78,35 @@ def test_first_gone_output_names_the_expired_link_and_reads_no_body() -> None:
     respx.get("https://assets.test/ok.png").mock(return_value=httpx.Response(200, content=b"x" * 10))
     respx.get("https://assets.test/gone.png").mock(return_value=httpx.Response(410))
     respx.get("https://assets.test/down.png").mock(side_effect=httpx.ConnectError("down"))
-    assert first_gone_output(["https://assets.test/ok.png", "https://assets.test/gone.png"]) == (
+    anywhere = DownloadPolicy(allow_private=True)  # no DNS lookups in a unit test
+    assert first_gone_output(
+        ["https://assets.test/ok.png", "https://assets.test/gone.png"], policy=anywhere
+    ) == (
         "https://assets.test/gone.png",
         410,
     )
     # A network error proves nothing (the download will say); base64 is inline and never gone.
-    assert first_gone_output(["https://assets.test/down.png", "QUJD", "https://assets.test/ok.png"]) is None
+    assert (
+        first_gone_output(
+            ["https://assets.test/down.png", "QUJD", "https://assets.test/ok.png"], policy=anywhere
+        )
+        is None
+    )
     assert first_gone_output(None) is None
+
+
+def test_only_http_urls_are_downloaded_and_private_ones_only_when_allowed() -> None:
+    from airflow_vibedream.storage import check_destination
+
+    for url in ("ftp://example.com/a.png", "file:///etc/passwd", "gopher://x/"):
+        with pytest.raises(OutputStorageError, match="only http"):
+            check_destination(url, DownloadPolicy(allow_private=True))
+    for url in (
+        "http://127.0.0.1/a.png",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/",
+        "http://10.1.2.3/",
+    ):
+        with pytest.raises(OutputStorageError, match="non-public address"):
+            check_destination(url, DownloadPolicy())
+        check_destination(url, DownloadPolicy(allow_private=True))  # allowed when the policy says so
