@@ -181,7 +181,7 @@ async def measure(kind: str, count: int, base_url: str, emulator_pid: int) -> di
     await watcher
     polls = await api_requests(base_url) - requests_before
     if kind == "provider":
-        from airflow_vibedream.hooks.vibedream import aclose_shared_async_clients
+        from airflow_vibedream.hooks.shared import aclose_shared_async_clients
 
         await aclose_shared_async_clients()
     return {

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +98,32 @@ class AsyncVibeDreamClient:
         self._api = Api(settings)
         self._http = http or httpx.AsyncClient(timeout=settings.timeout, follow_redirects=True)
         self._fast = _AiohttpSender(session, settings, self._api) if session is not None else None
+        self._users = 0
+        self._retired = False
+        self._closed = False
+        self._closing: asyncio.Future[None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @contextlib.asynccontextmanager
+    async def in_use(self) -> AsyncIterator[AsyncVibeDreamClient]:
+        """Hold the client open: a retired client is closed only when nobody holds it."""
+        self._users += 1
+        try:
+            yield self
+        finally:
+            self._users -= 1
+            if self._retired and self._users == 0:
+                await self.aclose()
+
+    def retire(self) -> None:
+        """Superseded (its settings changed, e.g. a rotated key): close it once nobody uses it."""
+        self._retired = True
+        if self._users == 0 and not self._closed:
+            # Closing releases sockets only; done in the background so the caller need not await.
+            self._closing = asyncio.ensure_future(self.aclose())
 
     @classmethod
     def over_aiohttp(cls, settings: ClientSettings) -> AsyncVibeDreamClient:
@@ -117,6 +144,10 @@ class AsyncVibeDreamClient:
         return cls(settings, http=http, session=session)
 
     async def _call(self, call: ApiCall, *, fast: bool = False, retry: bool = True) -> Prediction:
+        async with self.in_use():
+            return await self._call_in_use(call, fast=fast, retry=retry)
+
+    async def _call_in_use(self, call: ApiCall, *, fast: bool, retry: bool) -> Prediction:
         # One plain attempt, then tenacity for the retries (see RetryPolicy.after_first_failure).
         if not retry:
             return await self._attempt(call, fast)
@@ -180,6 +211,12 @@ class AsyncVibeDreamClient:
         :param spread: seconds over which pollers held back by an outage resume (their poll interval).
         :param on_unavailable: called with (seconds unavailable, last error) at most every 30 s.
         """
+        async with self.in_use():  # held across an outage's waits, so a retirement waits for it
+            return await self._poll_patiently(prediction_id, deadline, spread, on_unavailable)
+
+    async def _poll_patiently(
+        self, prediction_id: str, deadline: float | None, spread: float, on_unavailable: OutageReport | None
+    ) -> Prediction:
         return await poll_patiently_async(
             lambda: self.get_prediction(prediction_id, retry=False),
             gate=loop_gate(self.settings.base_url),
@@ -191,6 +228,9 @@ class AsyncVibeDreamClient:
         )
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncVibeDreamClient:

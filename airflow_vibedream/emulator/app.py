@@ -242,6 +242,16 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
             return error(400, f"Invalid fault rules: {exc}")
         return JSONResponse({"rules": [rule.to_dict() for rule in state.faults.rules]})
 
+    @app.post(f"{CONTROL_PREFIX}/api-key")
+    async def rotate_api_key(request: Request) -> Response:
+        """Rotate the key the emulator accepts (``{"api_key": "..."}``): the old one gets 401 from now on."""
+        body = json.loads(await request.body() or b"{}")
+        new_key = body.get("api_key") if isinstance(body, dict) else None
+        if not isinstance(new_key, str) or not new_key:
+            return error(400, "api_key is required", field="api_key")
+        config.api_key = new_key
+        return JSONResponse({"rotated": True})
+
     @app.post(f"{CONTROL_PREFIX}/reset")
     async def reset() -> dict[str, Any]:
         state.counters.clear()

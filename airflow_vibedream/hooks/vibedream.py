@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
-import time
 import uuid
-import weakref
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -23,6 +20,11 @@ from airflow_vibedream.errors import (
     VibeDreamConfigError,
     VibeDreamError,
     VibeDreamNotFoundError,
+)
+from airflow_vibedream.hooks.shared import (
+    loop_share,
+    shared_client,
+    shared_settings,
 )
 
 
@@ -106,49 +108,6 @@ def settings_from_connection(
     )
 
 
-#: Shared async clients, per event loop (weakly: a closed loop's clients go with it) and settings.
-_SHARED_CLIENTS: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[ClientSettings, AsyncVibeDreamClient]
-] = weakref.WeakKeyDictionary()
-
-
-#: Seconds a connection looked up for the shared clients is reused on its loop. A triggerer starting a
-#: thousand of our triggers at once would otherwise look the same connection up a thousand times
-#: (an API-server round trip each); a changed key is still picked up within this time.
-SHARED_SETTINGS_TTL = 30.0
-
-_SHARED_SETTINGS: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Future[ClientSettings]]]
-] = weakref.WeakKeyDictionary()
-
-
-async def _shared_settings(hook: VibeDreamHook) -> ClientSettings:
-    """The hook's settings, looked up once per connection per loop and TTL; concurrent callers share
-    the one lookup in flight. A failed lookup is not remembered."""
-    lookups = _SHARED_SETTINGS.setdefault(asyncio.get_running_loop(), {})
-    now = time.monotonic()
-    entry = lookups.get(hook.vibedream_conn_id)
-    if entry is None or entry[0] <= now:
-        entry = lookups[hook.vibedream_conn_id] = (
-            now + SHARED_SETTINGS_TTL,
-            asyncio.ensure_future(hook.aget_settings()),
-        )
-    try:
-        # Shielded: one caller cancelled (its trigger was) must not cancel the lookup for the rest.
-        return await asyncio.shield(entry[1])
-    except Exception:
-        if lookups.get(hook.vibedream_conn_id) is entry:
-            del lookups[hook.vibedream_conn_id]
-        raise
-
-
-async def aclose_shared_async_clients() -> None:
-    """Close the shared async clients of the running loop (tests, scripts; a triggerer never needs to)."""
-    _SHARED_SETTINGS.pop(asyncio.get_running_loop(), None)
-    for client in _SHARED_CLIENTS.pop(asyncio.get_running_loop(), {}).values():
-        await client.aclose()
-
-
 class VibeDreamHook(BaseHook):
     """Connects to the VibeDream API through an Airflow connection of type ``vibedream``.
 
@@ -216,19 +175,18 @@ class VibeDreamHook(BaseHook):
         """A new async client of its own; use it as ``async with`` and reuse it for every poll."""
         return AsyncVibeDreamClient.over_aiohttp(await self.aget_settings())
 
-    async def get_shared_async_client(self) -> AsyncVibeDreamClient:
+    async def get_shared_async_client(self, *, refresh: bool = False) -> AsyncVibeDreamClient:
         """The async client shared by every caller on this event loop with the same settings.
 
         A triggerer runs thousands of triggers on one loop: one connection pool (keep-alive, one
         aiohttp session) serves them all, instead of one per trigger or per poll. Do not close it;
-        it lives as long as its loop.
+        the loop's shutdown does. Ask for it again before each use: a rotated key then takes effect.
+
+        :param refresh: read the connection anew now (after a 401: the key may have been rotated).
         """
-        settings = await _shared_settings(self)
-        clients = _SHARED_CLIENTS.setdefault(asyncio.get_running_loop(), {})
-        client = clients.get(settings)
-        if client is None:
-            client = clients[settings] = AsyncVibeDreamClient.over_aiohttp(settings)
-        return client
+        share = await loop_share()
+        settings = await shared_settings(share, self.vibedream_conn_id, self.aget_settings, refresh=refresh)
+        return shared_client(share, self.vibedream_conn_id, settings)
 
     def test_connection(self) -> tuple[bool, str]:
         """One cheap authenticated call: poll a prediction id that cannot exist.

@@ -10,10 +10,11 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_vibedream.client.aio import AsyncVibeDreamClient
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.schedule import PollSchedule, StatusTracker, elapsed_since, next_sleep
 from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
-from airflow_vibedream.errors import VibeDreamError, VibeDreamTimeoutError
+from airflow_vibedream.errors import VibeDreamAuthError, VibeDreamError, VibeDreamTimeoutError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.lifecycle.batch import FAILED, PENDING, poll_outcome
 from airflow_vibedream.lifecycle.events import (
@@ -27,6 +28,29 @@ from airflow_vibedream.lifecycle.events import (
     timeout_event,
     unexpected,
 )
+
+
+class KeyRotation:
+    """On a 401/403 while waiting, read the connection once more: if its key (or host) changed since,
+    the next poll uses the new one; if not, or if it was already retried once, the refusal stands."""
+
+    def __init__(self, hook: VibeDreamHook, log: Any) -> None:
+        self._hook = hook
+        self._log = log
+        self._retried = False
+
+    async def after_refusal(self, client: AsyncVibeDreamClient, refusal: VibeDreamAuthError) -> None:
+        if self._retried:
+            raise refusal
+        self._retried = True
+        fresh = await self._hook.get_shared_async_client(refresh=True)
+        if fresh.settings == client.settings:
+            raise refusal
+        self._log.warning(
+            "VibeDream refused the API key (HTTP %s); connection %s has new settings since: retrying",
+            refusal.status_code,
+            self._hook.vibedream_conn_id,
+        )
 
 
 class VibeDreamPredictionTrigger(BaseTrigger):
@@ -71,8 +95,9 @@ class VibeDreamPredictionTrigger(BaseTrigger):
 
     async def _wait(self) -> dict[str, Any]:
         tracker = StatusTracker(self._log_status_change)
+        hook = VibeDreamHook(self.vibedream_conn_id)
+        keys = KeyRotation(hook, self.log)
         try:
-            client = await VibeDreamHook(self.vibedream_conn_id).get_shared_async_client()
             # The API's 1-2 s while a job is young; past a minute, 3% of its age, up to 10 s.
             schedule = PollSchedule(interval=self.poll_interval, max_interval=max(self.poll_interval, 10.0))
             started = time.monotonic()
@@ -87,12 +112,18 @@ class VibeDreamPredictionTrigger(BaseTrigger):
                 polled_at = time.monotonic()
                 # Transient failures are ridden out here, until the deadline, through the gate that
                 # every trigger on this loop shares (one probe while the API is down).
-                prediction = await client.poll_patiently(
-                    self.prediction_id,
-                    deadline=self.end_time,
-                    spread=self.poll_interval,
-                    on_unavailable=self._log_unavailable,
-                )
+                # Asked for before every poll (a dict lookup): a rotated key takes effect at once.
+                client = await hook.get_shared_async_client()
+                try:
+                    prediction = await client.poll_patiently(
+                        self.prediction_id,
+                        deadline=self.end_time,
+                        spread=self.poll_interval,
+                        on_unavailable=self._log_unavailable,
+                    )
+                except VibeDreamAuthError as exc:
+                    await keys.after_refusal(client, exc)  # re-raises unless the key changed
+                    continue
                 tracker.observe(prediction)
                 if prediction.is_terminal:
                     return terminal_event(prediction)
@@ -178,8 +209,10 @@ class VibeDreamBatchTrigger(BaseTrigger):
         failed: dict[str, str] = {}
         started = time.monotonic()
         last_progress = started
+        hook = VibeDreamHook(self.vibedream_conn_id)
+        keys = KeyRotation(hook, self.log)
         try:
-            client = await VibeDreamHook(self.vibedream_conn_id).get_shared_async_client()
+            client = await hook.get_shared_async_client()
             slots = asyncio.Semaphore(self.max_concurrency)
 
             report = Throttled(lambda seconds, error: log_unavailable(self.log, seconds, error))
@@ -205,7 +238,12 @@ class VibeDreamBatchTrigger(BaseTrigger):
             while outstanding:
                 if self.end_time is not None and time.time() >= self.end_time:
                     return self._event(EVENT_TIMEOUT, total, failed, outstanding, "deadline reached")
-                answers = await asyncio.gather(*(poll(pid) for pid in outstanding))
+                client = await hook.get_shared_async_client()  # a rotated key takes effect at once
+                try:
+                    answers = await asyncio.gather(*(poll(pid) for pid in outstanding))
+                except VibeDreamAuthError as exc:
+                    await keys.after_refusal(client, exc)  # re-raises unless the key changed
+                    continue
                 still = []
                 for prediction_id, (state, error) in zip(outstanding, answers, strict=True):
                     if state == FAILED:

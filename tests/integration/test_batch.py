@@ -252,7 +252,7 @@ def test_without_task_state_store_the_ids_cross_the_deferral_in_xcom(
     """Airflow < 3.3: the resumed task must still know which prediction belongs to which image."""
     import asyncio
 
-    from airflow_vibedream.hooks.vibedream import aclose_shared_async_clients
+    from airflow_vibedream.hooks.shared import aclose_shared_async_clients
 
     async def fire(trigger: VibeDreamBatchTrigger) -> dict[str, Any]:
         try:

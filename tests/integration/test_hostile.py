@@ -30,7 +30,8 @@ from airflow_vibedream.errors import (
     VibeDreamSubmissionStateUnknownError,
     VibeDreamValidationError,
 )
-from airflow_vibedream.hooks.vibedream import VibeDreamHook, aclose_shared_async_clients
+from airflow_vibedream.hooks.shared import aclose_shared_async_clients
+from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.operators.batch import VibeDreamBatchUpscaleOperator
 from airflow_vibedream.operators.vibedream import VibeDreamGenerateOperator, VibeDreamUpscaleImageOperator
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger

@@ -14,7 +14,7 @@ import pytest
 
 from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
 from airflow_vibedream.emulator import EmulatorServer
-from airflow_vibedream.hooks.vibedream import aclose_shared_async_clients
+from airflow_vibedream.hooks.shared import aclose_shared_async_clients
 from airflow_vibedream.operators.vibedream import VibeDreamUpscaleImageOperator
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger, VibeDreamPredictionTrigger
 from tests.conftest import TEST_KEY, connection_json

@@ -80,7 +80,7 @@ def test_key_is_registered_with_the_secrets_masker(monkeypatch: pytest.MonkeyPat
 async def test_triggers_on_one_loop_share_one_client_and_one_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    from airflow_vibedream.hooks.vibedream import aclose_shared_async_clients
+    from airflow_vibedream.hooks.shared import aclose_shared_async_clients
 
     monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test"))
     lookups = 0
@@ -101,7 +101,7 @@ async def test_triggers_on_one_loop_share_one_client_and_one_lookup(monkeypatch:
 
 
 async def test_a_failed_shared_lookup_is_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_vibedream.hooks.vibedream import aclose_shared_async_clients
+    from airflow_vibedream.hooks.shared import aclose_shared_async_clients
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json("https://api.vibedream.test", api_key=None)

@@ -1,0 +1,119 @@
+"""A rotated key and the shared clients' life: a waiting trigger picks up the new key on a 401,
+superseded clients are closed, a finished loop is not kept alive, and a script exits quietly."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import subprocess
+import sys
+import time
+import weakref
+from typing import Any
+
+import httpx
+import pytest
+
+from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
+from airflow_vibedream.emulator import EmulatorConfig, EmulatorServer
+from airflow_vibedream.hooks.shared import _SHARES, aclose_shared_async_clients
+from airflow_vibedream.hooks.vibedream import VibeDreamHook
+from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger, VibeDreamPredictionTrigger
+from tests.conftest import TEST_KEY, connection_json
+
+NEW_KEY = "rotated-key-2b71c0"
+
+
+def submit(emulator: EmulatorServer) -> str:
+    client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=emulator.base_url))
+    return client.upscale(UpscaleRequest(f"{emulator.base_url}/samples/64x48.png", "2k", "jpeg")).id
+
+
+@pytest.fixture
+def slow_emulator(monkeypatch: pytest.MonkeyPatch) -> Any:
+    with EmulatorServer(EmulatorConfig(api_key=TEST_KEY, processing_seconds=2.0)) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json(server.base_url))
+        yield server
+
+
+def rotate(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an operator of the API does: a new key at the API, then in the Airflow connection."""
+    httpx.post(f"{emulator.base_url}/_emulator/api-key", json={"api_key": NEW_KEY}).raise_for_status()
+    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json(emulator.base_url, api_key=NEW_KEY))
+
+
+@pytest.mark.parametrize("kind", ["single", "batch"])
+async def test_a_waiting_trigger_picks_up_a_rotated_key_on_a_401(
+    slow_emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    ids = [submit(slow_emulator) for _ in range(2)]
+    trigger: Any = (
+        VibeDreamPredictionTrigger(ids[0], poll_interval=0.2, end_time=time.time() + 30)
+        if kind == "single"
+        else VibeDreamBatchTrigger(ids, poll_interval=0.2, end_time=time.time() + 30)
+    )
+    try:
+        waiting = asyncio.ensure_future(anext(trigger.run().__aiter__()))
+        old_client = await VibeDreamHook().get_shared_async_client()
+        await asyncio.sleep(0.6)  # the trigger is polling with the old key
+        rotate(slow_emulator, monkeypatch)
+        event = (await asyncio.wait_for(waiting, timeout=30)).payload
+        assert event["status"] == "success", event
+        new_client = await VibeDreamHook().get_shared_async_client()
+        assert new_client.settings.api_key == NEW_KEY and new_client is not old_client
+        await asyncio.sleep(0.1)  # the retired client closes in the background
+        assert old_client.closed  # superseded and idle: closed, not leaked
+    finally:
+        await aclose_shared_async_clients()
+
+
+async def test_an_unchanged_key_that_is_refused_fails_at_once(slow_emulator: EmulatorServer) -> None:
+    prediction_id = submit(slow_emulator)
+    slow_emulator.config.api_key = NEW_KEY  # rotated at the API only: the connection still has the old key
+    try:
+        trigger = VibeDreamPredictionTrigger(prediction_id, poll_interval=0.2, end_time=time.time() + 30)
+        [event] = [e.payload async for e in trigger.run()]
+        assert (event["status"], event["error_type"]) == ("error", "VibeDreamAuthError")
+    finally:
+        await aclose_shared_async_clients()
+
+
+def test_the_shared_clients_never_keep_a_finished_loop_alive(vibedream_conn: EmulatorServer) -> None:
+    prediction_id = submit(vibedream_conn)
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def use_the_shared_client() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        client = await VibeDreamHook().get_shared_async_client()
+        await client.get_prediction(prediction_id)
+
+    for _ in range(3):
+        asyncio.run(use_the_shared_client())
+    gc.collect()
+    # The last loop is still held by asgiref's thread-local "main_event_loop" (Airflow's async
+    # connection lookup goes through sync_to_async), which lets it go when the next loop comes; the
+    # shared clients hold none of them.
+    assert [ref() for ref in loops[:-1]] == [None, None]
+    assert len(_SHARES) == 0
+
+
+def test_a_script_using_the_shared_client_exits_without_unclosed_session_noise(
+    vibedream_conn: EmulatorServer,
+) -> None:
+    prediction_id = submit(vibedream_conn)
+    script = (
+        "import asyncio\n"
+        "from airflow_vibedream.hooks.vibedream import VibeDreamHook\n"
+        "async def main():\n"
+        "    client = await VibeDreamHook().get_shared_async_client()\n"
+        f"    print((await client.get_prediction({prediction_id!r})).status)\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "AIRFLOW_CONN_VIBEDREAM_DEFAULT": connection_json(vibedream_conn.base_url)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith(("processing", "completed"))
+    assert "Unclosed" not in done.stderr, done.stderr[-2000:]
