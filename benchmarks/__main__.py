@@ -5,9 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from benchmarks import airflow_scale, persist, triggers
+from benchmarks import airflow_scale, outage, persist, triggers
 
-BENCHMARKS = {"persist": persist.main, "triggers": triggers.main, "airflow_scale": airflow_scale.main}
+BENCHMARKS = {
+    "persist": persist.main,
+    "triggers": triggers.main,
+    "outage": outage.main,
+    "airflow_scale": airflow_scale.main,
+}
 
 
 def main(argv: list[str]) -> int:
