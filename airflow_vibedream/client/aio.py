@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -107,17 +106,6 @@ class AsyncVibeDreamClient:
     def closed(self) -> bool:
         return self._closed
 
-    @contextlib.asynccontextmanager
-    async def in_use(self) -> AsyncIterator[AsyncVibeDreamClient]:
-        """Hold the client open: a retired client is closed only when nobody holds it."""
-        self._users += 1
-        try:
-            yield self
-        finally:
-            self._users -= 1
-            if self._retired and self._users == 0:
-                await self.aclose()
-
     def retire(self) -> None:
         """Superseded (its settings changed, e.g. a rotated key): close it once nobody uses it."""
         self._retired = True
@@ -143,9 +131,18 @@ class AsyncVibeDreamClient:
         )
         return cls(settings, http=http, session=session)
 
+    def _release(self) -> None:
+        self._users -= 1
+        if self._retired and self._users == 0 and not self._closed:
+            self._closing = asyncio.ensure_future(self.aclose())
+
     async def _call(self, call: ApiCall, *, fast: bool = False, retry: bool = True) -> Prediction:
-        async with self.in_use():
+        # Counted inline rather than with in_use(): this is every poll's path.
+        self._users += 1
+        try:
             return await self._call_in_use(call, fast=fast, retry=retry)
+        finally:
+            self._release()
 
     async def _call_in_use(self, call: ApiCall, *, fast: bool, retry: bool) -> Prediction:
         # One plain attempt, then tenacity for the retries (see RetryPolicy.after_first_failure).
@@ -211,8 +208,11 @@ class AsyncVibeDreamClient:
         :param spread: seconds over which pollers held back by an outage resume (their poll interval).
         :param on_unavailable: called with (seconds unavailable, last error) at most every 30 s.
         """
-        async with self.in_use():  # held across an outage's waits, so a retirement waits for it
+        self._users += 1  # held across an outage's waits, so a retirement waits for it
+        try:
             return await self._poll_patiently(prediction_id, deadline, spread, on_unavailable)
+        finally:
+            self._release()
 
     async def _poll_patiently(
         self, prediction_id: str, deadline: float | None, spread: float, on_unavailable: OutageReport | None

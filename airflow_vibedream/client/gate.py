@@ -230,16 +230,22 @@ def _capped(seconds: float | None, deadline: float | None) -> float | None:
 
 # -- one gate per API per event loop / per process ------------------------------------------------------
 
-_LOOP_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncOutageGate]] = (
-    weakref.WeakKeyDictionary()
-)
+#: Per loop (by id, with a weak reference to tell a reused id from the same loop: a
+#: WeakKeyDictionary would create a weak reference on every lookup, i.e. on every poll).
+_LOOP_GATES: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], dict[str, AsyncOutageGate]]] = {}
 _PROCESS_GATES: dict[str, ThreadOutageGate] = {}
 _PROCESS_GATES_LOCK = threading.Lock()
 
 
 def loop_gate(base_url: str) -> AsyncOutageGate:
     """The gate of the API at ``base_url`` on the running event loop (it holds no loop reference)."""
-    gates = _LOOP_GATES.setdefault(asyncio.get_running_loop(), {})
+    loop = asyncio.get_running_loop()
+    entry = _LOOP_GATES.get(id(loop))
+    if entry is None or entry[0]() is not loop:
+        for key in [key for key, (ref, _) in _LOOP_GATES.items() if ref() is None]:
+            del _LOOP_GATES[key]  # loops that are gone
+        entry = _LOOP_GATES[id(loop)] = (weakref.ref(loop), {})
+    gates = entry[1]
     gate = gates.get(base_url)
     if gate is None:
         gate = gates[base_url] = AsyncOutageGate()
@@ -306,12 +312,16 @@ async def poll_patiently_async(
 ) -> T:
     """``poll()`` until it answers: transient failures are retried until ``deadline`` (then
     :class:`VibeDreamTimeoutError`), through ``gate``; any other error is raised at once."""
-    patience = _Patience(prediction_id, deadline, policy, on_unavailable)
+    patience: _Patience | None = None  # made on the first failure: nearly every poll needs none
     while True:
-        patience.check_deadline()
-        allowed, probe = await gate.enter(deadline, spread)
-        if not allowed:
-            continue  # the deadline came while waiting at the gate
+        if deadline is not None and time.time() >= deadline:
+            raise deadline_reached(prediction_id, deadline)
+        if gate.core.state == CLOSED:  # the hot path: no coroutine for the gate while the API answers
+            probe = None
+        else:
+            allowed, probe = await gate.enter(deadline, spread)
+            if not allowed:
+                continue  # the deadline came while waiting at the gate
         try:
             answer = await poll()
         except VibeDreamError as exc:
@@ -319,12 +329,14 @@ async def poll_patiently_async(
                 gate.released(probe)
                 raise
             gate.failed(exc, probe)
+            patience = patience or _Patience(prediction_id, deadline, policy, on_unavailable)
             await asyncio.sleep(patience.after_failure(exc, gate.core))
             continue
         except BaseException:
             gate.released(probe)
             raise
-        gate.succeeded()
+        if probe is not None or gate.core.consecutive_failures:
+            gate.succeeded()
         return answer
 
 

@@ -39,14 +39,23 @@ class LoopShare:
     closer: AsyncGenerator[None, None] | None = None
 
 
-_SHARES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopShare] = weakref.WeakKeyDictionary()
+#: Per loop, by id with a weak reference to the loop (a WeakKeyDictionary would create a weak
+#: reference on every lookup, i.e. before every poll of every trigger). An entry holds no strong
+#: reference to its loop of its own; the loop's shutdown removes it.
+_SHARES: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], LoopShare]] = {}
+
+
+def _share_of(loop: asyncio.AbstractEventLoop) -> LoopShare | None:
+    entry = _SHARES.get(id(loop))
+    return entry[1] if entry is not None and entry[0]() is loop else None
 
 
 async def _close_at_shutdown(loop: asyncio.AbstractEventLoop, share: LoopShare) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
-        _SHARES.pop(loop, None)
+        if _share_of(loop) is share:
+            del _SHARES[id(loop)]
         clients = list(share.clients.values())
         share.clients.clear()
         for client in clients:
@@ -55,15 +64,34 @@ async def _close_at_shutdown(loop: asyncio.AbstractEventLoop, share: LoopShare) 
 
 async def loop_share() -> LoopShare:
     """The share of the running loop (created on first use; closed loops are forgotten)."""
-    for stale in [loop for loop in list(_SHARES) if loop.is_closed()]:
-        _SHARES.pop(stale, None)
     loop = asyncio.get_running_loop()
-    share = _SHARES.get(loop)
+    share = _share_of(loop)
     if share is None:
-        share = _SHARES[loop] = LoopShare()
+        for key, (ref, _) in list(_SHARES.items()):
+            other = ref()
+            if other is None or other.is_closed():
+                del _SHARES[key]  # loops that are gone or closed without a shutdown
+        share = LoopShare()
+        _SHARES[id(loop)] = (weakref.ref(loop), share)
         share.closer = _close_at_shutdown(loop, share)
         await share.closer.__anext__()  # started on this loop, so its shutdown finalises it
     return share
+
+
+def cached_shared_client(conn_id: str) -> AsyncVibeDreamClient | None:
+    """The running loop's client for ``conn_id`` when its lookup is fresh and nothing changed, with
+    no await at all (every trigger asks before every poll); else None."""
+    share = _share_of(asyncio.get_running_loop())
+    if share is None:
+        return None
+    entry = share.lookups.get(conn_id)
+    settings = share.current.get(conn_id)
+    if entry is None or settings is None or entry[0] <= time.monotonic() or not entry[1].done():
+        return None
+    if entry[1].exception() is not None or entry[1].result() is not settings:
+        return None
+    client = share.clients.get(settings)
+    return client if client is not None and not client.closed else None
 
 
 async def shared_settings(
@@ -73,6 +101,8 @@ async def shared_settings(
     concurrent callers share the one lookup in flight. A failed lookup is not remembered."""
     now = time.monotonic()
     entry = share.lookups.get(conn_id)
+    if not refresh and entry is not None and entry[0] > now and entry[1].done() and not entry[1].exception():
+        return entry[1].result()  # the hot path: asked before every poll of every trigger
     if refresh or entry is None or entry[0] <= now:
         entry = share.lookups[conn_id] = (now + SHARED_SETTINGS_TTL, asyncio.ensure_future(lookup()))
     try:
@@ -87,6 +117,8 @@ async def shared_settings(
 def shared_client(share: LoopShare, conn_id: str, settings: ClientSettings) -> AsyncVibeDreamClient:
     """The loop's client for ``settings``; the client of superseded settings is retired."""
     client = share.clients.get(settings)
+    if client is not None and share.current.get(conn_id) is settings and not client.closed:
+        return client  # the hot path: nothing changed since the last call
     if client is None or client.closed:
         client = share.clients[settings] = AsyncVibeDreamClient.over_aiohttp(settings)
     previous = share.current.get(conn_id)
@@ -101,9 +133,11 @@ def shared_client(share: LoopShare, conn_id: str, settings: ClientSettings) -> A
 async def aclose_shared_async_clients() -> None:
     """Close the shared async clients of the running loop now (tests; scripts need not: the loop's
     shutdown closes them)."""
-    share = _SHARES.pop(asyncio.get_running_loop(), None)
+    loop = asyncio.get_running_loop()
+    share = _share_of(loop)
     if share is None:
         return
+    del _SHARES[id(loop)]
     clients = list(share.clients.values())
     share.clients.clear()
     for client in clients:

@@ -22,6 +22,7 @@ from airflow_vibedream.errors import (
     VibeDreamNotFoundError,
 )
 from airflow_vibedream.hooks.shared import (
+    cached_shared_client,
     loop_share,
     shared_client,
     shared_settings,
@@ -184,6 +185,8 @@ class VibeDreamHook(BaseHook):
 
         :param refresh: read the connection anew now (after a 401: the key may have been rotated).
         """
+        if not refresh and (client := cached_shared_client(self.vibedream_conn_id)) is not None:
+            return client
         share = await loop_share()
         settings = await shared_settings(share, self.vibedream_conn_id, self.aget_settings, refresh=refresh)
         return shared_client(share, self.vibedream_conn_id, settings)
