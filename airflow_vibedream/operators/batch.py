@@ -408,12 +408,14 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                     return {**base, "status": prediction.status, "outputs": None, "error": prediction.error}
                 stored = target.store(prediction, ti, self.output_format, policy)
                 return {**base, "status": "completed", "outputs": [s.uri for s in stored], "error": None}
-            except VibeDreamError as exc:
+            except Exception as exc:  # one image's trouble never costs the manifest of the others
+                if not isinstance(exc, VibeDreamError):
+                    self.log.exception("VibeDream batch: storing the outputs of %s failed", item.image)
                 return {
                     **base,
                     "status": "failed",
                     "outputs": None,
-                    "error": str(exc),
+                    "error": str(exc) if isinstance(exc, VibeDreamError) else f"{type(exc).__name__}: {exc}",
                     "retryable": not is_permanent(exc),  # e.g. a download cut short
                 }
 

@@ -219,3 +219,26 @@ def test_transient_failures_leave_the_batch_retryable(vibedream_conn: EmulatorSe
         operator.execute({"ti": FakeTI(), "task_state_store": FakeStateStore()})
     assert type(info.value) is AirflowException  # not AirflowFailException
     assert {line["status"] for line in manifest_lines(tmp_path)} >= {"not_submitted"}
+
+
+def test_an_unexpected_error_storing_one_image_still_writes_the_manifest(
+    vibedream_conn: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_vibedream.lifecycle.outputs import OutputTarget
+
+    real_store = OutputTarget.store
+    calls = {"n": 0}
+
+    def store(self: OutputTarget, *args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real_store(self, *args)
+
+    monkeypatch.setattr(OutputTarget, "store", store)
+    with pytest.raises(AirflowException, match="1 of 3 images failed") as info:
+        batch(vibedream_conn, tmp_path, count=3, max_concurrency=1).execute({"ti": FakeTI()})
+    assert type(info.value) is AirflowException  # a retry may store it
+    lines = manifest_lines(tmp_path)
+    assert sorted(line["status"] for line in lines) == ["completed", "completed", "failed"]
+    assert "OSError: disk full" in next(line["error"] for line in lines if line["status"] == "failed")
