@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -33,20 +33,8 @@ Kind = Literal[
     "fail_prediction",
     "stuck",
 ]
-ROUTES: tuple[str, ...] = ("submit", "poll", "output", "any")
-KINDS: tuple[str, ...] = (
-    "status",
-    "drop",
-    "slow",
-    "garbage",
-    "answer",
-    "outage",
-    "endless",
-    "drip",
-    "redirect",
-    "fail_prediction",
-    "stuck",
-)
+ROUTES: tuple[str, ...] = get_args(Route)
+KINDS: tuple[str, ...] = get_args(Kind)
 #: Kinds that replace the answer of the request they hit.
 ANSWER_KINDS: tuple[str, ...] = (
     "status",
