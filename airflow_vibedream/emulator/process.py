@@ -19,10 +19,22 @@ class EmulatorProcess:
     :param args: extra command-line arguments (``--api-key``, ``--processing-seconds``, ...).
     :param log_path: file for the emulator's stderr; default: inherited.
     :param startup_timeout: seconds to wait for the ready line.
+    :param host: the address to listen on (a test host's routed address, say).
+    :param command_prefix: run the emulator through this command (e.g. ``ip netns exec <ns>``, which
+        execs it, so the pid is still the emulator's).
     """
 
-    def __init__(self, *args: str, log_path: Path | None = None, startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        *args: str,
+        log_path: Path | None = None,
+        startup_timeout: float = 60.0,
+        host: str = "127.0.0.1",
+        command_prefix: tuple[str, ...] = (),
+    ) -> None:
         self.args = list(args)
+        self.host = host
+        self.command_prefix = command_prefix
         self.log_path = log_path
         self.startup_timeout = startup_timeout
         self.base_url = ""
@@ -37,11 +49,12 @@ class EmulatorProcess:
         self._log = self.log_path.open("a") if self.log_path else None
         self._process = subprocess.Popen(
             [
+                *self.command_prefix,
                 sys.executable,
                 "-m",
                 "airflow_vibedream.emulator",
                 "--host",
-                "127.0.0.1",
+                self.host,
                 "--port",
                 "0",
                 *self.args,
