@@ -68,8 +68,13 @@ def private_postgres(host: Host, workdir: Path, subnet: str, database: str = "ai
         hba.write(f"host all all {subnet} trust\n")
     log = (workdir / "postgres.log").open("ab")
     server = subprocess.Popen(
+        # setpriv execs (runuser forks): the pid is PostgreSQL's own, so stopping it stops the server.
         host.command(
-            *as_postgres,
+            "setpriv",
+            f"--reuid={POSTGRES_USER}",
+            f"--regid={POSTGRES_USER}",
+            "--init-groups",
+            "--",
             _postgres_bin("postgres"),
             "-D",
             str(data),
