@@ -210,6 +210,15 @@ class AirflowCluster:
             )
         )
 
+    def xcom_mapped(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> Any:
+        response = self.api(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value",
+            params={"map_index": map_index},
+        )
+        response.raise_for_status()
+        return response.json()["value"]
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         response = self.api(
             "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"

@@ -62,6 +62,8 @@ class DistributedAirflow(AirflowCluster):
         super().__init__(root / "cli", dags_folder, env=env, sql_alchemy_conn=sql_alchemy_conn)
         self.network = network
         self.root = root
+        self.broker_url = broker_url
+        self.database_url = sql_alchemy_conn
         self.port = API_PORT
         self.base_url = f"http://{api.address}:{API_PORT}"
         result_backend = "db+" + sql_alchemy_conn  # the psycopg2 driver, named: it is the one installed
@@ -81,6 +83,12 @@ class DistributedAirflow(AirflowCluster):
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": "8793",
                 "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": "8794",
                 "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "5",
+                # A killed worker's tasks are noticed in seconds, not the production defaults' minutes:
+                # its running tasks stop heartbeating, its reserved messages come back to the queue.
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60",
+                "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "30",
             }
         )
 
@@ -205,6 +213,8 @@ def distributed_airflow(
                 ),
             }
             airflow = DistributedAirflow(network, root, dags_folder, database, broker, connections)
+            airflow.broker_url = broker
+            airflow.database_url = database
             try:
                 airflow.start_all()
                 yield airflow, emulator, s3
