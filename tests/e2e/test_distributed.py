@@ -30,8 +30,8 @@ from tests.e2e.test_crash_safety import copy_dags, files_containing
 
 pytestmark = pytest.mark.e2e
 
-MAPPED = int(os.environ.get("VIBEDREAM_DIST_MAPPED", "20"))
-BATCH = int(os.environ.get("VIBEDREAM_DIST_BATCH", "40"))
+MAPPED = int(os.environ.get("VIBEDREAM_DIST_MAPPED", "200"))
+BATCH = int(os.environ.get("VIBEDREAM_DIST_BATCH", "500"))
 
 
 @pytest.fixture(scope="module")
