@@ -17,8 +17,8 @@ from pathlib import Path
 
 from airflow_vibedream.emulator.process import EmulatorProcess
 from tests.conftest import TEST_KEY
-from tests.e2e.cluster import AIRFLOW_CLI, AirflowCluster, wait_for
-from tests.e2e.netns import HostNetwork, routed_hosts
+from tests.e2e.cluster import AIRFLOW_CLI, AirflowCluster, free_port, wait_for
+from tests.e2e.netns import HostNetwork, LoopbackNetwork, test_hosts
 from tests.e2e.services import own_dirs, private_postgres, private_redis
 
 API_PORT = 8080
@@ -51,7 +51,7 @@ class DistributedAirflow(AirflowCluster):
 
     def __init__(
         self,
-        network: HostNetwork,
+        network: HostNetwork | LoopbackNetwork,
         root: Path,
         dags_folder: Path,
         sql_alchemy_conn: str,
@@ -64,8 +64,10 @@ class DistributedAirflow(AirflowCluster):
         self.root = root
         self.broker_url = broker_url
         self.database_url = sql_alchemy_conn
-        self.port = API_PORT
-        self.base_url = f"http://{api.address}:{API_PORT}"
+        # Isolated hosts each have every port free; on the loopback fallback they share one machine.
+        self.isolated = api.isolated
+        self.port = API_PORT if self.isolated else free_port()
+        self.base_url = f"http://{api.address}:{self.port}"
         result_backend = "db+" + sql_alchemy_conn  # the psycopg2 driver, named: it is the one installed
         self.env.update(
             {
@@ -76,7 +78,7 @@ class DistributedAirflow(AirflowCluster):
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": "8",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
                 "AIRFLOW__API__HOST": api.address,
-                "AIRFLOW__API__PORT": str(API_PORT),
+                "AIRFLOW__API__PORT": str(self.port),
                 "AIRFLOW__API__BASE_URL": self.base_url,
                 "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
                 # Every host answers on its own address; the default port is free on each of them.
@@ -101,13 +103,19 @@ class DistributedAirflow(AirflowCluster):
         home.mkdir(exist_ok=True)
         args = [AIRFLOW_CLI, *component.split()]
         if component == "api-server":
-            args += ["--host", host.address, "--port", str(API_PORT), "--workers", "1"]
+            args += ["--host", host.address, "--port", str(self.port), "--workers", "1"]
+        ports = {}
+        if not self.isolated:  # one machine: every component's log servers need ports of their own
+            ports = {
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            }
         if component == "celery worker":
             args += ["--celery-hostname", f"{name}@%h", "--concurrency", "8"]
         log = (self.root / f"{name}.out").open("ab")
         process = subprocess.Popen(
             host.command(*args),
-            env={**self.env, **dirs, "AIRFLOW_HOME": str(home), **(extra_env or {})},
+            env={**self.env, **ports, **dirs, "AIRFLOW_HOME": str(home), **(extra_env or {})},
             cwd=dirs["PWD"],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -137,17 +145,18 @@ class DistributedAirflow(AirflowCluster):
 
 
 @contextlib.contextmanager
-def moto_s3_on(network: HostNetwork, root: Path) -> Iterator[str]:
+def moto_s3_on(network: HostNetwork | LoopbackNetwork, root: Path) -> Iterator[str]:
     """moto's S3 server on the ``s3`` host, with one bucket; yields its endpoint URL."""
     import boto3
 
     host = network.hosts["s3"]
+    port = 5000 if host.isolated else free_port()
     server = subprocess.Popen(
-        host.command(str(Path(sys.executable).parent / "moto_server"), "-H", host.address, "-p", "5000"),
+        host.command(str(Path(sys.executable).parent / "moto_server"), "-H", host.address, "-p", str(port)),
         stdout=(root / "moto.out").open("ab"),
         stderr=subprocess.STDOUT,
     )
-    endpoint = f"http://{host.address}:5000"
+    endpoint = f"http://{host.address}:{port}"
     try:
         client = boto3.client(
             "s3",
@@ -177,11 +186,16 @@ def distributed_airflow(
     root: Path, dags_folder: Path
 ) -> Iterator[tuple[DistributedAirflow, EmulatorProcess, str]]:
     """The whole deployment: yields (airflow, emulator, s3 endpoint)."""
-    with routed_hosts(*HOSTS) as network:
+    with test_hosts(*HOSTS) as network:
         emulator_host = network.hosts["emulator"]
+        isolated = emulator_host.isolated
         with (
-            private_postgres(network.hosts["db"], root / "db", network.subnet) as database,
-            private_redis(network.hosts["broker"], root / "broker") as broker,
+            private_postgres(
+                network.hosts["db"], root / "db", network.subnet, port=5432 if isolated else free_port()
+            ) as database,
+            private_redis(
+                network.hosts["broker"], root / "broker", port=6379 if isolated else free_port()
+            ) as broker,
             moto_s3_on(network, root) as s3,
             EmulatorProcess(
                 "--api-key",

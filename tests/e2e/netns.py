@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -47,11 +48,16 @@ class Host:
 
     def command(self, *args: str) -> list[str]:
         """``args`` run inside this host (``ip netns exec`` execs them: the pid is theirs)."""
-        return ["ip", "netns", "exec", self.namespace, *args]
+        return [*self.prefix, *args]
 
     @property
     def prefix(self) -> tuple[str, ...]:
-        return ("ip", "netns", "exec", self.namespace)
+        return ("ip", "netns", "exec", self.namespace) if self.namespace else ()
+
+    @property
+    def isolated(self) -> bool:
+        """False on the loopback fallback: every "host" is this machine."""
+        return bool(self.namespace)
 
 
 @dataclass
@@ -120,3 +126,43 @@ def routed_hosts(*names: str, subnet: str = "10.231.0.0/24") -> Iterator[HostNet
         yield network
     finally:
         network.remove()
+
+
+@dataclass
+class LoopbackNetwork:
+    """The fallback when namespaces cannot be made: every host is this machine's 127.0.0.1 (so the
+    services need ports of their own). Weaker, and said so: a process *can* reach the others
+    through its own loopback here."""
+
+    subnet: str = "127.0.0.1/32"
+    hosts: dict[str, Host] = field(default_factory=dict)
+
+    def add_host(self, name: str) -> Host:
+        host = self.hosts[name] = Host(name, "", "127.0.0.1")
+        return host
+
+
+@contextlib.contextmanager
+def test_hosts(*names: str) -> Iterator[HostNetwork | LoopbackNetwork]:
+    """Hosts in network namespaces; without them (not root) the loopback fallback, said in a
+    warning, except with ``CI=true``, where namespaces are required. ``VIBEDREAM_E2E_LOOPBACK=1``
+    forces the fallback (to try it as root)."""
+    possible, why = can_make_namespaces()
+    if os.environ.get("VIBEDREAM_E2E_LOOPBACK") == "1":
+        possible, why = False, "VIBEDREAM_E2E_LOOPBACK=1"
+    if possible:
+        with routed_hosts(*names) as network:
+            yield network
+        return
+    if os.environ.get("CI") == "true" and os.environ.get("VIBEDREAM_E2E_LOOPBACK") != "1":
+        raise RuntimeError(f"CI must run the multi-host tests in network namespaces: {why}")
+    warnings.warn(
+        f"no network namespaces ({why}): the multi-host tests fall back to loopback, where nothing "
+        "stops a component from reaching another through 127.0.0.1",
+        UserWarning,
+        stacklevel=3,
+    )
+    loopback = LoopbackNetwork()
+    for name in names:
+        loopback.add_host(name)
+    yield loopback

@@ -46,7 +46,9 @@ def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 
 @contextlib.contextmanager
-def private_postgres(host: Host, workdir: Path, subnet: str, database: str = "airflow") -> Iterator[str]:
+def private_postgres(
+    host: Host, workdir: Path, subnet: str, database: str = "airflow", port: int = 5432
+) -> Iterator[str]:
     """A PostgreSQL server of its own on ``host`` (trust auth for the test's ``subnet`` only); yields
     the SQLAlchemy URL of a fresh ``database`` on it."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +83,7 @@ def private_postgres(host: Host, workdir: Path, subnet: str, database: str = "ai
             "-h",
             host.address,
             "-p",
-            "5432",
+            str(port),
             "-k",
             str(sockets),
             "-c",
@@ -94,24 +96,24 @@ def private_postgres(host: Host, workdir: Path, subnet: str, database: str = "ai
     )
     log.close()
     try:
-        ready = [_postgres_bin("pg_isready"), "-h", host.address, "-p", "5432", "-U", POSTGRES_USER]
+        ready = [_postgres_bin("pg_isready"), "-h", host.address, "-p", str(port), "-U", POSTGRES_USER]
         _wait(
             lambda: subprocess.run(ready, capture_output=True, check=False).returncode == 0,
             "the private PostgreSQL",
         )
         subprocess.run(
-            [_postgres_bin("createdb"), "-h", host.address, "-U", POSTGRES_USER, database],
+            [_postgres_bin("createdb"), "-h", host.address, "-p", str(port), "-U", POSTGRES_USER, database],
             check=True,
             capture_output=True,
         )
-        yield f"postgresql+psycopg2://{POSTGRES_USER}@{host.address}:5432/{database}"
+        yield f"postgresql+psycopg2://{POSTGRES_USER}@{host.address}:{port}/{database}"
     finally:
         _stop(server, signal.SIGINT)  # PostgreSQL's "fast shutdown"
         shutil.rmtree(own, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def private_redis(host: Host, workdir: Path) -> Iterator[str]:
+def private_redis(host: Host, workdir: Path, port: int = 6379) -> Iterator[str]:
     """A Redis server of its own on ``host``, keeping nothing on disk; yields its URL."""
     workdir.mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen(
@@ -120,7 +122,7 @@ def private_redis(host: Host, workdir: Path) -> Iterator[str]:
             "--bind",
             host.address,
             "--port",
-            "6379",
+            str(port),
             "--save",
             "",
             "--appendonly",
@@ -134,14 +136,14 @@ def private_redis(host: Host, workdir: Path) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     try:
-        ping = ["redis-cli", "-h", host.address, "-p", "6379", "ping"]
+        ping = ["redis-cli", "-h", host.address, "-p", str(port), "ping"]
         _wait(
             lambda: (
                 subprocess.run(ping, capture_output=True, text=True, check=False).stdout.strip() == "PONG"
             ),
             "the private Redis",
         )
-        yield f"redis://{host.address}:6379/0"
+        yield f"redis://{host.address}:{port}/0"
     finally:
         _stop(server)
 
