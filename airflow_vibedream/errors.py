@@ -100,3 +100,7 @@ class VibeDreamPredictionFailedError(VibeDreamError):
 
 class VibeDreamTimeoutError(VibeDreamError):
     """The prediction did not finish before the deadline; ``prediction_id`` says which one to check."""
+
+
+class OutputStorageError(VibeDreamError):
+    """An output could not be downloaded, decoded or written."""

@@ -48,7 +48,8 @@ def measure_in_child(variant: str, url: str, destination: str) -> dict[str, Any]
 
 
 def transfer(variant: str, url: str, destination: str, names: dict[str, str]) -> int:
-    from airflow_vibedream.storage import CHUNK_SIZE, DownloadPolicy, as_storage_path, persist_outputs
+    from airflow_vibedream.downloads import DownloadPolicy
+    from airflow_vibedream.storage import CHUNK_SIZE, as_storage_path, persist_outputs
 
     # Both sides stream in the same chunks through the same ObjectStoragePath backend.
     if variant.startswith("provider"):

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.sync import VibeDreamClient
+from airflow_vibedream.downloads import first_gone_output
 from airflow_vibedream.errors import VibeDreamNotFoundError
 from airflow_vibedream.lifecycle.fingerprint import JobSpec, what_changed
 from airflow_vibedream.lifecycle.outputs import download_policy
 from airflow_vibedream.lifecycle.store import SubmissionRecord, SubmissionStore
-from airflow_vibedream.storage import first_gone_output
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context

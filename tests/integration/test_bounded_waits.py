@@ -12,9 +12,10 @@ import httpx
 import pytest
 
 from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
+from airflow_vibedream.downloads import DownloadPolicy
 from airflow_vibedream.emulator import EmulatorConfig, EmulatorServer
-from airflow_vibedream.errors import VibeDreamSubmissionStateUnknownError
-from airflow_vibedream.storage import DownloadPolicy, OutputStorageError, persist_outputs
+from airflow_vibedream.errors import OutputStorageError, VibeDreamSubmissionStateUnknownError
+from airflow_vibedream.storage import persist_outputs
 from tests.conftest import TEST_KEY
 
 ANYWHERE = DownloadPolicy(allow_private=True, timeout=5.0, read_timeout=5.0)

@@ -12,10 +12,12 @@ import httpx
 import pytest
 from PIL import Image
 
+from airflow_vibedream.downloads import DownloadPolicy
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.emulator.imaging import sample_image
+from airflow_vibedream.errors import OutputStorageError
 from airflow_vibedream.operators.vibedream import VibeDreamUpscaleImageOperator
-from airflow_vibedream.storage import DownloadPolicy, OutputStorageError, persist_outputs, resolve_image
+from airflow_vibedream.storage import persist_outputs, resolve_image
 from tests.conftest import MotoS3
 from tests.helpers import FakeTI
 

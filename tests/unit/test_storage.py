@@ -9,12 +9,10 @@ import httpx
 import pytest
 import respx
 
-from airflow_vibedream.errors import VibeDreamValidationError
+from airflow_vibedream.downloads import DownloadPolicy, first_gone_output
+from airflow_vibedream.errors import OutputStorageError, VibeDreamValidationError
 from airflow_vibedream.storage import (
-    DownloadPolicy,
-    OutputStorageError,
     _decoded_chunks,
-    first_gone_output,
     is_data_output,
     output_extension,
     safe_segment,
@@ -96,7 +94,7 @@ def test_first_gone_output_names_the_expired_link_and_reads_no_body() -> None:
 
 
 def test_only_http_urls_are_downloaded_and_private_ones_only_when_allowed() -> None:
-    from airflow_vibedream.storage import check_destination
+    from airflow_vibedream.downloads import check_destination
 
     for url in ("ftp://example.com/a.png", "file:///etc/passwd", "gopher://x/"):
         with pytest.raises(OutputStorageError, match="only http"):
