@@ -108,7 +108,7 @@ def run_way(way: str, work: Path, emulator: Any) -> dict[str, Any]:
             }
             counters = emulator_stats(emulator.base_url)
             dag_run = airflow.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()
-            task_instances = list_task_instances(airflow, dag_id, run_id)
+            task_instances = airflow.task_instances(dag_id, run_id)
         finally:
             airflow.stop()
     upscales = [ti for ti in task_instances if ti["task_id"] == "upscale"]
@@ -133,19 +133,6 @@ def run_way(way: str, work: Path, emulator: Any) -> dict[str, Any]:
         "triggerer_cpu_seconds": cpu["triggerer"],
         "emulator_cpu_seconds": cpu["emulator"],
     }
-
-
-def list_task_instances(airflow: Any, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    while True:
-        page = airflow.api(
-            "GET",
-            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
-            params={"limit": 100, "offset": len(found)},
-        ).json()["task_instances"]
-        found += page
-        if len(page) < 100:
-            return found
 
 
 def main() -> dict[str, Any]:

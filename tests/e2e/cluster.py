@@ -210,6 +210,22 @@ class AirflowCluster:
             )
         )
 
+    def task_instances(self, dag_id: str, run_id: str, task_id: str | None = None) -> list[dict[str, Any]]:
+        """Every task instance of a run (all pages); only ``task_id``'s when given, by map index."""
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.api(
+                "GET",
+                f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
+                params={"limit": 100, "offset": len(found)},
+            ).json()["task_instances"]
+            found += page
+            if len(page) < 100:
+                break
+        if task_id is not None:
+            found = sorted((ti for ti in found if ti["task_id"] == task_id), key=lambda ti: ti["map_index"])
+        return found
+
     def xcom_mapped(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> Any:
         response = self.api(
             "GET",

@@ -53,19 +53,6 @@ def s3_client(endpoint: str) -> Any:
     )
 
 
-def task_instances(airflow: DistributedAirflow, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    while True:
-        page = airflow.api(
-            "GET",
-            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
-            params={"limit": 100, "offset": len(found)},
-        ).json()
-        found += page["task_instances"]
-        if not page["task_instances"] or len(found) >= page["total_entries"]:
-            return found
-
-
 def broker_texts(airflow: DistributedAirflow) -> list[bytes]:
     """Every value in the broker now, message bodies base64-decoded too."""
     import redis
@@ -125,7 +112,7 @@ def test_mapped_and_batch_survive_a_killed_worker_and_a_killed_triggerer(
         lambda: (
             sum(
                 ti["state"] == "running"
-                for ti in task_instances(airflow, "vibedream_distributed_mapped", mapped_run)
+                for ti in airflow.task_instances("vibedream_distributed_mapped", mapped_run)
             )
             >= 4
         ),
@@ -138,7 +125,7 @@ def test_mapped_and_batch_survive_a_killed_worker_and_a_killed_triggerer(
         lambda: (
             sum(
                 ti["state"] == "deferred"
-                for ti in task_instances(airflow, "vibedream_distributed_mapped", mapped_run)
+                for ti in airflow.task_instances("vibedream_distributed_mapped", mapped_run)
             )
             >= 4
         ),
@@ -153,7 +140,7 @@ def test_mapped_and_batch_survive_a_killed_worker_and_a_killed_triggerer(
     wall = time.monotonic() - started
     mapped = [
         ti
-        for ti in task_instances(airflow, "vibedream_distributed_mapped", mapped_run)
+        for ti in airflow.task_instances("vibedream_distributed_mapped", mapped_run)
         if ti["task_id"] == "upscale"
     ]
     assert len(mapped) == MAPPED and {ti["state"] for ti in mapped} == {"success"}

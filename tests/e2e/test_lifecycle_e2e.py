@@ -83,29 +83,10 @@ def clear(cluster: AirflowCluster, dag_id: str, run_id: str, task_ids: list[str]
     assert response.json()["total_entries"] >= 1
 
 
-def task_instances(cluster: AirflowCluster, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
-    listing = cluster.api(
-        "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100}
-    ).json()
-    return sorted(
-        (ti for ti in listing["task_instances"] if ti["task_id"] == task_id), key=lambda ti: ti["map_index"]
-    )
-
-
-def mapped_xcom(cluster: AirflowCluster, dag_id: str, run_id: str, map_index: int) -> Any:
-    response = cluster.api(
-        "GET",
-        f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/upscale/xcomEntries/return_value",
-        params={"map_index": map_index},
-    )
-    response.raise_for_status()
-    return response.json()["value"]
-
-
 def wait_for_rerun(cluster: AirflowCluster, dag_id: str, run_id: str, task_id: str, tries: int) -> str:
     """Wait until every ``task_id`` instance reached try ``tries`` and the run finished."""
     wait_for(
-        lambda: all(ti["try_number"] >= tries for ti in task_instances(cluster, dag_id, run_id, task_id)),
+        lambda: all(ti["try_number"] >= tries for ti in cluster.task_instances(dag_id, run_id, task_id)),
         timeout=120,
         what=f"{dag_id}.{task_id} to start try {tries}",
     )
@@ -152,7 +133,7 @@ def test_a_mapped_task_whose_list_changed_gets_each_index_its_own_image(
     assert wait_for_rerun(cluster, dag_id, run_id, "upscale", 2) == "success"
     sizes = []
     for index, shape in enumerate(rotated):
-        result = mapped_xcom(cluster, dag_id, run_id, index)
+        result = cluster.xcom_mapped(dag_id, run_id, "upscale", index)
         sizes.append((result["files"][0]["width"], result["files"][0]["height"]))
         assert sizes[-1] == shapes[shape], f"map index {index} got another image's output"
     assert stats(emulator)["accepted_submissions"] == 6  # every index asked anew: 3 + 3
@@ -169,7 +150,7 @@ def test_a_batch_cut_by_its_execution_timeout_is_retried_without_paying_twice(
     images = [f"{emulator.base_url}/samples/{32 + i}x24.png" for i in range(30)]
     run_id = cluster.trigger(dag_id, {"images": json.dumps(images), "output": str(module_tmp / "batch")})
     wait_for(
-        lambda: task_instances(cluster, dag_id, run_id, "batch")[0]["state"] == "up_for_retry",
+        lambda: cluster.task_instances(dag_id, run_id, "batch")[0]["state"] == "up_for_retry",
         timeout=120,
         what="the first try to time out",
     )
@@ -177,7 +158,7 @@ def test_a_batch_cut_by_its_execution_timeout_is_retried_without_paying_twice(
     assert 0 < cut_at < 30
     faults(emulator)  # the retry's submits are fast
     assert cluster.wait_for_run(dag_id, run_id) == "success"
-    [ti] = task_instances(cluster, dag_id, run_id, "batch")
+    [ti] = cluster.task_instances(dag_id, run_id, "batch")
     summary = cluster.xcom(dag_id, run_id, "batch")
     assert ti["try_number"] == 2
     assert stats(emulator)["accepted_submissions"] == 30  # exactly one job per image
@@ -208,7 +189,7 @@ def test_permanent_failures_fail_without_retry(
         assert cluster.wait_for_run(dag_id, run_id) == "failed"
     finally:
         faults(emulator)
-    [ti] = task_instances(cluster, dag_id, run_id, "upscale")
+    [ti] = cluster.task_instances(dag_id, run_id, "upscale")
     assert (ti["state"], ti["try_number"]) == ("failed", 1)  # retries=2, none used
     assert stats(emulator)["accepted_submissions"] == 1
     logs = "".join(p.read_text(errors="replace") for p in (cluster.home / "logs").rglob("*") if p.is_file())
