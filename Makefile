@@ -43,6 +43,8 @@ test: $(STAMP) $(LOWEST_STAMP) browser
 	$(PY) -m pytest -ra
 	@echo "== the same unit and integration tests on the lowest supported Airflow ($(LOWEST_AIRFLOW)) =="
 	$(LOWEST_VENV)/bin/python -m pytest -ra -m "not e2e" -p no:cacheprovider tests/unit tests/integration
+	@echo "== the extra links and the gallery in a real Airflow $(LOWEST_AIRFLOW) =="
+	$(LOWEST_VENV)/bin/python -m pytest -ra -p no:cacheprovider tests/e2e/test_extra_links.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

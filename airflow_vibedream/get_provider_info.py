@@ -40,6 +40,50 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": INTEGRATION, "python-modules": ["airflow_vibedream.triggers.vibedream"]}
         ],
+        "extra-links": [
+            "airflow_vibedream.plugins.links.VibeDreamOutputLink",
+            "airflow_vibedream.plugins.links.VibeDreamManifestLink",
+            "airflow_vibedream.plugins.links.VibeDreamGalleryLink",
+        ],
+        "config": {
+            "vibedream": {
+                "description": "The VibeDream gallery in Airflow's UI (the api-server reads these).",
+                "options": {
+                    "gallery_local_roots": {
+                        "description": "Directories (os.pathsep-separated) whose files the gallery may "
+                        "serve and thumbnail. Outputs stored on a local path elsewhere are not shown: a path "
+                        "in an XCom must never expose the api-server's own files.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/data/upscaled",
+                        "default": "",
+                    },
+                    "gallery_cache_dir": {
+                        "description": "Where thumbnails are cached (default: vibedream-thumbnails in "
+                        "AIRFLOW_HOME).",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/var/cache/vibedream",
+                        "default": "",
+                    },
+                    "gallery_cache_mb": {
+                        "description": "The most the thumbnail cache holds; the least recently used go "
+                        "first.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "256",
+                        "default": "256",
+                    },
+                    "gallery_max_source_mb": {
+                        "description": "The largest image (or manifest) the gallery reads.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "512",
+                        "default": "512",
+                    },
+                },
+            }
+        },
         "connection-types": [
             {
                 "hook-class-name": "airflow_vibedream.hooks.vibedream.VibeDreamHook",

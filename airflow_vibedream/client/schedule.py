@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 from airflow_vibedream.client.models import Prediction
-from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
 
 
 def next_sleep(poll_interval: float, deadline: float | None) -> float:
@@ -16,27 +14,6 @@ def next_sleep(poll_interval: float, deadline: float | None) -> float:
     if deadline is None:
         return poll_interval
     return max(0.0, min(poll_interval, deadline - time.time()))
-
-
-@dataclass(frozen=True)
-class PollSchedule:
-    """How often to poll a prediction of a given age.
-
-    The API recommends every 1-2 s. A job that has already run a while is watched less closely:
-    the interval grows to ``age_fraction`` of the job's age, up to ``max_interval``. So a short job
-    is seen finishing within ~``interval``, and a thousand long ones do not flood the API.
-
-    :param interval: the interval for young predictions, seconds.
-    :param max_interval: the longest interval, seconds.
-    :param age_fraction: the interval as a fraction of the prediction's age, once that is longer.
-    """
-
-    interval: float = DEFAULT_POLL_INTERVAL
-    max_interval: float = 10.0
-    age_fraction: float = 0.03
-
-    def next_interval(self, age: float) -> float:
-        return min(max(self.interval, self.max_interval), max(self.interval, age * self.age_fraction))
 
 
 def elapsed_since(created_at: str | None, fallback_start: float) -> float:

@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="if set: each job runs a random time up to this",
     )
+    parser.add_argument("--tail-share", type=float, default=0.0, help="share of jobs that run long instead")
+    parser.add_argument("--tail-seconds", type=float, default=300.0, help="shortest of the long jobs")
+    parser.add_argument("--tail-seconds-max", type=float, default=600.0, help="longest of the long jobs")
     parser.add_argument(
         "--synthetic-outputs", action="store_true", help="load tests: no image work, placeholder output URLs"
     )
@@ -56,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         api_key=args.api_key,
         processing_seconds=args.processing_seconds,
         processing_seconds_max=args.processing_seconds_max,
+        tail_share=args.tail_share,
+        tail_seconds=args.tail_seconds,
+        tail_seconds_max=args.tail_seconds_max,
         synthetic_outputs=args.synthetic_outputs,
         cost_cents=args.cost_cents,
         assets_base_url=args.assets_url,

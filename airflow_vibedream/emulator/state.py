@@ -40,6 +40,10 @@ class EmulatorConfig:
     :param processing_seconds: how long a prediction stays ``processing`` at least.
     :param processing_seconds_max: if set, each prediction's time is drawn uniformly between
         ``processing_seconds`` and this (a realistic mix of short and long jobs).
+    :param tail_share: the share of jobs that take a long time instead (a workload with a tail).
+    :param tail_seconds: those jobs' time is drawn uniformly between ``tail_seconds`` and
+        ``tail_seconds_max``.
+    :param tail_seconds_max: see ``tail_seconds``.
     :param synthetic_outputs: skip downloading and resampling; outputs are placeholder URLs.
         For load tests of the API surface only (thousands of predictions on two cores).
     :param cost_cents: the ``costCents`` of one run (the vendor page: "from $0.02/run").
@@ -56,6 +60,9 @@ class EmulatorConfig:
     api_key: str = "emulator-key"
     processing_seconds: float = 2.0
     processing_seconds_max: float | None = None
+    tail_share: float = 0.0
+    tail_seconds: float = 300.0
+    tail_seconds_max: float = 600.0
     synthetic_outputs: bool = False
     cost_cents: int = 2
     assets_base_url: str | None = None
@@ -121,6 +128,14 @@ class EmulatorState:
     def status_url(self, prediction_id: str) -> str:
         return self.public_base_url.rstrip("/") + PREDICTION_ROUTE.format(prediction_id=prediction_id)
 
+    def _job_seconds(self) -> float:
+        config = self.config
+        if config.tail_share and random.random() < config.tail_share:
+            return random.uniform(config.tail_seconds, max(config.tail_seconds, config.tail_seconds_max))
+        return random.uniform(
+            config.processing_seconds, max(config.processing_seconds, config.processing_seconds_max or 0.0)
+        )
+
     def submit(self, model_id: str, request: dict[str, Any]) -> EmulatedPrediction:
         outcome = self.faults.pick("submit", kinds=("fail_prediction", "stuck"))
         prediction = EmulatedPrediction(
@@ -130,10 +145,7 @@ class EmulatorState:
             created_at=iso_now(),
             created_monotonic=time.monotonic(),
             forced_error=outcome.error if outcome and outcome.kind == "fail_prediction" else None,
-            processing_seconds=random.uniform(
-                self.config.processing_seconds,
-                max(self.config.processing_seconds, self.config.processing_seconds_max or 0.0),
-            ),
+            processing_seconds=self._job_seconds(),
             stuck=bool(outcome and outcome.kind == "stuck"),
         )
         self.predictions[prediction.id] = prediction

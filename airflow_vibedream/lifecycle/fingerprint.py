@@ -33,6 +33,12 @@ class JobSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "fingerprint", fingerprint_of(self.model_id, self.asked))
 
+    @property
+    def duration_kind(self) -> str:
+        """Jobs that take alike: the model and, when asked, the resolution (``image-upscaler:4k``)."""
+        resolution = self.asked.get("target_resolution")
+        return f"{self.model_id}:{resolution}" if isinstance(resolution, str) else self.model_id
+
 
 def what_changed(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> str:
     """A short account of how two asks differ, for the task log (``target_resolution: '2k' -> '4k'``)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from functools import cached_property
@@ -39,9 +39,12 @@ from airflow_vibedream.lifecycle.events import (
 )
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy
+from airflow_vibedream.lifecycle.progress import PUBLISH_EVERY
 from airflow_vibedream.lifecycle.rules import failures_decided_once, is_permanent
 from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
 from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
+from airflow_vibedream.plugins.links import VibeDreamGalleryLink, VibeDreamManifestLink
+from airflow_vibedream.plugins.records import FINISHED, PROGRESS_XCOM_KEY, BatchProgress
 from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,
     list_s3_images,
@@ -92,7 +95,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     :param fail_on_error: fail the task, after the manifest is written, if any image failed.
     :param vibedream_conn_id: the VibeDream connection.
     :param aws_conn_id: for ``s3://`` inputs, prefix listing and (by default) outputs.
-    :param poll_interval: seconds between polling rounds.
+    :param poll_interval: seconds between polls of each prediction (in rounds in the worker).
     :param timeout: seconds (or timedelta) the whole batch may take after the submits.
     :param deferrable: wait in the triggerer.
     :param max_cost_cents: refuse, before any submit, a batch whose estimated cost is higher (cents;
@@ -109,6 +112,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         "output_format",
         "output_path",
     )
+    operator_extra_links = (VibeDreamManifestLink(), VibeDreamGalleryLink())
 
     def __init__(
         self,
@@ -220,6 +224,8 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         client = self.hook.get_client()
         records = self._submit_all(store, client, items)
         ids = sorted({r.prediction_id for r in records.values() if r.prediction_id})
+        progress = self._progress(items, records, jobs=len(ids))
+        context["ti"].xcom_push(key=PROGRESS_XCOM_KEY, value=progress.to_json())
         deadline = time.time() + self.timeout
         if self.deferrable and ids:
             store.hand_over()
@@ -231,12 +237,21 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                     end_time=deadline,
                     max_concurrency=max(self.max_concurrency, 8),
                     progress_interval=self.progress_interval,
+                    progress=progress.to_json(),
+                    duration_kind=f"{UPSCALER_MODEL_ID}:{self.target_resolution}",
                 ),
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout + 60),
             )
         with failures_decided_once():
-            outcome = self._wait_in_worker(client, ids, deadline)
+            outcome = self._wait_in_worker(
+                client,
+                ids,
+                deadline,
+                publish=lambda done, failed: context["ti"].xcom_push(
+                    key=PROGRESS_XCOM_KEY, value=progress.advanced(done=done, failed=failed).to_json()
+                ),
+            )
         return self._finish(context, items, records, outcome)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
@@ -255,13 +270,34 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         if self._submitter is not None:
             self._submitter.stop()
 
+    def _progress(
+        self, items: list[BatchImage], records: dict[str, SubmissionRecord], *, jobs: int
+    ) -> BatchProgress:
+        """The batch's progress record once its submits are done (the gallery shows it)."""
+        waiting = {item.key for item in items if (r := records.get(item.key)) and r.prediction_id}
+        return BatchProgress(
+            images=len(items),
+            jobs=jobs,
+            unsubmitted=sum(1 for item in items if item.key not in waiting),
+            cost_cents=sum(r.cost_cents or 0 for r in records.values()),
+            output_conn_id=self.output_conn_id or self.aws_conn_id,
+            input_conn_id=self.aws_conn_id,
+            vibedream_conn_id=self.vibedream_conn_id,
+            target_resolution=self.target_resolution,
+            output_format=self.output_format,
+        )
+
     def _wait_in_worker(
-        self, client: VibeDreamClient, ids: list[str], deadline: float
+        self,
+        client: VibeDreamClient,
+        ids: list[str],
+        deadline: float,
+        publish: Callable[[int, int], Any] | None = None,
     ) -> dict[str, tuple[str, str | None]]:
         """Poll every prediction until none is pending or the deadline passes; the same reading of
         each answer as the trigger's (a 404 fails that image only)."""
         outcome: dict[str, tuple[str, str | None]] = dict.fromkeys(ids, (PENDING, None))
-        started = last_progress = time.monotonic()
+        started = last_progress = last_publish = time.monotonic()
 
         report = Throttled(lambda seconds, error: log_unavailable(self.log, seconds, error))
 
@@ -283,9 +319,12 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                 outcome.update(zip(pending, pool.map(poll, pending), strict=True))
             now = time.monotonic()
             still = sum(1 for state, _ in outcome.values() if state == PENDING)
+            failures = sum(1 for state, _ in outcome.values() if state == FAILED)
+            if publish is not None and (not still or now - last_publish >= PUBLISH_EVERY):
+                last_publish = now
+                publish(len(ids) - still, failures)
             if not still or now - last_progress >= self.progress_interval:
                 last_progress = now
-                failures = sum(1 for state, _ in outcome.values() if state == FAILED)
                 self.log.info(
                     "VibeDream batch: %d/%d done, %d failed, %.0fs elapsed",
                     len(ids) - still,
@@ -449,6 +488,12 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             "manifest": manifest_uri,
         }
         self.log.info("VibeDream batch finished: %s", summary)
+        jobs = {r.prediction_id for r in records.values() if r.prediction_id}
+        final = self._progress(items, records, jobs=len(jobs))
+        final.done = len(jobs) - sum(1 for state, _ in outcome.values() if state == PENDING)
+        final.failed = sum(1 for state, _ in outcome.values() if state == FAILED)
+        final.state, final.manifest, final.completed_images = FINISHED, manifest_uri, completed
+        ti.xcom_push(key=PROGRESS_XCOM_KEY, value=final.to_json())
         if self.fail_on_error and summary["failed"]:
             message = (
                 f"{summary['failed']} of {summary['total']} images failed; see the manifest {manifest_uri}"

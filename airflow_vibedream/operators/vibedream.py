@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import BaseOperator, conf
 
 from airflow_vibedream.client.models import Prediction
+from airflow_vibedream.client.poller import iso_seconds
 from airflow_vibedream.client.request import UpscaleRequest, validate_bool, validate_model_id
 from airflow_vibedream.constants import (
     DEFAULT_POLL_INTERVAL,
@@ -31,6 +32,8 @@ from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy
 from airflow_vibedream.lifecycle.rules import failures_decided_once
 from airflow_vibedream.lifecycle.validation import choice, is_templated, positive_seconds
 from airflow_vibedream.operators.lineage import input_image_of, lineage_for, output_asset
+from airflow_vibedream.plugins.links import VibeDreamOutputLink
+from airflow_vibedream.plugins.records import RESULT_XCOM_KEY, image_record
 from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,
     resolve_image,
@@ -79,6 +82,7 @@ class VibeDreamGenerateOperator(BaseOperator):
     template_fields: Sequence[str] = ("model_id", "input", "output_path", "vibedream_conn_id")
     template_fields_renderers = {"input": "json"}
     ui_color = "#f3e8ff"
+    operator_extra_links = (VibeDreamOutputLink(),)
 
     def __init__(
         self,
@@ -160,6 +164,8 @@ class VibeDreamGenerateOperator(BaseOperator):
                         vibedream_conn_id=self.vibedream_conn_id,
                         poll_interval=self.poll_interval,
                         end_time=deadline,
+                        duration_kind=spec.duration_kind,
+                        created_at=iso_seconds(prediction.created_at),
                     ),
                     method_name="execute_complete",
                     # A backstop after the trigger's own timeout event: if no triggerer runs the trigger
@@ -213,6 +219,18 @@ class VibeDreamGenerateOperator(BaseOperator):
             result["outputs"] = [item.uri for item in stored]
             result["files"] = [item.to_dict() for item in stored]
         self._lineage = (self.lineage_input(), list(result["outputs"] or []))
+        # For the gallery and the "VibeDream output" link: small, and never the presigned input.
+        context["ti"].xcom_push(
+            key=RESULT_XCOM_KEY,
+            value=image_record(
+                prediction=result,
+                asked=self.job_spec().asked,
+                files=result.get("files"),
+                input_conn_id=self.aws_conn_id,
+                output_conn_id=self.output_conn_id or self.aws_conn_id,
+                vibedream_conn_id=self.vibedream_conn_id,
+            ),
+        )
         return result
 
     def lineage_input(self) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,11 +11,12 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_vibedream.client.aio import AsyncVibeDreamClient
 from airflow_vibedream.client.models import Prediction
-from airflow_vibedream.client.schedule import PollSchedule, StatusTracker, elapsed_since, next_sleep
+from airflow_vibedream.client.poller import loop_scheduler
+from airflow_vibedream.client.schedule import StatusTracker
 from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
 from airflow_vibedream.errors import VibeDreamAuthError, VibeDreamError, VibeDreamTimeoutError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
-from airflow_vibedream.lifecycle.batch import FAILED, PENDING, poll_outcome
+from airflow_vibedream.lifecycle.batch import FAILED, poll_outcome
 from airflow_vibedream.lifecycle.events import (
     EVENT_ERROR,
     EVENT_SUCCESS,
@@ -28,6 +28,7 @@ from airflow_vibedream.lifecycle.events import (
     timeout_event,
     unexpected,
 )
+from airflow_vibedream.lifecycle.progress import PUBLISH_EVERY, ProgressPublisher
 
 
 class KeyRotation:
@@ -64,6 +65,11 @@ class VibeDreamPredictionTrigger(BaseTrigger):
     :param vibedream_conn_id: the Airflow connection (the trigger never carries the API key itself).
     :param poll_interval: seconds between polls (the API suggests 1-2 s).
     :param end_time: epoch seconds after which a ``timeout`` event fires; None waits forever.
+    :param duration_kind: what kind of job this is (e.g. ``image-upscaler:4k``): the triggerer learns
+        how long jobs of a kind take and polls them where they finish (see
+        :mod:`airflow_vibedream.client.durations`). None: ``default``.
+    :param created_at: the job's creation, epoch seconds, if the operator knows it (the first poll
+        can then wait until jobs of its kind start finishing).
     """
 
     def __init__(
@@ -72,12 +78,16 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         vibedream_conn_id: str = VibeDreamHook.default_conn_name,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         end_time: float | None = None,
+        duration_kind: str | None = None,
+        created_at: float | None = None,
     ) -> None:
         super().__init__()
         self.prediction_id = prediction_id
         self.vibedream_conn_id = vibedream_conn_id
         self.poll_interval = float(poll_interval)
         self.end_time = float(end_time) if end_time is not None else None
+        self.duration_kind = duration_kind
+        self.created_at = float(created_at) if created_at is not None else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -87,6 +97,8 @@ class VibeDreamPredictionTrigger(BaseTrigger):
                 "vibedream_conn_id": self.vibedream_conn_id,
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
+                "duration_kind": self.duration_kind,
+                "created_at": self.created_at,
             },
         )
 
@@ -98,43 +110,25 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         hook = VibeDreamHook(self.vibedream_conn_id)
         keys = KeyRotation(hook, self.log)
         try:
-            # The API's 1-2 s while a job is young; past a minute, 3% of its age, up to 10 s.
-            schedule = PollSchedule(interval=self.poll_interval, max_interval=max(self.poll_interval, 10.0))
-            started = time.monotonic()
-            created: float | None = None  # the prediction's creation, on the monotonic clock
-            # Spread the first polls over one interval: a thousand mapped tasks deferring together
-            # would otherwise poll in one burst (and keep polling in lockstep), which shows as
-            # event-loop lag for everyone. A job is never seen later than one interval this way.
-            await asyncio.sleep(next_sleep(random.uniform(0, self.poll_interval), self.end_time))
             while True:
-                if self.end_time is not None and time.time() >= self.end_time:
-                    return timeout_event(self.prediction_id, self.end_time)
-                polled_at = time.monotonic()
-                # Transient failures are ridden out here, until the deadline, through the gate that
-                # every trigger on this loop shares (one probe while the API is down).
-                # Asked for before every poll (a dict lookup): a rotated key takes effect at once.
-                client = await hook.get_shared_async_client()
+                # The loop's one scheduler polls this prediction among all others (one heap, a
+                # bounded set of polls in flight, one outage gate), and answers once it is over.
+                scheduler = loop_scheduler(self.vibedream_conn_id, hook.get_shared_async_client)
                 try:
-                    prediction = await client.poll_patiently(
+                    prediction = await scheduler.wait(
                         self.prediction_id,
+                        interval=self.poll_interval,
                         deadline=self.end_time,
-                        spread=self.poll_interval,
+                        kind=self.duration_kind or "default",
+                        created_at=self.created_at,
+                        observe=tracker.observe,
                         on_unavailable=self._log_unavailable,
                     )
                 except VibeDreamAuthError as exc:
+                    client = await hook.get_shared_async_client()
                     await keys.after_refusal(client, exc)  # re-raises unless the key changed
                     continue
-                tracker.observe(prediction)
-                if prediction.is_terminal:
-                    return terminal_event(prediction)
-                if created is None:  # parsed once: the creation time never changes
-                    created = time.monotonic() - elapsed_since(prediction.created_at, started)
-                # A steady cadence from poll to poll (not from answer to poll), so a finished job is
-                # seen within one interval; a poll slowed by retries still leaves a short pause.
-                now = time.monotonic()
-                interval = schedule.next_interval(now - created)
-                pause = max(interval - (now - polled_at), 0.1 * interval)
-                await asyncio.sleep(next_sleep(pause, self.end_time))
+                return terminal_event(prediction)
         except VibeDreamTimeoutError:
             assert self.end_time is not None  # only a deadline raises it
             return timeout_event(self.prediction_id, self.end_time)
@@ -155,7 +149,8 @@ class VibeDreamPredictionTrigger(BaseTrigger):
 
 
 class VibeDreamBatchTrigger(BaseTrigger):
-    """Polls many predictions with one shared client and fires one event when all are over.
+    """Waits for many predictions, each through the loop's one poll scheduler at the same cadence as a
+    single prediction's, and fires one event when all are over.
 
     The event is ``{"status": "success"|"timeout"|"error", "total": n, "failed": {id: error},
     "pending": [ids still processing at the deadline], "message": ...}``; outputs are not in it (the
@@ -164,10 +159,15 @@ class VibeDreamBatchTrigger(BaseTrigger):
 
     :param prediction_ids: the predictions to wait for.
     :param vibedream_conn_id: the Airflow connection.
-    :param poll_interval: seconds between polling rounds.
+    :param poll_interval: seconds between polls of each prediction where jobs of its kind finish.
     :param end_time: epoch seconds after which a ``timeout`` event fires; None waits forever.
-    :param max_concurrency: polls in flight at once.
+    :param max_concurrency: kept for compatibility: polls in flight are bounded by the loop's one
+        scheduler (:mod:`airflow_vibedream.client.poller`), for every trigger of the loop together.
     :param progress_interval: seconds between progress lines.
+    :param duration_kind: what kind of jobs these are (see :class:`VibeDreamPredictionTrigger`).
+    :param progress: the batch's progress record when it deferred (see
+        :class:`airflow_vibedream.plugins.records.BatchProgress`); if given, the trigger keeps the
+        batch's progress XCom current for the gallery while it waits.
     """
 
     def __init__(
@@ -178,6 +178,8 @@ class VibeDreamBatchTrigger(BaseTrigger):
         end_time: float | None = None,
         max_concurrency: int = 16,
         progress_interval: float = 30.0,
+        progress: dict[str, Any] | None = None,
+        duration_kind: str | None = None,
     ) -> None:
         super().__init__()
         self.prediction_ids = list(prediction_ids)
@@ -186,6 +188,8 @@ class VibeDreamBatchTrigger(BaseTrigger):
         self.end_time = float(end_time) if end_time is not None else None
         self.max_concurrency = int(max_concurrency)
         self.progress_interval = float(progress_interval)
+        self.progress = progress
+        self.duration_kind = duration_kind
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -197,6 +201,8 @@ class VibeDreamBatchTrigger(BaseTrigger):
                 "end_time": self.end_time,
                 "max_concurrency": self.max_concurrency,
                 "progress_interval": self.progress_interval,
+                "progress": self.progress,
+                "duration_kind": self.duration_kind,
             },
         )
 
@@ -205,65 +211,86 @@ class VibeDreamBatchTrigger(BaseTrigger):
 
     async def _wait(self) -> dict[str, Any]:
         total = len(self.prediction_ids)
-        outstanding = list(dict.fromkeys(self.prediction_ids))
+        outstanding = set(self.prediction_ids)
         failed: dict[str, str] = {}
         started = time.monotonic()
-        last_progress = started
         hook = VibeDreamHook(self.vibedream_conn_id)
         keys = KeyRotation(hook, self.log)
-        try:
-            client = await hook.get_shared_async_client()
-            slots = asyncio.Semaphore(self.max_concurrency)
+        progress = ProgressPublisher(self.progress, self.log)
+        report = Throttled(lambda seconds, error: log_unavailable(self.log, seconds, error))
+        rotated = asyncio.Event()
+        rotating = asyncio.Lock()
 
-            report = Throttled(lambda seconds, error: log_unavailable(self.log, seconds, error))
-
-            async def poll(prediction_id: str) -> tuple[str, str | None]:
-                async with slots:
-                    try:
-                        return poll_outcome(
-                            await client.poll_patiently(
-                                prediction_id,
-                                deadline=self.end_time,
-                                spread=self.poll_interval,
-                                on_unavailable=report,
-                            )
-                        )
-                    except VibeDreamTimeoutError:  # the deadline came during an outage
-                        return PENDING, None
-                    except VibeDreamError as exc:
-                        # The worker loop's reading: a 404 fails this image only; anything else
-                        # (a refused key, an outage past the retries) is raised for the batch.
-                        return poll_outcome(exc)
-
-            while outstanding:
-                if self.end_time is not None and time.time() >= self.end_time:
-                    return self._event(EVENT_TIMEOUT, total, failed, outstanding, "deadline reached")
-                client = await hook.get_shared_async_client()  # a rotated key takes effect at once
+        async def one(prediction_id: str) -> None:
+            # Each image is waited for by the loop's one scheduler, with the same cadence as a
+            # single-image trigger's (no polling in rounds): one heap entry per image.
+            retried = False
+            while True:
+                scheduler = loop_scheduler(self.vibedream_conn_id, hook.get_shared_async_client)
                 try:
-                    answers = await asyncio.gather(*(poll(pid) for pid in outstanding))
+                    answer: Prediction | VibeDreamError = await scheduler.wait(
+                        prediction_id,
+                        interval=self.poll_interval,
+                        deadline=self.end_time,
+                        kind=self.duration_kind or "default",
+                        on_unavailable=report,
+                    )
+                except VibeDreamTimeoutError:  # the deadline: this image stays pending
+                    return
                 except VibeDreamAuthError as exc:
-                    await keys.after_refusal(client, exc)  # re-raises unless the key changed
+                    async with rotating:  # one connection re-read for the whole batch
+                        if not rotated.is_set():
+                            await keys.after_refusal(await hook.get_shared_async_client(), exc)
+                            rotated.set()
+                        elif retried:
+                            raise
+                    retried = True
                     continue
-                still = []
-                for prediction_id, (state, error) in zip(outstanding, answers, strict=True):
-                    if state == FAILED:
-                        failed[prediction_id] = error or "failed (no reason given)"
-                    elif state == PENDING:
-                        still.append(prediction_id)
-                outstanding = still
-                if outstanding and time.monotonic() - last_progress >= self.progress_interval:
-                    last_progress = time.monotonic()
-                    self._log_progress(total, len(outstanding), len(failed), last_progress - started)
-                if outstanding:
-                    await asyncio.sleep(next_sleep(self.poll_interval, self.end_time))
-        except VibeDreamError as exc:
-            self.log.error("Stopped waiting for the VibeDream batch: %s", exc)
-            return self._event(EVENT_ERROR, total, failed, outstanding, str(exc), exc)
-        except Exception as exc:
-            self.log.exception("Stopped waiting for the VibeDream batch")
-            wrapped = unexpected(exc)
-            return self._event(EVENT_ERROR, total, failed, outstanding, str(wrapped), wrapped)
-        self._log_progress(total, 0, len(failed), time.monotonic() - started)
+                except VibeDreamError as exc:
+                    answer = exc  # a 404 fails this image only; poll_outcome raises anything else
+                state, error = poll_outcome(answer)
+                outstanding.discard(prediction_id)
+                if state == FAILED:
+                    failed[prediction_id] = error or "failed (no reason given)"
+                done = total - len(outstanding)
+                await progress.publish(
+                    self.task_instance, done=done, failed=len(failed), force=not outstanding
+                )
+                return
+
+        async def report_progress() -> None:
+            # The gallery's progress every few seconds (completions alone would leave it stale when
+            # the last jobs finish close together), the log line every progress_interval.
+            last_line = time.monotonic()
+            while True:
+                await asyncio.sleep(min(PUBLISH_EVERY, self.progress_interval))
+                done = total - len(outstanding)
+                await progress.publish(self.task_instance, done=done, failed=len(failed))
+                if time.monotonic() - last_line >= self.progress_interval:
+                    last_line = time.monotonic()
+                    self._log_progress(total, len(outstanding), len(failed), last_line - started)
+
+        reporter = asyncio.ensure_future(report_progress())
+        waits = [asyncio.ensure_future(one(prediction_id)) for prediction_id in sorted(outstanding)]
+        try:
+            # The first error of the batch (a refused key that did not change) ends every wait.
+            await asyncio.wait(waits, return_when=asyncio.FIRST_EXCEPTION)
+            stopped = next((w.exception() for w in waits if w.done() and w.exception()), None)
+        finally:
+            reporter.cancel()
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        if isinstance(stopped, VibeDreamError):
+            self.log.error("Stopped waiting for the VibeDream batch: %s", stopped)
+            return self._event(EVENT_ERROR, total, failed, sorted(outstanding), str(stopped), stopped)
+        if stopped is not None:
+            self.log.error("Stopped waiting for the VibeDream batch", exc_info=stopped)
+            wrapped = unexpected(stopped)
+            return self._event(EVENT_ERROR, total, failed, sorted(outstanding), str(wrapped), wrapped)
+        self._log_progress(total, len(outstanding), len(failed), time.monotonic() - started)
+        if outstanding:
+            return self._event(EVENT_TIMEOUT, total, failed, sorted(outstanding), "deadline reached")
         return self._event(EVENT_SUCCESS, total, failed, [], f"{total - len(failed)} of {total} completed")
 
     def _log_progress(self, total: int, pending: int, failures: int, elapsed: float) -> None:

@@ -109,22 +109,34 @@ class AirflowCluster:
             **(env or {}),
         }
         self._token: str | None = None
+        self._credentials: dict[str, str] | None = None
 
     # -- processes ---------------------------------------------------------------------------------
 
     def migrate(self) -> None:
+        self.cli("db", "migrate")
+
+    def cli(self, *args: str) -> str:
+        """Run one ``airflow`` command against this deployment; its output."""
         result = subprocess.run(
-            [AIRFLOW_CLI, "db", "migrate"], env=self.env, capture_output=True, text=True, check=False
+            [AIRFLOW_CLI, *args], env=self.env, capture_output=True, text=True, check=False
         )
         if result.returncode != 0:
-            raise RuntimeError(f"airflow db migrate failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+            raise RuntimeError(
+                f"airflow {' '.join(args)} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+            )
+        return result.stdout
 
     def start(
-        self, component: str, name: str | None = None, extra_env: Mapping[str, str] | None = None
+        self,
+        component: str,
+        name: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> int:
         """Start one component (``name`` tells two triggerers apart); returns its pid."""
         name = name or component
-        args = [AIRFLOW_CLI, component]
+        args = [AIRFLOW_CLI, component, *extra_args]
         if component == "api-server":
             args += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         log = (self.home / f"{name}.out").open("ab")
@@ -175,9 +187,24 @@ class AirflowCluster:
         except httpx.HTTPError:
             return False
 
+    def token(self, username: str | None = None, password: str | None = None) -> str:
+        """A JWT: for everyone-admin deployments without credentials, else through the login API."""
+        if username is None:
+            return str(httpx.get(f"{self.base_url}/auth/token", timeout=30).json()["access_token"])
+        response = httpx.post(
+            f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=30
+        )
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+    def log_in_as(self, username: str, password: str) -> None:
+        """Use this user for the REST calls below (deployments with real users)."""
+        self._credentials = {"username": username, "password": password}
+        self._token = None
+
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         if self._token is None:
-            self._token = httpx.get(f"{self.base_url}/auth/token", timeout=30).json()["access_token"]
+            self._token = self.token(**(self._credentials or {}))
         headers = {"Authorization": f"Bearer {self._token}"}
         return httpx.request(method, f"{self.base_url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.netns import Host
 
@@ -158,3 +159,18 @@ def own_dirs(root: Path, name: str) -> dict[str, str]:
 
 
 __all__ = ["own_dirs", "private_postgres", "private_redis"]
+
+
+@contextlib.contextmanager
+def deferral_safe_emulator(log_dir: Path) -> Iterator[Any]:
+    """The emulator as a process, with jobs of 8 s. A trigger that fires within seconds of the
+    deferral can meet Airflow's own race (apache/airflow#67287, #72716: the deferring process's exit
+    event fails the resumed try); on this busy 2-core machine the scheduler was seen to take ~6 s to
+    read that event, so jobs here outlast it."""
+    from airflow_vibedream.emulator.process import EmulatorProcess
+    from tests.conftest import TEST_KEY
+
+    with EmulatorProcess(
+        "--api-key", TEST_KEY, "--processing-seconds", "8", log_path=log_dir / "emulator.log"
+    ) as process:
+        yield process

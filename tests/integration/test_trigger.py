@@ -34,6 +34,8 @@ def test_serialize_round_trip_carries_no_secret() -> None:
         "vibedream_conn_id": "my_conn",
         "poll_interval": 1.5,
         "end_time": 1_900_000_000.0,
+        "duration_kind": None,
+        "created_at": None,
     }
     assert VibeDreamPredictionTrigger(**kwargs).serialize() == (classpath, kwargs)
 

@@ -1,0 +1,323 @@
+"""One poll scheduler per event loop (and connection): it owns every prediction every trigger on the
+loop waits for.
+
+A waiting trigger awaits one future; the scheduler keeps a heap of due times, sends the due polls
+through a bounded set of workers (one connection pool, one outage gate: :mod:`.gate`), and resolves
+each future once with the terminal answer, or with the error that ended the wait. So ten thousand
+waiting tasks cost ten thousand heap entries and futures, not ten thousand timers, retry wrappers
+and sleeping coroutines; and the polls of a loop never exceed ``workers`` at a time however many
+come due together.
+
+Fairness: the heap pops the earliest due poll first, so a job is polled when its own schedule says
+(a later-added or faster-polled job never overtakes it); while the workers are all busy, due polls
+wait in due order. When to poll comes from :class:`.durations.LearnedSchedule`.
+
+A trigger that is cancelled (task cleared, triggerer shutting down) leaves nothing: its entry is
+dropped (eagerly once dead entries are half the heap), and a scheduler with nothing left to watch
+stops its workers and removes itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from airflow_vibedream.client.calls import deadline_reached
+from airflow_vibedream.client.durations import DURATIONS, DurationModel, LearnedSchedule
+from airflow_vibedream.client.models import Prediction
+from airflow_vibedream.client.schedule import elapsed_since
+
+if TYPE_CHECKING:
+    from airflow_vibedream.client.aio import AsyncVibeDreamClient
+    from airflow_vibedream.client.gate import OutageReport
+
+#: Polls in flight at once per scheduler (the aiohttp pool holds 100 connections).
+WORKERS = 64
+
+
+def iso_seconds(value: str | None) -> float | None:
+    """Epoch seconds of an ISO 8601 time, or None."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class Watch:
+    """One prediction being waited for (slots: ten thousand of them stay small)."""
+
+    __slots__ = (
+        "created",
+        "deadline",
+        "future",
+        "interval",
+        "kind",
+        "observe",
+        "on_unavailable",
+        "prediction_id",
+    )
+
+    def __init__(
+        self,
+        prediction_id: str,
+        future: asyncio.Future[Prediction],
+        interval: float,
+        deadline: float | None,
+        kind: str,
+        created: float | None,
+        observe: Callable[[Prediction], Any] | None,
+        on_unavailable: OutageReport | None,
+    ) -> None:
+        self.prediction_id = prediction_id
+        self.future = future
+        self.interval = interval
+        self.deadline = deadline  # wall clock
+        self.kind = kind
+        self.created = created  # the job's creation on the loop's clock, once known
+        self.observe = observe
+        self.on_unavailable = on_unavailable
+
+
+class PollScheduler:
+    """Polls every watched prediction of one connection on one event loop.
+
+    :param client: returns the client to poll with (asked before every poll: a rotated key counts).
+    :param workers: polls in flight at once.
+    :param schedule: when to poll.
+    :param durations: where durations are learned (the process's model by default).
+    :param on_idle: called when nothing is left to watch (the registry forgets the scheduler).
+    """
+
+    def __init__(
+        self,
+        client: Callable[[], Awaitable[AsyncVibeDreamClient]],
+        *,
+        workers: int = WORKERS,
+        schedule: LearnedSchedule | None = None,
+        durations: DurationModel | None = None,
+        on_idle: Callable[[PollScheduler], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._workers = workers
+        self.schedule = schedule or LearnedSchedule()
+        self.durations = durations if durations is not None else DURATIONS
+        self._on_idle = on_idle
+        self._loop = asyncio.get_running_loop()
+        self._heap: list[tuple[float, int, Watch]] = []
+        self._order = itertools.count()
+        self._live = 0  # watches whose future is pending
+        self._dead = 0  # heap entries whose watch is done (cancelled): dropped lazily
+        self._ready: asyncio.Queue[Watch | None] = asyncio.Queue()
+        self._idle_workers = 0
+        self._wakeup: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._pool: list[asyncio.Task[None]] = []
+        #: Counters, for tests and benchmarks.
+        self.polls = 0
+
+    def __len__(self) -> int:
+        """Predictions being watched."""
+        return self._live
+
+    # -- the triggers' side ------------------------------------------------------------------------
+
+    async def wait(
+        self,
+        prediction_id: str,
+        *,
+        interval: float,
+        deadline: float | None,
+        kind: str,
+        created_at: float | None = None,
+        observe: Callable[[Prediction], Any] | None = None,
+        on_unavailable: OutageReport | None = None,
+    ) -> Prediction:
+        """The prediction's terminal answer. Raises what ended the wait: the deadline
+        (:class:`VibeDreamTimeoutError`), or an error that waiting cannot fix (a refused key, 404).
+
+        :param interval: seconds between polls where jobs of this kind finish (the API's 1-2 s).
+        :param deadline: epoch seconds; None waits for ever.
+        :param kind: what kind of job, for the learned durations (e.g. model and resolution).
+        :param created_at: the job's creation, epoch seconds, if known (else the first poll says).
+        :param observe: called with every answer (status-change logging).
+        :param on_unavailable: told of an outage while polling (see :func:`.gate.poll_patiently_async`).
+        """
+        future: asyncio.Future[Prediction] = self._loop.create_future()
+        now = self._loop.time()
+        created = None if created_at is None else now - max(0.0, time.time() - created_at)
+        watch = Watch(prediction_id, future, interval, deadline, kind, created, observe, on_unavailable)
+        # With no age known, the first polls spread over one interval: a thousand tasks deferring
+        # together would otherwise poll in one burst, and keep polling in lockstep.
+        due = now + (random.uniform(0, interval) if created is None else self._delay(watch, now))
+        self._live += 1
+        self._push(due, watch)
+        try:
+            return await future
+        finally:
+            if not future.done():  # cancelled while waiting: drop the entry, maybe the scheduler
+                future.cancel()
+            self._forget(watch)
+
+    # -- scheduling --------------------------------------------------------------------------------
+
+    def _delay(self, watch: Watch, now: float) -> float:
+        age = now - watch.created if watch.created is not None else 0.0
+        samples = self.durations.samples(watch.kind)
+        return self.schedule.next_delay(samples, watch.interval, age)
+
+    def _push(self, due: float, watch: Watch) -> None:
+        if watch.deadline is not None:  # wake for the deadline too: its event is due then
+            due = min(due, self._loop.time() + max(0.0, watch.deadline - time.time()))
+        heapq.heappush(self._heap, (due, next(self._order), watch))
+        if self._dispatcher is None:
+            self._start()
+        elif self._heap[0][2] is watch:
+            self._wake()  # earlier than what the dispatcher sleeps for
+
+    def _forget(self, watch: Watch) -> None:
+        self._live -= 1
+        self._dead += 1  # its heap entry, if any, is now dead
+        if self._live == 0:
+            self._stop()
+        elif self._dead > len(self._heap) // 2:
+            self._heap = [entry for entry in self._heap if not entry[2].future.done()]
+            heapq.heapify(self._heap)
+            self._dead = 0
+
+    def _start(self) -> None:
+        self._dispatcher = self._loop.create_task(self._dispatch(), name="vibedream-poll-scheduler")
+        self._pool = [
+            self._loop.create_task(self._work(), name="vibedream-poller") for _ in range(self._workers)
+        ]
+        self._idle_workers = self._workers
+
+    def _stop(self) -> None:
+        for task in (self._dispatcher, *self._pool):
+            if task is not None:
+                task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._dispatcher, self._pool, self._timer, self._wakeup = None, [], None, None
+        self._heap.clear()
+        self._dead = 0
+        self._ready = asyncio.Queue()
+        if self._on_idle is not None:
+            self._on_idle(self)
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _sleep(self, until: float | None) -> None:
+        """Until ``until`` (loop time; None: no timer), or until woken."""
+        self._wakeup = self._loop.create_future()
+        self._timer = self._loop.call_at(until, self._wake) if until is not None else None
+        try:
+            await self._wakeup
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    async def _dispatch(self) -> None:
+        heap = self._heap
+        while True:
+            heap = self._heap  # replaced when compacted
+            if not heap:
+                await self._sleep(None)
+                continue
+            due, _, watch = heap[0]
+            if watch.future.done():
+                heapq.heappop(heap)
+                self._dead = max(0, self._dead - 1)
+                continue
+            now = self._loop.time()
+            if due > now:
+                await self._sleep(due)
+                continue
+            if watch.deadline is not None and time.time() >= watch.deadline:
+                heapq.heappop(heap)
+                watch.future.set_exception(deadline_reached(watch.prediction_id, watch.deadline))
+                continue
+            if self._idle_workers == 0:
+                await self._sleep(None)  # a worker that finishes wakes us
+                continue
+            heapq.heappop(heap)
+            self._idle_workers -= 1
+            self._ready.put_nowait(watch)
+
+    async def _work(self) -> None:
+        while True:
+            watch = await self._ready.get()
+            if watch is None:
+                return
+            try:
+                await self._poll(watch)
+            finally:
+                self._idle_workers += 1
+                self._wake()
+
+    async def _poll(self, watch: Watch) -> None:
+        if watch.future.done():
+            return
+        try:
+            client = await self._client()
+            self.polls += 1
+            prediction = await client.poll_patiently(
+                watch.prediction_id,
+                deadline=watch.deadline,
+                spread=watch.interval,
+                on_unavailable=watch.on_unavailable,
+            )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the wait ends with what ended it; the trigger decides
+            if not watch.future.done():
+                watch.future.set_exception(exc)
+            return
+        if watch.future.done():  # cancelled while the poll was out
+            return
+        if watch.observe is not None:
+            watch.observe(prediction)
+        now = self._loop.time()
+        if prediction.is_terminal:
+            self._learn(watch.kind, prediction)
+            watch.future.set_result(prediction)
+            return
+        if watch.created is None:
+            watch.created = now - elapsed_since(prediction.created_at, now)
+        self._push(now + self._delay(watch, now), watch)
+
+    def _learn(self, kind: str, prediction: Prediction) -> None:
+        created, completed = iso_seconds(prediction.created_at), iso_seconds(prediction.completed_at)
+        if created is not None and completed is not None:
+            self.durations.observe(kind, completed - created)
+
+
+_SCHEDULERS: dict[tuple[int, str], PollScheduler] = {}
+
+
+def loop_scheduler(
+    key: str, client: Callable[[], Awaitable[AsyncVibeDreamClient]], **options: Any
+) -> PollScheduler:
+    """The running loop's scheduler for ``key`` (a connection id), made on first use."""
+    loop = asyncio.get_running_loop()
+    registry_key = (id(loop), key)
+    scheduler = _SCHEDULERS.get(registry_key)
+    if scheduler is None or scheduler._loop is not loop:
+
+        def forget(done: PollScheduler) -> None:
+            if _SCHEDULERS.get(registry_key) is done:
+                del _SCHEDULERS[registry_key]
+
+        scheduler = _SCHEDULERS[registry_key] = PollScheduler(client, on_idle=forget, **options)
+    return scheduler
