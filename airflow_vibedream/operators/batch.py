@@ -41,6 +41,7 @@ from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy
 from airflow_vibedream.lifecycle.progress import PUBLISH_EVERY
 from airflow_vibedream.lifecycle.rules import failures_decided_once, is_permanent
+from airflow_vibedream.lifecycle.settle import fire_not_before
 from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
 from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
 from airflow_vibedream.plugins.links import VibeDreamGalleryLink, VibeDreamManifestLink
@@ -239,6 +240,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                     progress_interval=self.progress_interval,
                     progress=progress.to_json(),
                     duration_kind=f"{UPSCALER_MODEL_ID}:{self.target_resolution}",
+                    fire_not_before=fire_not_before(),
                 ),
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout + 60),

@@ -30,6 +30,7 @@ from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.job import SingleJob
 from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy
 from airflow_vibedream.lifecycle.rules import failures_decided_once
+from airflow_vibedream.lifecycle.settle import fire_not_before
 from airflow_vibedream.lifecycle.validation import choice, is_templated, positive_seconds
 from airflow_vibedream.operators.lineage import input_image_of, lineage_for, output_asset
 from airflow_vibedream.plugins.links import VibeDreamOutputLink
@@ -166,6 +167,7 @@ class VibeDreamGenerateOperator(BaseOperator):
                         end_time=deadline,
                         duration_kind=spec.duration_kind,
                         created_at=iso_seconds(prediction.created_at),
+                        fire_not_before=fire_not_before(),
                     ),
                     method_name="execute_complete",
                     # A backstop after the trigger's own timeout event: if no triggerer runs the trigger

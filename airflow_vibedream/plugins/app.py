@@ -8,6 +8,7 @@ Routes (all ``GET``, all behind Airflow's auth manager, see :mod:`.access`):
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ from airflow_vibedream.plugins.sources import (
     presigned_url,
 )
 from airflow_vibedream.plugins.thumbnails import ThumbnailCache
+
+log = logging.getLogger(__name__)
 
 #: Entries per gallery page and images per batch page.
 PER_PAGE = 24
@@ -122,6 +125,18 @@ def _progress(user: Any, dag_id: str, run_id: str, task_id: str, map_index: int)
     return progress
 
 
+def _refused(exc: SourceRefused) -> HTTPException:
+    log.warning("VibeDream gallery: refused: %s", exc)
+    return HTTPException(status.HTTP_403_FORBIDDEN, str(exc))
+
+
+def _not_found(detail: str) -> HTTPException:
+    """A stored image that could not be read: said in the api-server's log too, where an operator
+    looks for why a thumbnail is missing."""
+    log.warning("VibeDream gallery: %s", detail)
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail)
+
+
 def _stream(uri: str, conn_id: str | None, vibedream_conn_id: str | None) -> StreamingResponse:
     """Stream a stored object to the browser (after the first chunk, so a refusal is a clean 4xx)."""
     context = open_chunks(
@@ -131,9 +146,9 @@ def _stream(uri: str, conn_id: str | None, vibedream_conn_id: str | None) -> Str
         chunks = context.__enter__()
         first = next(chunks, b"")
     except SourceRefused as exc:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
+        raise _refused(exc) from exc
     except (OutputStorageError, OSError) as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"Cannot read {uri}: {exc}") from exc
+        raise _not_found(f"Cannot read {uri}: {exc}") from exc
 
     def body() -> Iterator[bytes]:
         try:
@@ -178,9 +193,9 @@ def _thumbnail(uri: str | None, conn_id: str | None, vibedream_conn_id: str | No
             ),
         )
     except SourceRefused as exc:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
+        raise _refused(exc) from exc
     except (OutputStorageError, OSError) as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"No thumbnail of {uri}: {exc}") from exc
+        raise _not_found(f"No thumbnail of {uri}: {exc}") from exc
     # Private: a shared cache must not hand one user's image to another.
     return FileResponse(path, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
 

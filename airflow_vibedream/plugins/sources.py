@@ -9,7 +9,10 @@ must never let a gallery visitor read the api-server's own files."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,8 @@ import httpx
 
 from airflow_vibedream.downloads import DownloadPolicy, download_chunks
 from airflow_vibedream.errors import OutputStorageError
+
+log = logging.getLogger(__name__)
 
 #: Seconds a presigned output URL made for a click stays valid.
 PRESIGN_SECONDS = 300
@@ -157,17 +162,62 @@ def presigned_url(uri: str, conn_id: str | None, expires_in: int = PRESIGN_SECON
     return str(url)
 
 
+class HttpPolicies:
+    """The download bounds of each VibeDream connection, looked up once a minute at most.
+
+    Looked up under a lock, because a gallery page asks for its thumbnails in parallel and the
+    api-server's first connection lookups (secrets backends loaded lazily) are best not raced; a
+    failed lookup is tried once more and logged, never silently turned into "public only", which
+    would refuse an API on a private address (the emulator, an in-cluster gateway) for that one
+    request."""
+
+    #: Seconds a looked-up policy is kept (a changed connection is seen within this time).
+    KEEP_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[str, tuple[float, DownloadPolicy]] = {}
+
+    def for_connection(self, vibedream_conn_id: str | None) -> DownloadPolicy | None:
+        """The bounds of ``vibedream_conn_id``'s outputs; None (public destinations only) when there
+        is no such connection on the api-server."""
+        if not vibedream_conn_id:
+            return None
+        with self._lock:
+            kept = self._kept.get(vibedream_conn_id)
+            if kept and time.monotonic() - kept[0] < self.KEEP_SECONDS:
+                return kept[1]
+            policy = self._look_up(vibedream_conn_id)
+            if policy is not None:
+                self._kept[vibedream_conn_id] = (time.monotonic(), policy)
+            return policy
+
+    @staticmethod
+    def _look_up(vibedream_conn_id: str) -> DownloadPolicy | None:
+        from airflow_vibedream.hooks.vibedream import VibeDreamHook
+        from airflow_vibedream.lifecycle.outputs import download_policy
+
+        for attempt in (1, 2):
+            try:
+                return download_policy(VibeDreamHook(vibedream_conn_id=vibedream_conn_id).get_settings())
+            except Exception as exc:  # a missing connection, a secrets backend's hiccup
+                log.warning(
+                    "VibeDream gallery: cannot read connection %r (attempt %d of 2): %s: %s; "
+                    "http(s) images are then read from public addresses only",
+                    vibedream_conn_id,
+                    attempt,
+                    type(exc).__name__,
+                    exc,
+                )
+        return None
+
+
+http_policies = HttpPolicies()
+
+
 def http_policy_for(vibedream_conn_id: str | None) -> DownloadPolicy | None:
     """The download bounds of the VibeDream connection (None when it cannot be read)."""
-    if not vibedream_conn_id:
-        return None
-    from airflow_vibedream.hooks.vibedream import VibeDreamHook
-    from airflow_vibedream.lifecycle.outputs import download_policy
-
-    try:
-        return download_policy(VibeDreamHook(vibedream_conn_id=vibedream_conn_id).get_client().settings)
-    except Exception:  # no such connection on the api-server: public destinations only
-        return None
+    return http_policies.for_connection(vibedream_conn_id)
 
 
 def media_type(uri: str) -> str:

@@ -16,6 +16,7 @@ from airflow_vibedream.errors import VibeDreamPredictionFailedError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.lifecycle.events import prediction_from_event
 from airflow_vibedream.lifecycle.rules import failures_decided_once
+from airflow_vibedream.lifecycle.settle import fire_not_before
 from airflow_vibedream.lifecycle.validation import is_templated, positive_seconds
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
 
@@ -74,6 +75,7 @@ class VibeDreamPredictionSensor(BaseSensorOperator):
                 vibedream_conn_id=self.vibedream_conn_id,
                 poll_interval=float(self.poke_interval),
                 end_time=time.time() + float(self.timeout),
+                fire_not_before=fire_not_before(),
             ),
             method_name="execute_complete",
         )

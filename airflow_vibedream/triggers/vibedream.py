@@ -29,6 +29,7 @@ from airflow_vibedream.lifecycle.events import (
     unexpected,
 )
 from airflow_vibedream.lifecycle.progress import PUBLISH_EVERY, ProgressPublisher
+from airflow_vibedream.lifecycle.settle import settle
 
 
 class KeyRotation:
@@ -70,6 +71,8 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         :mod:`airflow_vibedream.client.durations`). None: ``default``.
     :param created_at: the job's creation, epoch seconds, if the operator knows it (the first poll
         can then wait until jobs of its kind start finishing).
+    :param fire_not_before: epoch seconds before which the event is held back, so that the deferral
+        has settled in Airflow (see :mod:`airflow_vibedream.lifecycle.settle`); None: at once.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         end_time: float | None = None,
         duration_kind: str | None = None,
         created_at: float | None = None,
+        fire_not_before: float | None = None,
     ) -> None:
         super().__init__()
         self.prediction_id = prediction_id
@@ -88,6 +92,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         self.end_time = float(end_time) if end_time is not None else None
         self.duration_kind = duration_kind
         self.created_at = float(created_at) if created_at is not None else None
+        self.fire_not_before = float(fire_not_before) if fire_not_before is not None else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -99,11 +104,14 @@ class VibeDreamPredictionTrigger(BaseTrigger):
                 "end_time": self.end_time,
                 "duration_kind": self.duration_kind,
                 "created_at": self.created_at,
+                "fire_not_before": self.fire_not_before,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        yield TriggerEvent(await self._wait())
+        event = await self._wait()
+        await settle(self.fire_not_before)
+        yield TriggerEvent(event)
 
     async def _wait(self) -> dict[str, Any]:
         tracker = StatusTracker(self._log_status_change)
@@ -168,6 +176,8 @@ class VibeDreamBatchTrigger(BaseTrigger):
     :param progress: the batch's progress record when it deferred (see
         :class:`airflow_vibedream.plugins.records.BatchProgress`); if given, the trigger keeps the
         batch's progress XCom current for the gallery while it waits.
+    :param fire_not_before: epoch seconds before which the event is held back (see
+        :class:`VibeDreamPredictionTrigger`).
     """
 
     def __init__(
@@ -180,6 +190,7 @@ class VibeDreamBatchTrigger(BaseTrigger):
         progress_interval: float = 30.0,
         progress: dict[str, Any] | None = None,
         duration_kind: str | None = None,
+        fire_not_before: float | None = None,
     ) -> None:
         super().__init__()
         self.prediction_ids = list(prediction_ids)
@@ -190,6 +201,7 @@ class VibeDreamBatchTrigger(BaseTrigger):
         self.progress_interval = float(progress_interval)
         self.progress = progress
         self.duration_kind = duration_kind
+        self.fire_not_before = float(fire_not_before) if fire_not_before is not None else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -203,11 +215,14 @@ class VibeDreamBatchTrigger(BaseTrigger):
                 "progress_interval": self.progress_interval,
                 "progress": self.progress,
                 "duration_kind": self.duration_kind,
+                "fire_not_before": self.fire_not_before,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        yield TriggerEvent(await self._wait())
+        event = await self._wait()
+        await settle(self.fire_not_before)
+        yield TriggerEvent(event)
 
     async def _wait(self) -> dict[str, Any]:
         total = len(self.prediction_ids)

@@ -28,6 +28,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def log_line(entry: Any) -> str:
+    """One structured task log entry as a line (level, event, and an error's last line)."""
+    if not isinstance(entry, dict):
+        return str(entry)
+    error = entry.get("error_detail")
+    last_error = f" | {error[-1].get('exc_type')}: {error[-1].get('exc_value')}" if error else ""
+    return f"{entry.get('level', '')} {entry.get('event', '')}{last_error}"
+
+
 def wait_for(
     condition: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = "condition"
 ) -> Any:
@@ -205,7 +214,7 @@ class AirflowCluster:
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         if self._token is None:
             self._token = self.token(**(self._credentials or {}))
-        headers = {"Authorization": f"Bearer {self._token}"}
+        headers = {"Authorization": f"Bearer {self._token}", **kwargs.pop("headers", {})}
         return httpx.request(method, f"{self.base_url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
@@ -229,13 +238,37 @@ class AirflowCluster:
         return str(self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()["state"])
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
-        return str(
+        """The run's final state; a failed run's task instances and failed tries' logs are printed
+        (pytest shows them with the failing test), because a test's tmp folder may be gone by the
+        time someone reads a CI report."""
+        state = str(
             wait_for(
                 lambda: (state := self.dag_run_state(dag_id, run_id)) in ("success", "failed") and state,
                 timeout=timeout,
                 what=f"run {run_id} to finish",
             )
         )
+        if state == "failed":
+            print(self.describe_run(dag_id, run_id))
+        return state
+
+    def describe_run(self, dag_id: str, run_id: str, log_lines: int = 40) -> str:
+        """Each task instance's state and try, and the last lines of every unsuccessful try's log."""
+        said = [f"run {dag_id}/{run_id}:"]
+        for ti in self.task_instances(dag_id, run_id):
+            said.append(f"  {ti['task_id']}[{ti['map_index']}] {ti['state']} try {ti['try_number']}")
+            if ti["state"] == "success":
+                continue
+            for try_number in range(1, ti["try_number"] + 1):
+                response = self.api(
+                    "GET",
+                    f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{try_number}",
+                    params={"map_index": ti["map_index"], "full_content": True},
+                    headers={"Accept": "application/json"},
+                )
+                tail = [log_line(entry) for entry in response.json().get("content", [])][-log_lines:]
+                said += [f"    try {try_number} log:", *(f"      {line}" for line in tail)]
+        return "\n".join(said)
 
     def task_instances(self, dag_id: str, run_id: str, task_id: str | None = None) -> list[dict[str, Any]]:
         """Every task instance of a run (all pages); only ``task_id``'s when given, by map index."""

@@ -110,7 +110,7 @@ def test_extra_links_in_the_task_instance_view(
             expect(frame.locator('figure[data-kind="image"]')).to_have_count(1)
             expect(frame.locator('figure[data-kind="batch"] .progress')).to_have_attribute("data-done", "2")
             inner = embedded_frame(page)
-            wait_for_images(inner, "the gallery's thumbnails")
+            wait_for_images(inner, "the gallery's thumbnails", cluster)
             page.screenshot(path=str(shots[1]))
         finally:
             browser.close()

@@ -204,14 +204,17 @@ def all_images_loaded(frame: Any) -> bool:
     return bool(frame.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"))
 
 
-def wait_for_images(frame: Any, what: str) -> None:
-    """Every image of ``frame`` loaded; if not, say which ones did not and what the server answered."""
+def wait_for_images(frame: Any, what: str, cluster: AirflowCluster) -> None:
+    """Every image of ``frame`` loaded; if not, say which ones did not, what the server answers now
+    and what the gallery logged in the api-server."""
     try:
         wait_for(lambda: all_images_loaded(frame), timeout=60, what=what)
     except TimeoutError:
         broken = frame.evaluate("Array.from(document.images).filter(i => !i.naturalWidth).map(i => i.src)")
         answers = [(src, (r := frame.page.request.get(src)).status, r.text()[:300]) for src in broken]
-        raise AssertionError(f"{what}: not loaded: {answers}") from None
+        server_log = (cluster.home / "api-server.out").read_text(errors="replace").splitlines()
+        said = [line for line in server_log if "VibeDream gallery" in line or "/vibedream/thumb" in line]
+        raise AssertionError(f"{what}: not loaded: {answers}; api-server said: {said[-20:]}") from None
 
 
 def test_extra_links_are_stored_for_the_task_instances(cluster: AirflowCluster, finished_run: str) -> None:
@@ -259,7 +262,7 @@ def test_gallery_in_the_browser(
             )
             expect(frame.get_by_test_id("entries")).to_have_text("2")
             inner = embedded_frame(page)
-            wait_for_images(inner, "the gallery's thumbnails")
+            wait_for_images(inner, "the gallery's thumbnails", cluster)
             assert inner.evaluate("document.images.length") == 2
             page.screenshot(path=str(shots["gallery"]))
 
@@ -267,7 +270,7 @@ def test_gallery_in_the_browser(
             page.goto(f"{base}/vibedream/batch?{ti_query(finished_run, 'batch')}")
             expect(page.locator(".progress")).to_have_attribute("data-done", "3")
             expect(page.locator('figure[data-kind="batch-image"] img[alt="output"]')).to_have_count(3)
-            wait_for_images(page.main_frame, "the batch's thumbnails")
+            wait_for_images(page.main_frame, "the batch's thumbnails", cluster)
             page.screenshot(path=str(shots["batch"]), full_page=True)
 
             # The task instance view, its extra link, and where it leads.

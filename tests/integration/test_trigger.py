@@ -36,6 +36,7 @@ def test_serialize_round_trip_carries_no_secret() -> None:
         "end_time": 1_900_000_000.0,
         "duration_kind": None,
         "created_at": None,
+        "fire_not_before": None,
     }
     assert VibeDreamPredictionTrigger(**kwargs).serialize() == (classpath, kwargs)
 
@@ -48,6 +49,20 @@ async def test_success_event(vibedream_conn: EmulatorServer) -> None:
     assert event["prediction"]["status"] == "completed"
     assert event["prediction"]["outputs"][0].startswith(vibedream_conn.base_url)
     assert TEST_KEY not in json.dumps(event)
+
+
+async def test_the_event_waits_for_the_deferral_to_settle(vibedream_conn: EmulatorServer) -> None:
+    # A job already over when the trigger starts: its event is still held until fire_not_before, so
+    # Airflow has read the deferring process's exit before the task resumes (lifecycle/settle.py).
+    prediction_id = submit(vibedream_conn)
+    VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=vibedream_conn.base_url)).wait_for_prediction(
+        prediction_id, poll_interval=0.1, deadline=time.time() + 30
+    )
+    not_before = time.time() + 1.5
+    trigger = VibeDreamPredictionTrigger(prediction_id, poll_interval=0.1, fire_not_before=not_before)
+    [event] = await events_of(trigger)
+    assert event["status"] == "success"
+    assert time.time() >= not_before
 
 
 async def test_failed_event_carries_the_api_error(vibedream_conn: EmulatorServer) -> None:
