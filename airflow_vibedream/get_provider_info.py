@@ -81,6 +81,16 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "512",
                         "default": "512",
                     },
+                    "resume_settle_seconds": {
+                        "description": "Seconds from a deferral to the earliest event of its trigger. "
+                        "Airflow 3.1-3.3 notices a deferring task's exit up to [workers] "
+                        "min_heartbeat_interval late and can then fail a task that resumed in the "
+                        "meantime (apache/airflow#71580, #72716). Empty: that interval plus 5 seconds.",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "10",
+                        "default": "",
+                    },
                 },
             }
         },
