@@ -199,3 +199,14 @@ def test_permanent_failures_fail_without_retry(
 
 def test_the_api_key_is_in_no_file_of_this_deployment(cluster: AirflowCluster) -> None:
     assert files_containing(cluster.home, TEST_KEY.encode()) == []
+
+
+def test_no_resumed_task_was_failed_by_a_stale_executor_event(cluster: AirflowCluster) -> None:
+    # Every job above finishes (or fails for good) within seconds of its deferral: without the
+    # settle time (lifecycle/settle.py) Airflow's scheduler failed resumed attempts here, logging
+    # this line (apache/airflow#71580, #72716).
+    scheduler_log = (cluster.home / "scheduler.out").read_text(errors="replace")
+    mismatches = [
+        line for line in scheduler_log.splitlines() if "but the task instance's state attribute" in line
+    ]
+    assert mismatches == []
