@@ -9,6 +9,7 @@ and trimmed, oldest first, when it grows past its limit."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -30,6 +31,7 @@ DECODERS = 2
 TRIM_TO = 0.8
 
 _decoding = threading.BoundedSemaphore(DECODERS)
+log = logging.getLogger(__name__)
 
 
 class ThumbnailCache:
@@ -51,9 +53,11 @@ class ThumbnailCache:
     def get(self, source: str, read: Callable[[], AbstractContextManager[Iterator[bytes]]]) -> Path:
         """The thumbnail of ``source``, made from ``read()``'s chunks when not cached yet."""
         path = self.path_for(source)
-        if path.exists():
-            os.utime(path)  # recently used: trimmed last
+        try:
+            os.utime(path)  # cached; recently used: trimmed last
             return path
+        except FileNotFoundError:  # not made yet, or trimmed just now
+            pass
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.directory) as scratch:
             original = Path(scratch) / "source"
@@ -67,13 +71,35 @@ class ThumbnailCache:
         return path
 
     def size(self) -> int:
-        return sum(entry.stat().st_size for entry in self.directory.glob("*/*.webp"))
+        return sum(stat.st_size for stat, _ in self._entries())
+
+    def _entries(self) -> Iterator[tuple[os.stat_result, Path]]:
+        """The cached thumbnails with their stats: only the two-character shard folders (never a
+        request's scratch folder), skipping what another request deletes meanwhile."""
+        try:
+            shards = [entry.path for entry in os.scandir(self.directory) if len(entry.name) == 2]
+        except FileNotFoundError:
+            return
+        for shard in shards:
+            try:
+                with os.scandir(shard) as files:
+                    found = [
+                        (entry.stat(), Path(entry.path)) for entry in files if entry.name.endswith(".webp")
+                    ]
+            except FileNotFoundError:  # a shard or a file trimmed by another request
+                continue
+            yield from found
 
     def trim(self, keep: Path | None = None) -> None:
         """Delete the least recently used thumbnails while the cache is over its limit (never
-        ``keep``, the one just made for a waiting browser)."""
+        ``keep``, the one just made for a waiting browser). Trimming never fails a request: the
+        thumbnail it made is already in place."""
         with self._lock:
-            entries = [(entry.stat(), entry) for entry in self.directory.glob("*/*.webp")]
+            try:
+                entries = list(self._entries())
+            except OSError as exc:
+                log.warning("VibeDream gallery: thumbnail cache %s not trimmed: %s", self.directory, exc)
+                return
             total = sum(stat.st_size for stat, _ in entries)
             if total <= self.max_bytes:
                 return

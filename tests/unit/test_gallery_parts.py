@@ -97,6 +97,23 @@ def test_thumbnails_are_small_cached_and_trimmed(tmp_path: Path) -> None:
     assert newer.exists() and not first.exists()
 
 
+def test_thumbnails_made_at_once_by_many_requests_all_succeed(tmp_path: Path) -> None:
+    # A gallery page asks for all its thumbnails at once. Each request makes its thumbnail in a
+    # scratch folder inside the cache, then trims the cache: the trim once listed the other requests'
+    # scratch folders as they were removed and failed them with FileNotFoundError (404 thumbnails).
+    import contextlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = png(tmp_path / "src.png", (400, 300)).read_bytes()
+    cache = ThumbnailCache(tmp_path / "cache", max_bytes=256 * 1024 * 1024)
+    with ThreadPoolExecutor(16) as pool:
+        made = list(
+            pool.map(lambda n: cache.get(f"src-{n}", lambda: contextlib.nullcontext(iter([data]))), range(64))
+        )
+    assert len(set(made)) == 64 and all(path.exists() for path in made)
+    assert cache.size() == sum(path.stat().st_size for path in made)  # scratch folders are not counted
+
+
 def test_oversized_or_non_images_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(thumbnails, "MAX_PIXELS", 1000)
     with pytest.raises(OutputStorageError, match="over the gallery's limit"):
