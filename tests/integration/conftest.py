@@ -16,3 +16,10 @@ def airflow_db(airflow_home: Path) -> Path:
     result = subprocess.run([airflow_cli, "db", "migrate"], capture_output=True, text=True, env=os.environ)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return airflow_home / "airflow.db"
+
+
+@pytest.fixture(autouse=True)
+def no_settle_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dag.test()`` runs a trigger in the task's own process: there is no scheduler to race, so the
+    settle time after a deferral (lifecycle/settle.py, exercised by the e2e tests) is not waited."""
+    monkeypatch.setenv("AIRFLOW__VIBEDREAM__RESUME_SETTLE_SECONDS", "0")
