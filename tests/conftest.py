@@ -72,6 +72,15 @@ def emulator() -> Iterator[EmulatorServer]:
 
 
 @pytest.fixture
+def slow_vibedream_conn(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
+    """``vibedream_default`` on an emulator whose jobs take 2 s: for tests that must see a job still
+    processing however slowly a cold process reaches its first poll."""
+    with EmulatorServer(EmulatorConfig(api_key=TEST_KEY, processing_seconds=2.0)) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json(server.base_url))
+        yield server
+
+
+@pytest.fixture
 def vibedream_conn(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> EmulatorServer:
     """``vibedream_default`` pointing at the emulator, through Airflow's env-var connection backend."""
     monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json(emulator.base_url))

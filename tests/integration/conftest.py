@@ -23,3 +23,13 @@ def no_settle_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """``dag.test()`` runs a trigger in the task's own process: there is no scheduler to race, so the
     settle time after a deferral (lifecycle/settle.py, exercised by the e2e tests) is not waited."""
     monkeypatch.setenv("AIRFLOW__VIBEDREAM__RESUME_SETTLE_SECONDS", "0")
+
+
+@pytest.fixture(autouse=True)
+def nothing_learned_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with a triggerer that has seen no job finish: the poll scheduler's learned
+    durations are process-wide (client/durations.py), so without this a test's poll count would
+    depend on the jobs earlier tests happened to wait for (a learned schedule skips early polls)."""
+    from airflow_vibedream.client import durations, poller
+
+    monkeypatch.setattr(poller, "DURATIONS", durations.DurationModel())

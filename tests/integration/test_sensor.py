@@ -18,8 +18,8 @@ def submit(emulator: EmulatorServer, image: str | None = None) -> str:
     return client.upscale(UpscaleRequest(image or f"{emulator.base_url}/samples/64x48.png", "2k", "jpeg")).id
 
 
-def test_poke_mode_waits_and_returns_the_result(vibedream_conn: EmulatorServer) -> None:
-    prediction_id = submit(vibedream_conn)
+def test_poke_mode_waits_and_returns_the_result(slow_vibedream_conn: EmulatorServer) -> None:
+    prediction_id = submit(slow_vibedream_conn)
     sensor = VibeDreamPredictionSensor(
         task_id="wait", prediction_id=prediction_id, poke_interval=0.1, timeout=30
     )

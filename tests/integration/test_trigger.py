@@ -114,7 +114,7 @@ async def test_base64_outputs_stay_out_of_the_event(vibedream_conn: EmulatorServ
 
 
 async def test_poll_uses_one_client_for_all_polls(
-    vibedream_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+    slow_vibedream_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from httpx_aiohttp import AiohttpTransport
 
@@ -126,11 +126,11 @@ async def test_poll_uses_one_client_for_all_polls(
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(AiohttpTransport, "__init__", counting_init)
-    prediction_id = submit(vibedream_conn)
+    prediction_id = submit(slow_vibedream_conn)
     [event] = await events_of(VibeDreamPredictionTrigger(prediction_id, poll_interval=0.05))
     assert event["status"] == "success"
     # submit + the emulator fetching its own sample + at least two polls ...
-    assert vibedream_conn.state.counters["requests"] >= 4
+    assert slow_vibedream_conn.state.counters["requests"] >= 4
     assert len(created) == 1  # ... through one client (one connection pool)
 
 
