@@ -23,7 +23,6 @@ from airflow_vibedream.constants import (
 from airflow_vibedream.errors import VibeDreamError, VibeDreamTimeoutError, VibeDreamValidationError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.lifecycle.batch import (
-    DONE,
     FAILED,
     PENDING,
     BatchImage,
@@ -38,6 +37,13 @@ from airflow_vibedream.lifecycle.events import (
     log_unavailable,
 )
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
+from airflow_vibedream.lifecycle.manifest import (
+    STATUS_NOT_SUBMITTED,
+    STATUS_TIMEOUT,
+    STATUS_UNKNOWN,
+    manifest_uri,
+    settled_line,
+)
 from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy
 from airflow_vibedream.lifecycle.progress import PUBLISH_EVERY
 from airflow_vibedream.lifecycle.rules import failures_decided_once, is_permanent
@@ -50,8 +56,6 @@ from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,
     list_s3_images,
     resolve_image,
-    safe_segment,
-    storage_uri,
     validate_image_source,
     validate_name_template,
     write_text_atomically,
@@ -64,11 +68,6 @@ if TYPE_CHECKING:
 #: Below Airflow 3.3 (no task_state_store) the records cross the deferral in this XCom instead
 #: (small: fingerprint, input, prediction id and cost per image). It lasts for the try, not beyond.
 XCOM_SUBMISSIONS = "vibedream_batch_submissions"
-
-#: Manifest statuses beyond the API's own (``completed``, ``failed``).
-STATUS_UNKNOWN = "submission_state_unknown"
-STATUS_NOT_SUBMITTED = "not_submitted"
-STATUS_TIMEOUT = "timeout"
 
 
 class VibeDreamBatchUpscaleOperator(BaseOperator):
@@ -419,30 +418,9 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
 
         def line(item: BatchImage) -> dict[str, Any]:
             record = records.get(item.key)
-            base = {
-                "input": item.image,
-                "prediction_id": record.prediction_id if record else None,
-                "cost_cents": record.cost_cents if record else None,
-            }
-            if record is None:
-                return {
-                    **base,
-                    "status": STATUS_NOT_SUBMITTED,
-                    "outputs": None,
-                    "error": not_submitted.get(item.key),
-                }
-            if record.state == UNKNOWN or record.prediction_id is None:
-                return {**base, "status": STATUS_UNKNOWN, "outputs": None, "error": record.error}
-            state, error = outcome.get(record.prediction_id, (DONE, None))
-            if state == PENDING:
-                return {
-                    **base,
-                    "status": STATUS_TIMEOUT,
-                    "outputs": None,
-                    "error": "did not finish before the deadline",
-                }
-            if state == FAILED:
-                return {**base, "status": "failed", "outputs": None, "error": error}
+            base, to_fetch = settled_line(item.image, record, outcome, not_submitted.get(item.key))
+            if not to_fetch or record is None or record.prediction_id is None:
+                return base
             try:
                 prediction = client.get_prediction(record.prediction_id)
                 if not prediction.succeeded:
@@ -465,11 +443,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="vibedream-download") as pool:
             by_key = dict(zip((item.key for item in unique), pool.map(line, unique), strict=True))
         lines = [{**by_key[item.key], "input": item.image} for item in items]
-        map_suffix = f"/map_{ti.map_index}" if ti.map_index is not None and ti.map_index >= 0 else ""
-        manifest_uri = (
-            f"{storage_uri(self.output_path).rstrip('/')}/{safe_segment(ti.dag_id)}/{safe_segment(ti.run_id)}/"
-            f"{safe_segment(ti.task_id)}{map_suffix}/manifest.jsonl"
-        )
+        manifest = manifest_uri(self.output_path, ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
         retryable = any(
             item["status"] in (STATUS_NOT_SUBMITTED, STATUS_TIMEOUT) or item.pop("retryable", False)
             for item in lines
@@ -477,7 +451,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         for item in lines:
             item.pop("retryable", None)
         write_text_atomically(
-            manifest_uri, "".join(json.dumps(item) + "\n" for item in lines), conn_id=target.conn_id
+            manifest, "".join(json.dumps(item) + "\n" for item in lines), conn_id=target.conn_id
         )
         completed = sum(1 for item in lines if item["status"] == "completed")
         unknown = [item["input"] for item in lines if item["status"] == STATUS_UNKNOWN]
@@ -487,19 +461,17 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             "failed": len(lines) - completed,
             "unknown": len(unknown),
             "total_cost_cents": sum(r.cost_cents or 0 for r in records.values()),
-            "manifest": manifest_uri,
+            "manifest": manifest,
         }
         self.log.info("VibeDream batch finished: %s", summary)
         jobs = {r.prediction_id for r in records.values() if r.prediction_id}
         final = self._progress(items, records, jobs=len(jobs))
         final.done = len(jobs) - sum(1 for state, _ in outcome.values() if state == PENDING)
         final.failed = sum(1 for state, _ in outcome.values() if state == FAILED)
-        final.state, final.manifest, final.completed_images = FINISHED, manifest_uri, completed
+        final.state, final.manifest, final.completed_images = FINISHED, manifest, completed
         ti.xcom_push(key=PROGRESS_XCOM_KEY, value=final.to_json())
         if self.fail_on_error and summary["failed"]:
-            message = (
-                f"{summary['failed']} of {summary['total']} images failed; see the manifest {manifest_uri}"
-            )
+            message = f"{summary['failed']} of {summary['total']} images failed; see the manifest {manifest}"
             if unknown:
                 message += (
                     ". Submission state unknown (sent, answer lost: they may exist and be billed; NOT "

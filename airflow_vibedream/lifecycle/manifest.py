@@ -1,0 +1,54 @@
+"""The batch manifest: one JSON line per input image, where it is written, and what a line says
+before any output is downloaded (a job never submitted, its state unknown, cut by the deadline, or
+failed in the API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_vibedream.lifecycle.batch import FAILED, PENDING
+from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord
+from airflow_vibedream.storage import safe_segment, storage_uri
+
+#: Manifest statuses beyond the API's own (``completed``, ``failed``).
+STATUS_UNKNOWN = "submission_state_unknown"
+STATUS_NOT_SUBMITTED = "not_submitted"
+STATUS_TIMEOUT = "timeout"
+
+
+def manifest_uri(output_path: str, dag_id: str, run_id: str, task_id: str, map_index: int | None) -> str:
+    """``<output_path>/<dag>/<run>/<task>[/map_<i>]/manifest.jsonl``."""
+    map_suffix = f"/map_{map_index}" if map_index is not None and map_index >= 0 else ""
+    return (
+        f"{storage_uri(output_path).rstrip('/')}/{safe_segment(dag_id)}/{safe_segment(run_id)}/"
+        f"{safe_segment(task_id)}{map_suffix}/manifest.jsonl"
+    )
+
+
+def settled_line(
+    image: str,
+    record: SubmissionRecord | None,
+    outcome: dict[str, tuple[str, str | None]],
+    not_submitted_reason: str | None,
+) -> tuple[dict[str, Any], bool]:
+    """(the line's fields so far, whether its outputs are still to be fetched)."""
+    base = {
+        "input": image,
+        "prediction_id": record.prediction_id if record else None,
+        "cost_cents": record.cost_cents if record else None,
+    }
+    if record is None:
+        return {**base, "status": STATUS_NOT_SUBMITTED, "outputs": None, "error": not_submitted_reason}, False
+    if record.state == UNKNOWN or record.prediction_id is None:
+        return {**base, "status": STATUS_UNKNOWN, "outputs": None, "error": record.error}, False
+    state, error = outcome.get(record.prediction_id, ("", None))
+    if state == PENDING:
+        return {
+            **base,
+            "status": STATUS_TIMEOUT,
+            "outputs": None,
+            "error": "did not finish before the deadline",
+        }, False
+    if state == FAILED:
+        return {**base, "status": "failed", "outputs": None, "error": error}, False
+    return base, True
