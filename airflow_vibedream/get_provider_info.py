@@ -41,22 +41,48 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": INTEGRATION, "python-modules": ["airflow_vibedream.triggers.vibedream"]}
         ],
         "extra-links": [
-            "airflow_vibedream.plugins.links.VibeDreamOutputLink",
-            "airflow_vibedream.plugins.links.VibeDreamManifestLink",
-            "airflow_vibedream.plugins.links.VibeDreamGalleryLink",
+            "airflow_vibedream.links.VibeDreamOutputLink",
+            "airflow_vibedream.links.VibeDreamManifestLink",
+            "airflow_vibedream.links.VibeDreamGalleryLink",
         ],
         "config": {
             "vibedream": {
                 "description": "The VibeDream gallery in Airflow's UI (the api-server reads these).",
                 "options": {
-                    "gallery_local_roots": {
-                        "description": "Directories (os.pathsep-separated) whose files the gallery may "
-                        "serve and thumbnail. Outputs stored on a local path elsewhere are not shown: a path "
-                        "in an XCom must never expose the api-server's own files.",
+                    "gallery_roots": {
+                        "description": "Where the gallery may read, and with which connection: a JSON "
+                        "object whose keys are local directories or object-store prefixes and whose values "
+                        "are the connection id the api-server reads each with (null for local "
+                        "directories). The gallery shows, thumbnails and links only what lies under these "
+                        "roots; records (XComs) never choose a location or a connection.",
                         "version_added": "0.1.0",
                         "type": "string",
-                        "example": "/data/upscaled",
+                        "example": '{"/data/upscaled": null, "s3://my-bucket/upscaled/": "aws_default"}',
                         "default": "",
+                    },
+                    "gallery_redirect_hosts": {
+                        "description": "Hosts (comma-separated, name or name:port) the 'VibeDream output' "
+                        "link may redirect to when an output stayed at the API's download URL. The "
+                        "api-server never fetches those URLs itself.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "assets.vibedream.ai",
+                        "default": "assets.vibedream.ai",
+                    },
+                    "gallery_read_timeout": {
+                        "description": "Seconds one read of an image or manifest may take in all.",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "30",
+                        "default": "30",
+                    },
+                    "gallery_max_manifest_mb": {
+                        "description": "The most of a batch manifest the gallery reads (later lines are "
+                        "not shown).",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "64",
+                        "default": "64",
                     },
                     "gallery_cache_dir": {
                         "description": "Where thumbnails are cached (default: vibedream-thumbnails in "
@@ -75,7 +101,7 @@ def get_provider_info() -> dict[str, Any]:
                         "default": "256",
                     },
                     "gallery_max_source_mb": {
-                        "description": "The largest image (or manifest) the gallery reads.",
+                        "description": "The largest image the gallery reads.",
                         "version_added": "0.1.0",
                         "type": "integer",
                         "example": "512",

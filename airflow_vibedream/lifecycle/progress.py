@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from airflow_vibedream.plugins.records import PROGRESS_XCOM_KEY, BatchProgress
+from airflow_vibedream.lifecycle.records import PROGRESS_XCOM_KEY, BatchProgress
 
 #: Seconds between two progress XComs of one waiting batch (the gallery page refreshes every 5 s).
 PUBLISH_EVERY = 5.0
@@ -19,7 +19,7 @@ PUBLISH_EVERY = 5.0
 class ProgressPublisher:
     """Publishes a batch's progress from a trigger.
 
-    :param base: the batch as the operator deferred it (images, jobs, cost, conn ids).
+    :param base: the batch as the operator deferred it (images, jobs, cost).
     :param log: the trigger's logger.
     """
 

@@ -46,12 +46,12 @@ from airflow_vibedream.lifecycle.manifest import (
 )
 from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy
 from airflow_vibedream.lifecycle.progress import PUBLISH_EVERY
+from airflow_vibedream.lifecycle.records import PROGRESS_XCOM_KEY, BatchProgress
 from airflow_vibedream.lifecycle.rules import failures_decided_once, is_permanent
 from airflow_vibedream.lifecycle.settle import fire_not_before
 from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
 from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
-from airflow_vibedream.plugins.links import VibeDreamGalleryLink, VibeDreamManifestLink
-from airflow_vibedream.plugins.records import FINISHED, PROGRESS_XCOM_KEY, BatchProgress
+from airflow_vibedream.links import VibeDreamGalleryLink, VibeDreamManifestLink
 from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,
     list_s3_images,
@@ -281,9 +281,6 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             jobs=jobs,
             unsubmitted=sum(1 for item in items if item.key not in waiting),
             cost_cents=sum(r.cost_cents or 0 for r in records.values()),
-            output_conn_id=self.output_conn_id or self.aws_conn_id,
-            input_conn_id=self.aws_conn_id,
-            vibedream_conn_id=self.vibedream_conn_id,
             target_resolution=self.target_resolution,
             output_format=self.output_format,
         )
@@ -465,10 +462,14 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         }
         self.log.info("VibeDream batch finished: %s", summary)
         jobs = {r.prediction_id for r in records.values() if r.prediction_id}
-        final = self._progress(items, records, jobs=len(jobs))
-        final.done = len(jobs) - sum(1 for state, _ in outcome.values() if state == PENDING)
-        final.failed = sum(1 for state, _ in outcome.values() if state == FAILED)
-        final.state, final.manifest, final.completed_images = FINISHED, manifest, completed
+        final = (
+            self._progress(items, records, jobs=len(jobs))
+            .advanced(
+                done=len(jobs) - sum(1 for state, _ in outcome.values() if state == PENDING),
+                failed=sum(1 for state, _ in outcome.values() if state == FAILED),
+            )
+            .finished(completed_images=completed, manifest=manifest)
+        )
         ti.xcom_push(key=PROGRESS_XCOM_KEY, value=final.to_json())
         if self.fail_on_error and summary["failed"]:
             message = f"{summary['failed']} of {summary['total']} images failed; see the manifest {manifest}"

@@ -29,12 +29,12 @@ from airflow_vibedream.lifecycle.events import log_unavailable, prediction_from_
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.job import SingleJob
 from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy
+from airflow_vibedream.lifecycle.records import RESULT_XCOM_KEY, image_record
 from airflow_vibedream.lifecycle.rules import failures_decided_once
 from airflow_vibedream.lifecycle.settle import fire_not_before
 from airflow_vibedream.lifecycle.validation import choice, is_templated, positive_seconds
+from airflow_vibedream.links import VibeDreamOutputLink
 from airflow_vibedream.operators.lineage import input_image_of, lineage_for, output_asset
-from airflow_vibedream.plugins.links import VibeDreamOutputLink
-from airflow_vibedream.plugins.records import RESULT_XCOM_KEY, image_record
 from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,
     resolve_image,
@@ -228,9 +228,6 @@ class VibeDreamGenerateOperator(BaseOperator):
                 prediction=result,
                 asked=self.job_spec().asked,
                 files=result.get("files"),
-                input_conn_id=self.aws_conn_id,
-                output_conn_id=self.output_conn_id or self.aws_conn_id,
-                vibedream_conn_id=self.vibedream_conn_id,
             ),
         )
         return result

@@ -1,5 +1,6 @@
-"""What the Airflow UI shows of VibeDream: operator extra links and the gallery (an Airflow plugin).
+"""The gallery: an Airflow plugin whose FastAPI app the api-server mounts at ``/vibedream``.
 
-``records`` and ``links`` are light (operators import them); the gallery app and its parts are
-loaded only by the api-server, through the ``airflow.plugins`` entry point.
+Loaded only by the api-server, through the ``airflow.plugins`` entry point. Nothing imports this
+package but that entry point: the operators' extra links live in :mod:`airflow_vibedream.links` and
+the records the gallery reads in :mod:`airflow_vibedream.lifecycle.records`.
 """

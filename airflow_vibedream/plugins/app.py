@@ -3,152 +3,196 @@
 Routes (all ``GET``, all behind Airflow's auth manager, see :mod:`.access`):
 ``/gallery`` before/after pairs, filters, cost totals; ``/batch`` one batch's progress and images;
 ``/thumb`` one thumbnail; ``/output`` and ``/manifest`` what the operator extra links open;
-``/api/progress`` a batch's progress as JSON."""
+``/api/progress`` a batch's progress as JSON; ``/static/gallery.css`` the pages' stylesheet.
+
+The security model (the README's *Security model* says it for people): records are data written by
+anyone who may write XCom. The deployment's configuration alone decides what the api-server reads
+(``[vibedream] gallery_roots``, each root with its own connection) and where it redirects (under a
+root, presigned with the root's connection, or ``gallery_redirect_hosts``). The api-server never
+fetches a URL for a record. Pages are auto-escaped templates under a Content-Security-Policy with no
+script; thumbnails are made in a bounded pool of their own; every bad parameter answers 4xx, and no
+answer names a server path."""
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import date
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from fastapi import Depends, FastAPI, HTTPException, Query, status
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 
-from airflow_vibedream.errors import OutputStorageError
+from airflow_vibedream.lifecycle.records import PROGRESS_XCOM_KEY, RESULT_XCOM_KEY, BatchProgress, ImageResult
 from airflow_vibedream.plugins import pages, queries
 from airflow_vibedream.plugins.access import readable_dag_ids, require_dag, user_dependency
-from airflow_vibedream.plugins.records import PROGRESS_XCOM_KEY, RESULT_XCOM_KEY, BatchProgress
+from airflow_vibedream.plugins.manifests import ManifestPages
+from airflow_vibedream.plugins.pages import ImageCard, LineView, Picture, TaskInstanceRef
+from airflow_vibedream.plugins.roots import GalleryRoots, Location, StoreLocation
 from airflow_vibedream.plugins.sources import (
-    SourceRefused,
-    SourceRules,
-    http_policy_for,
+    ReadBounds,
+    SourceUnavailable,
     media_type,
     open_chunks,
     presigned_url,
 )
-from airflow_vibedream.plugins.thumbnails import ThumbnailCache
+from airflow_vibedream.plugins.thumbnails import Busy, NotAnImage, ThumbnailCache, ThumbnailPool
 
 log = logging.getLogger(__name__)
 
 #: Entries per gallery page and images per batch page.
 PER_PAGE = 24
-#: Manifests kept parsed in memory (a 10,000-line manifest is a few MB).
-MANIFESTS_KEPT = 4
+#: Seconds a browser is asked to wait before asking again for a thumbnail when the pool is full.
+RETRY_AFTER_SECONDS = 2
+#: Every answer of the gallery: no script at all, styles and images from the gallery only, framed
+#: only by Airflow's own pages.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; "
+        "frame-ancestors 'self'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 User = Annotated[Any, Depends(user_dependency())]
+#: A DAG, run or task id: printable, bounded (Airflow's own columns hold 250 characters).
+Ident = Annotated[str, Query(min_length=1, max_length=250, pattern=r"^[^\x00-\x1f\x7f]+$")]
+MapIndex = Annotated[int, Query(ge=-1, le=1_000_000)]
+PageNumber = Annotated[int, Query(ge=1, le=1_000_000)]
 
 
 class Settings:
     """The gallery's settings, read from Airflow's configuration once (``[vibedream]`` section)."""
 
+    @staticmethod
+    def _conf() -> Any:
+        from airflow.providers.common.compat.sdk import conf
+
+        return conf
+
     @cached_property
-    def rules(self) -> SourceRules:
-        return SourceRules.from_config()
+    def roots(self) -> GalleryRoots:
+        return GalleryRoots.from_config()
+
+    @cached_property
+    def redirect_hosts(self) -> frozenset[str]:
+        """Hosts (``name`` or ``name:port``, lower case) ``/output`` may redirect an http(s) output to."""
+        text = self._conf().get("vibedream", "gallery_redirect_hosts", fallback="assets.vibedream.ai") or ""
+        return frozenset(host.strip().lower() for host in text.split(",") if host.strip())
+
+    @cached_property
+    def image_bounds(self) -> ReadBounds:
+        conf = self._conf()
+        return ReadBounds(
+            max_bytes=conf.getint("vibedream", "gallery_max_source_mb", fallback=512) * 1024 * 1024,
+            seconds=conf.getfloat("vibedream", "gallery_read_timeout", fallback=30.0),
+        )
+
+    @cached_property
+    def manifests(self) -> ManifestPages:
+        conf = self._conf()
+        bounds = ReadBounds(
+            max_bytes=conf.getint("vibedream", "gallery_max_manifest_mb", fallback=64) * 1024 * 1024,
+            seconds=conf.getfloat("vibedream", "gallery_read_timeout", fallback=30.0),
+        )
+        return ManifestPages(bounds, PER_PAGE)
 
     @cached_property
     def cache(self) -> ThumbnailCache:
-        from airflow.providers.common.compat.sdk import conf
-
+        conf = self._conf()
         home = Path(conf.get("core", "airflow_home", fallback=".") or ".")
         directory = conf.get("vibedream", "gallery_cache_dir", fallback="") or str(
             home / "vibedream-thumbnails"
         )
-        max_mb = conf.getint("vibedream", "gallery_cache_mb", fallback=256)
-        path = Path(directory).expanduser()
-        path.mkdir(parents=True, exist_ok=True)
-        return ThumbnailCache(path, max_mb * 1024 * 1024)
+        return ThumbnailCache(
+            Path(directory).expanduser(),
+            conf.getint("vibedream", "gallery_cache_mb", fallback=256) * 1024 * 1024,
+        )
+
+    @cached_property
+    def pool(self) -> ThumbnailPool:
+        return ThumbnailPool()
 
     @cached_property
     def ui_root(self) -> str:
-        from airflow.providers.common.compat.sdk import conf
-
-        return pages.ui_root(conf.get("api", "base_url", fallback="") or "")
+        return pages.ui_root(self._conf().get("api", "base_url", fallback="") or "")
 
 
 settings = Settings()
 
 
-class Manifests:
-    """Parsed manifests, the few most recently used (a batch page is paged through, not reread)."""
-
-    def __init__(self) -> None:
-        self._kept: OrderedDict[tuple[str, float], list[dict[str, Any]]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def lines(self, progress: BatchProgress) -> list[dict[str, Any]]:
-        if not progress.manifest:
-            return []
-        key = (progress.manifest, progress.updated_at)
-        with self._lock:
-            if key in self._kept:
-                self._kept.move_to_end(key)
-                return self._kept[key]
-        with open_chunks(
-            progress.manifest, rules=settings.rules, conn_id=progress.output_conn_id, http_policy=None
-        ) as chunks:
-            text = b"".join(chunks).decode()
-        parsed = [
-            line for raw in text.splitlines() if raw.strip() and isinstance(line := json.loads(raw), dict)
-        ]
-        with self._lock:
-            self._kept[key] = parsed
-            while len(self._kept) > MANIFESTS_KEPT:
-                self._kept.popitem(last=False)
-        return parsed
+class NotServed(Exception):
+    """A location the gallery does not read or redirect to (not under a root, not a listed host)."""
 
 
-manifests = Manifests()
-
-
-def _record(user: Any, dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> dict[str, Any]:
-    require_dag(user, dag_id)
-    record = queries.one(dag_id, run_id, task_id, map_index, key)
+def _record(user: Any, ti: TaskInstanceRef, key: str) -> Any:
+    require_dag(user, ti.dag_id)
+    record = queries.one(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, key)
     if record is None:
         what = "result" if key == RESULT_XCOM_KEY else "batch"
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            f"No VibeDream {what} for {dag_id}/{run_id}/{task_id}[{map_index}] yet (not finished?)",
-        )
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"No readable VibeDream {what} for this task instance")
     return record
 
 
-def _progress(user: Any, dag_id: str, run_id: str, task_id: str, map_index: int) -> BatchProgress:
-    progress = BatchProgress.from_json(_record(user, dag_id, run_id, task_id, map_index, PROGRESS_XCOM_KEY))
-    if progress is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "Unreadable batch progress record")
-    return progress
+def _result(user: Any, ti: TaskInstanceRef) -> ImageResult:
+    record = _record(user, ti, RESULT_XCOM_KEY)
+    assert isinstance(record, ImageResult)
+    return record
 
 
-def _refused(exc: SourceRefused) -> HTTPException:
-    log.warning("VibeDream gallery: refused: %s", exc)
-    return HTTPException(status.HTTP_403_FORBIDDEN, str(exc))
+def _progress(user: Any, ti: TaskInstanceRef) -> BatchProgress:
+    record = _record(user, ti, PROGRESS_XCOM_KEY)
+    assert isinstance(record, BatchProgress)
+    return record
 
 
-def _not_found(detail: str) -> HTTPException:
-    """A stored image that could not be read: said in the api-server's log too, where an operator
-    looks for why a thumbnail is missing."""
-    log.warning("VibeDream gallery: %s", detail)
-    return HTTPException(status.HTTP_404_NOT_FOUND, detail)
+def _locate(uri: str | None) -> Location:
+    location = settings.roots.locate(uri)
+    if location is None:
+        raise NotServed
+    return location
 
 
-def _stream(uri: str, conn_id: str | None, vibedream_conn_id: str | None) -> StreamingResponse:
-    """Stream a stored object to the browser (after the first chunk, so a refusal is a clean 4xx)."""
-    context = open_chunks(
-        uri, rules=settings.rules, conn_id=conn_id, http_policy=http_policy_for(vibedream_conn_id)
-    )
+def _redirect_allowed(uri: str) -> bool:
+    """An http(s) URL on a host the deployment listed (exact scheme, no credentials in the URL)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        return False
+    if any(c.isspace() or ord(c) < 32 for c in uri) or "\\" in uri:
+        return False
+    hosts = settings.redirect_hosts
     try:
-        chunks = context.__enter__()
+        with_port = f"{parts.hostname}:{parts.port}" if parts.port else None
+    except ValueError:
+        return False
+    return parts.hostname in hosts or (with_port is not None and with_port in hosts)
+
+
+def _openable(uri: str | None) -> bool:
+    return settings.roots.locate(uri) is not None or (uri is not None and _redirect_allowed(uri))
+
+
+def _stream(location: Location) -> StreamingResponse:
+    """The bytes at ``location``, streamed (after the first chunk, so a failure is a clean 4xx)."""
+    context = open_chunks(location, settings.image_bounds)
+    chunks = context.__enter__()
+    try:
         first = next(chunks, b"")
-    except SourceRefused as exc:
-        raise _refused(exc) from exc
-    except (OutputStorageError, OSError) as exc:
-        raise _not_found(f"Cannot read {uri}: {exc}") from exc
+    except BaseException as exc:
+        context.__exit__(type(exc), exc, exc.__traceback__)
+        raise
 
     def body() -> Iterator[bytes]:
         try:
@@ -157,154 +201,243 @@ def _stream(uri: str, conn_id: str | None, vibedream_conn_id: str | None) -> Str
         finally:
             context.__exit__(None, None, None)
 
-    return StreamingResponse(body(), media_type=media_type(uri))
+    kind = media_type(location.name)
+    disposition = "inline" if kind.startswith("image/") else "attachment"
+    return StreamingResponse(body(), media_type=kind, headers={"Content-Disposition": disposition})
 
 
-def _open(uri: str, conn_id: str | None, vibedream_conn_id: str | None) -> Any:
-    """A redirect for what the browser can fetch itself, else the bytes through the api-server."""
-    if uri.startswith("s3://"):
-        return RedirectResponse(presigned_url(uri, conn_id), status.HTTP_307_TEMPORARY_REDIRECT)
-    if uri.startswith(("http://", "https://")):
+def _open(uri: str | None) -> Response:
+    """What an extra link opens: a root's ``s3://`` object through a fresh presigned URL, another
+    root's file streamed, a listed host's URL through a redirect; nothing else."""
+    location = settings.roots.locate(uri)
+    if isinstance(location, StoreLocation) and location.root.scheme == "s3":
+        return RedirectResponse(presigned_url(location), status.HTTP_307_TEMPORARY_REDIRECT)
+    if location is not None:
+        return _stream(location)
+    if uri is not None and _redirect_allowed(uri):
         return RedirectResponse(uri, status.HTTP_307_TEMPORARY_REDIRECT)
-    return _stream(uri, conn_id, vibedream_conn_id)
+    raise NotServed
 
 
-def _image_of(
-    entry: dict[str, Any], which: str, n: int, conns: tuple[Any, ...]
-) -> tuple[str | None, str | None, str | None, str]:
-    """(uri, its connection, the VibeDream connection, cache tag) of an input or output of a result
-    record or manifest line; ``conns`` are (input's, outputs', VibeDream) connection ids."""
-    outputs = entry.get("outputs") or []
-    if which == "input":
-        uri, conn_id = entry.get("input"), conns[0]
-    else:
-        uri, conn_id = (outputs[n] if n < len(outputs) else None), conns[1]
-    return uri, conn_id, conns[2], str(entry.get("prediction_id"))
-
-
-def _thumbnail(uri: str | None, conn_id: str | None, vibedream_conn_id: str | None, tag: str) -> FileResponse:
-    if not uri:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "No such image")
-    try:
-        path = settings.cache.get(
-            f"{uri}#{tag}",
-            lambda: open_chunks(
-                uri, rules=settings.rules, conn_id=conn_id, http_policy=http_policy_for(vibedream_conn_id)
-            ),
+async def _thumbnail(uri: str | None, tag: str) -> FileResponse:
+    location = _locate(uri)
+    key = f"{location}#{tag}"
+    cache = settings.cache
+    path = cache.cached(key)
+    if path is None:
+        bounds = settings.image_bounds
+        path = await settings.pool.run(
+            lambda: cache.make(key, lambda: open_chunks(location, bounds)), timeout=bounds.seconds + 10
         )
-    except SourceRefused as exc:
-        raise _refused(exc) from exc
-    except (OutputStorageError, OSError) as exc:
-        raise _not_found(f"No thumbnail of {uri}: {exc}") from exc
     # Private: a shared cache must not hand one user's image to another.
     return FileResponse(path, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
 
 
+def _picture(uri: str | None, route: str) -> Picture:
+    return pages.picture(uri, settings.roots.locate(uri) is not None, route)
+
+
+def _image_card(row: queries.ResultRow) -> ImageCard:
+    ti = TaskInstanceRef(row.dag_id, row.run_id, row.task_id, row.map_index, settings.ui_root)
+    record = row.value
+    assert isinstance(record, ImageResult)
+    output = record.outputs[0] if record.outputs else None
+    return ImageCard(
+        ti=ti,
+        record=record,
+        input=_picture(record.input, ti.route("thumb", which="input")),
+        output=_picture(output, ti.route("thumb", which="output")),
+        open=ti.route("output") if _openable(output) else None,
+        when=row.timestamp.strftime("%Y-%m-%d %H:%M:%S UTC"),
+    )
+
+
+def _card(row: queries.ResultRow) -> ImageCard | pages.BatchCard:
+    if isinstance(row.value, BatchProgress):
+        ti = TaskInstanceRef(row.dag_id, row.run_id, row.task_id, row.map_index, settings.ui_root)
+        return pages.BatchCard(ti, row.value)
+    return _image_card(row)
+
+
+def _line_view(ti: TaskInstanceRef, number: int, entry: Any) -> LineView:
+    if entry is None:
+        return LineView(number, None, Picture(None), Picture(None))
+    output = entry.outputs[0] if entry.outputs else None
+    return LineView(
+        number,
+        entry,
+        _picture(entry.input, ti.route("thumb", line=number, which="input")),
+        _picture(output, ti.route("thumb", line=number, which="output")),
+    )
+
+
+def _manifest_location(progress: BatchProgress) -> Location:
+    if not progress.manifest:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "The batch has not written its manifest yet")
+    return _locate(progress.manifest)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def answer(code: int, detail: str, **headers: str) -> JSONResponse:
+        return JSONResponse({"detail": detail}, status_code=code, headers=headers or None)
+
+    @app.exception_handler(NotServed)
+    async def not_served(request: Request, exc: NotServed) -> JSONResponse:
+        log.warning("VibeDream gallery: refused %s: not under [vibedream] gallery_roots", request.url.path)
+        return answer(403, "Not in a location the gallery serves (see [vibedream] gallery_roots)")
+
+    @app.exception_handler(SourceUnavailable)
+    async def unavailable(request: Request, exc: SourceUnavailable) -> JSONResponse:
+        log.warning("VibeDream gallery: %s: %s", request.url.path, exc)
+        return answer(404, str(exc))
+
+    @app.exception_handler(NotAnImage)
+    async def not_an_image(request: Request, exc: NotAnImage) -> JSONResponse:
+        log.warning("VibeDream gallery: %s: %s", request.url.path, exc)
+        return answer(404, "Not an image the gallery shows")
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy) -> JSONResponse:
+        return answer(
+            503, "Thumbnails are busy; try again shortly", **{"Retry-After": str(RETRY_AFTER_SECONDS)}
+        )
+
+
 def create_app() -> FastAPI:
     app = FastAPI(title="VibeDream gallery", docs_url=None, redoc_url=None, openapi_url=None)
+    _add_error_handlers(app)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @app.get("/static/gallery.css")
+    def stylesheet() -> Response:
+        css = resources.files("airflow_vibedream.plugins").joinpath("templates/gallery.css").read_text()
+        return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/gallery", response_class=HTMLResponse)
     def gallery(
         user: User,
-        dag_id: str | None = None,
+        dag_id: Annotated[str | None, Query(max_length=250, pattern=r"^[^\x00-\x1f\x7f]*$")] = None,
         since: date | None = None,
         until: date | None = None,
-        page: Annotated[int, Query(ge=1)] = 1,
+        page: PageNumber = 1,
     ) -> HTMLResponse:
         readable = readable_dag_ids(user)
         if dag_id and dag_id not in readable:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"Not allowed to read DAG {dag_id!r}")
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "Not allowed to read this DAG")
         filters = queries.Filters(dag_id or None, since, until)
-        rows = queries.results_page(readable, filters, page=page, per_page=PER_PAGE)
+        rows, skipped = queries.results_page(readable, filters, page=page, per_page=PER_PAGE)
         html = pages.gallery_page(
-            rows,
+            [_card(row) for row in rows],
             queries.totals(readable, filters),
             filters,
             queries.dags_with_results(readable),
             page_number=page,
             per_page=PER_PAGE,
-            root=settings.ui_root,
+            skipped=skipped,
         )
         return HTMLResponse(html)
 
     @app.get("/batch", response_class=HTMLResponse)
     def batch(
         user: User,
-        dag_id: str,
-        run_id: str,
-        task_id: str,
-        map_index: int = -1,
-        page: Annotated[int, Query(ge=1)] = 1,
+        dag_id: Ident,
+        run_id: Ident,
+        task_id: Ident,
+        map_index: MapIndex = -1,
+        page: PageNumber = 1,
     ) -> HTMLResponse:
-        progress = _progress(user, dag_id, run_id, task_id, map_index)
-        error = None
-        try:
-            lines = manifests.lines(progress)
-        except (OutputStorageError, OSError, ValueError) as exc:
-            lines, error = [], f"The manifest cannot be read here: {exc}"
-        start = (page - 1) * PER_PAGE
-        query = {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index}
+        ti = TaskInstanceRef(dag_id, run_id, task_id, map_index, settings.ui_root)
+        progress = _progress(user, ti)
+        lines: list[LineView] = []
+        error, has_next, truncated = None, False, False
+        if progress.manifest:
+            location = settings.roots.locate(progress.manifest)
+            if location is None:
+                error = "The manifest is not under a gallery root ([vibedream] gallery_roots)"
+            else:
+                try:
+                    found = settings.manifests.page(location, progress.updated_at, page)
+                except SourceUnavailable as exc:
+                    error = f"The manifest cannot be read here: {exc}"
+                else:
+                    lines = [_line_view(ti, number, entry) for number, entry in found.lines]
+                    has_next, truncated = page * PER_PAGE < found.total, found.truncated
         html = pages.batch_page(
-            pages.where(query, settings.ui_root),
+            ti,
             progress,
-            list(enumerate(lines))[start : start + PER_PAGE],
-            query=query,
+            lines,
             page_number=page,
-            total_lines=len(lines),
-            per_page=PER_PAGE,
+            has_next=has_next,
+            truncated=truncated,
             manifest_error=error,
         )
         return HTMLResponse(html)
 
     @app.get("/api/progress")
     def progress_json(
-        user: User, dag_id: str, run_id: str, task_id: str, map_index: int = -1
+        user: User, dag_id: Ident, run_id: Ident, task_id: Ident, map_index: MapIndex = -1
     ) -> JSONResponse:
-        return JSONResponse(_progress(user, dag_id, run_id, task_id, map_index).to_json())
+        ti = TaskInstanceRef(dag_id, run_id, task_id, map_index)
+        return JSONResponse(_progress(user, ti).to_json())
 
     @app.get("/thumb")
-    def thumb(
+    async def thumb(
         user: User,
-        dag_id: str,
-        run_id: str,
-        task_id: str,
+        dag_id: Ident,
+        run_id: Ident,
+        task_id: Ident,
         which: Annotated[str, Query(pattern="^(input|output)$")],
-        map_index: int = -1,
-        n: Annotated[int, Query(ge=0)] = 0,
-        line: Annotated[int | None, Query(ge=0)] = None,
+        map_index: MapIndex = -1,
+        n: Annotated[int, Query(ge=0, le=64)] = 0,
+        line: Annotated[int | None, Query(ge=0, le=10_000_000)] = None,
     ) -> FileResponse:
+        from starlette.concurrency import run_in_threadpool
+
+        ti = TaskInstanceRef(dag_id, run_id, task_id, map_index)
         if line is None:  # a single image's result
-            record = _record(user, dag_id, run_id, task_id, map_index, RESULT_XCOM_KEY)
-            conns = tuple(record.get(f"{k}_conn_id") for k in ("input", "output", "vibedream"))
-            return _thumbnail(*_image_of(record, which, n, conns))
-        progress = _progress(user, dag_id, run_id, task_id, map_index)  # one image of a batch
-        lines = manifests.lines(progress)
-        if line >= len(lines):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "No such manifest line")
-        conns = (progress.input_conn_id, progress.output_conn_id, progress.vibedream_conn_id)
-        return _thumbnail(*_image_of(lines[line], which, n, conns))
+            record = await run_in_threadpool(_result, user, ti)
+            uris, tag = [record.input] if which == "input" else record.outputs, record.prediction_id
+        else:  # one image of a batch
+            progress = await run_in_threadpool(_progress, user, ti)
+            location = _manifest_location(progress)
+            entry = await run_in_threadpool(settings.manifests.line, location, progress.updated_at, line)
+            if entry is None:
+                raise HTTPException(status.HTTP_404_NOT_FOUND, "No such manifest line")
+            uris, tag = (
+                [entry.input] if which == "input" else (entry.outputs or []),
+                entry.prediction_id or "",
+            )
+        index = 0 if which == "input" else n
+        if index >= len(uris):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "No such image")
+        return await _thumbnail(uris[index], tag)
 
     @app.get("/output")
     def output(
         user: User,
-        dag_id: str,
-        run_id: str,
-        task_id: str,
-        map_index: int = -1,
-        n: Annotated[int, Query(ge=0)] = 0,
-    ) -> Any:
-        record = _record(user, dag_id, run_id, task_id, map_index, RESULT_XCOM_KEY)
-        outputs = record.get("outputs") or []
-        if n >= len(outputs):
+        dag_id: Ident,
+        run_id: Ident,
+        task_id: Ident,
+        map_index: MapIndex = -1,
+        n: Annotated[int, Query(ge=0, le=64)] = 0,
+    ) -> Response:
+        record = _result(user, TaskInstanceRef(dag_id, run_id, task_id, map_index))
+        if n >= len(record.outputs):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "No such output")
-        return _open(str(outputs[n]), record.get("output_conn_id"), record.get("vibedream_conn_id"))
+        return _open(record.outputs[n])
 
     @app.get("/manifest")
-    def manifest(user: User, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
-        progress = _progress(user, dag_id, run_id, task_id, map_index)
-        if not progress.manifest:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "The batch has not written its manifest yet")
-        return _open(progress.manifest, progress.output_conn_id, progress.vibedream_conn_id)
+    def manifest(
+        user: User, dag_id: Ident, run_id: Ident, task_id: Ident, map_index: MapIndex = -1
+    ) -> Response:
+        progress = _progress(user, TaskInstanceRef(dag_id, run_id, task_id, map_index))
+        _manifest_location(progress)
+        return _open(progress.manifest)
 
     return app
 

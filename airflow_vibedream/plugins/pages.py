@@ -1,80 +1,30 @@
-"""The gallery's HTML: server-rendered, no script, no CDN asset (it works on a closed network),
-every value escaped."""
+"""The gallery's HTML, rendered by Jinja2 with auto-escaping from the templates beside this module.
+
+Nothing a record says becomes markup or a link target: record values are text (escaped by the
+engine), and every ``href``/``src`` is one of the gallery's own routes or Airflow's UI, built here
+from the task instance's identity with each path segment quoted. The pages carry no script; the
+app serves them with a Content-Security-Policy that allows none (see :mod:`.app`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from dataclasses import dataclass
 from datetime import datetime
-from html import escape
+from functools import cache
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
-from airflow_vibedream.plugins.queries import BATCH, Filters, ResultRow, Totals
-from airflow_vibedream.plugins.records import FINISHED, BatchProgress
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:16px;color:#1f2937;background:#fff}
-h1{font-size:20px;margin:0 0 12px} h2{font-size:15px;margin:16px 0 8px}
-form.filters{display:flex;gap:12px;align-items:end;flex-wrap:wrap;margin-bottom:12px}
-form.filters label{display:flex;flex-direction:column;font-size:12px;color:#4b5563}
-.totals{display:flex;gap:24px;flex-wrap:wrap;font-size:13px}
-.totals table{border-collapse:collapse} .totals td,.totals th{padding:2px 8px;text-align:left}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:12px}
-figure{margin:0;border:1px solid #e5e7eb;border-radius:8px;padding:8px;background:#fafafa}
-.pair{display:flex;gap:6px;align-items:center;justify-content:center}
-.pair img{width:150px;height:150px;object-fit:contain;background:#eee;border-radius:4px}
-.arrow{color:#7c3aed;font-weight:bold}
-figcaption{font-size:12px;margin-top:6px;line-height:1.5}
-figcaption a{color:#7c3aed}
-.bar{height:10px;background:#e5e7eb;border-radius:5px;overflow:hidden;margin:6px 0}
-.bar div{height:100%;background:#7c3aed}
-.failed{color:#b91c1c} nav.pages{margin:12px 0;display:flex;gap:12px}
-.muted{color:#6b7280}
-"""
+from airflow_vibedream.lifecycle.records import FINISHED, BatchProgress, ImageResult, ManifestLine
+from airflow_vibedream.plugins.queries import Filters, Totals
 
-
-def page(title: str, body: str, *, refresh: int | None = None) -> str:
-    meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
-    return (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{meta}'
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>"
-    )
-
-
-def ui_root(base_url: str) -> str:
-    """The path Airflow's UI is served under (``[api] base_url``'s path)."""
-    return urlsplit(base_url).path.rstrip("/") if base_url else ""
-
-
-def task_link(root: str, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
-    mapped = f"/mapped/{map_index}" if map_index >= 0 else ""
-    return f"{root}/dags/{dag_id}/runs/{run_id}/tasks/{task_id}{mapped}"
-
-
-def where(row: ResultRow | Mapping[str, Any], root: str) -> str:
-    """DAG / run / task, each linking back into Airflow's UI (the whole window, not the frame)."""
-    if isinstance(row, ResultRow):
-        dag_id, run_id, task_id, map_index = row.dag_id, row.run_id, row.task_id, row.map_index
-    else:
-        dag_id, run_id, task_id, map_index = (row[k] for k in ("dag_id", "run_id", "task_id", "map_index"))
-    label = task_id + (f"[{map_index}]" if map_index >= 0 else "")
-    return (
-        f'<a target="_top" href="{escape(f"{root}/dags/{dag_id}")}">{escape(dag_id)}</a> / '
-        f'<a target="_top" href="{escape(f"{root}/dags/{dag_id}/runs/{run_id}")}">{escape(run_id)}</a> / '
-        f'<a target="_top" href="{escape(task_link(root, dag_id, run_id, task_id, map_index))}">'
-        f"{escape(label)}</a>"
-    )
-
-
-def ti_query(row: ResultRow, **extra: Any) -> str:
-    return urlencode(
-        {"dag_id": row.dag_id, "run_id": row.run_id, "task_id": row.task_id, "map_index": row.map_index}
-        | {key: value for key, value in extra.items() if value is not None}
-    )
+#: The stylesheet, relative to the pages (served by the app; no inline style, no CDN).
+STYLESHEET = "static/gallery.css"
 
 
 def human_bytes(size: Any) -> str:
-    if not isinstance(size, int):
+    if not isinstance(size, int) or isinstance(size, bool):
         return "?"
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -85,173 +35,222 @@ def human_bytes(size: Any) -> str:
 
 
 def cents(value: Any) -> str:
-    return f"{value:g}¢" if isinstance(value, int | float) and not isinstance(value, bool) else "?"
-
-
-def duration(record: Mapping[str, Any]) -> str:
-    try:
-        started = datetime.fromisoformat(str(record["created_at"]))
-        ended = datetime.fromisoformat(str(record["completed_at"]))
-    except (KeyError, TypeError, ValueError):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return "?"
-    return f"{(ended - started).total_seconds():.1f}s"
+    return f"{value:g}¢"
 
 
-def image_card(row: ResultRow, root: str) -> str:
-    record = row.value
-    files = record.get("files") or []
-    first = files[0] if files and isinstance(files[0], Mapping) else {}
-    size = f"{first.get('width')}x{first.get('height')}" if first.get("width") else "?"
-    details = " · ".join(
-        escape(str(part))
-        for part in (
-            record.get("target_resolution") or "?",
+def duration(created_at: str | None, completed_at: str | None) -> str:
+    try:
+        seconds = (
+            datetime.fromisoformat(str(completed_at)) - datetime.fromisoformat(str(created_at))
+        ).total_seconds()
+    except (TypeError, ValueError):
+        return "?"
+    return f"{seconds:.1f}s"
+
+
+@cache
+def environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("airflow_vibedream.plugins", "templates"),
+        autoescape=True,  # every template, whatever its name
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["cents"] = cents
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    return environment().get_template(template).render(stylesheet=STYLESHEET, **context)
+
+
+def ui_root(base_url: str) -> str:
+    """The path Airflow's UI is served under (``[api] base_url``'s path)."""
+    return urlsplit(base_url).path.rstrip("/") if base_url else ""
+
+
+@dataclass(frozen=True)
+class TaskInstanceRef:
+    """A task instance (from the database row, never from a record), with links into Airflow's UI.
+
+    :param dag_id: its DAG.
+    :param run_id: its run.
+    :param task_id: its task.
+    :param map_index: its map index (-1: not mapped).
+    :param root: the UI's path prefix.
+    """
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    root: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.task_id + (f"[{self.map_index}]" if self.map_index >= 0 else "")
+
+    @property
+    def dag_url(self) -> str:
+        return f"{self.root}/dags/{quote(self.dag_id, safe='')}"
+
+    @property
+    def run_url(self) -> str:
+        return f"{self.dag_url}/runs/{quote(self.run_id, safe='')}"
+
+    @property
+    def task_url(self) -> str:
+        mapped = f"/mapped/{self.map_index}" if self.map_index >= 0 else ""
+        return f"{self.run_url}/tasks/{quote(self.task_id, safe='')}{mapped}"
+
+    def query(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "dag_id": self.dag_id,
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "map_index": self.map_index,
+        } | {key: value for key, value in extra.items() if value is not None}
+
+    def route(self, path: str, **extra: Any) -> str:
+        """A gallery route about this task instance, relative to the pages."""
+        return f"{path}?{urlencode(self.query(**extra))}"
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One side of a before/after pair.
+
+    :param thumb: the thumbnail route, when the image lies under a gallery root.
+    :param note: what is shown instead of a thumbnail.
+    :param text: the location as the record named it (shown as text, never followed).
+    """
+
+    thumb: str | None
+    note: str = ""
+    text: str = ""
+
+
+def picture(uri: str | None, servable: bool, thumb: str) -> Picture:
+    """The thumbnail of a servable image, else a note with the location as text."""
+    if servable:
+        return Picture(thumb)
+    if not uri:
+        return Picture(None, "no image", "")
+    external = uri.lower().startswith(("http://", "https://"))
+    return Picture(None, "external image (not fetched)" if external else "not under a gallery root", uri)
+
+
+@dataclass(frozen=True)
+class ImageCard:
+    """A single image's result in the gallery."""
+
+    ti: TaskInstanceRef
+    record: ImageResult
+    input: Picture
+    output: Picture
+    open: str | None
+    when: str
+    kind: str = "image"
+
+    @property
+    def details(self) -> list[str]:
+        record = self.record
+        first = record.files[0] if record.files else None
+        size = f"{first.width}x{first.height}" if first and first.width and first.height else "?"
+        return [
+            record.target_resolution or "?",
             size,
-            (first.get("format") or record.get("output_format") or "?"),
-            human_bytes(first.get("bytes")),
-            cents(record.get("cost_cents")),
-            duration(record),
-        )
-    )
-    return (
-        f'<figure data-kind="image" data-prediction="{escape(str(record.get("prediction_id")))}">'
-        f'<a class="pair" target="_blank" href="output?{escape(ti_query(row))}">'
-        f'<img loading="lazy" alt="input" src="thumb?{escape(ti_query(row, which="input"))}">'
-        f'<span class="arrow">→</span>'
-        f'<img loading="lazy" alt="output" src="thumb?{escape(ti_query(row, which="output"))}"></a>'
-        f"<figcaption>{details}<br>{where(row, root)}<br>"
-        f'<span class="muted">{escape(row.timestamp.strftime("%Y-%m-%d %H:%M:%S UTC"))}</span>'
-        "</figcaption></figure>"
-    )
+            (first.format if first and first.format else None) or record.output_format or "?",
+            human_bytes(first.bytes if first else None),
+            cents(record.cost_cents),
+            duration(record.created_at, record.completed_at),
+        ]
 
 
-def progress_block(progress: BatchProgress) -> str:
-    share = progress.done / progress.jobs if progress.jobs else 1.0
-    state = "finished" if progress.state == FINISHED else "running"
-    images = (
-        f" · {progress.completed_images}/{progress.images} images stored"
-        if progress.completed_images is not None
-        else f" · {progress.images} images"
-    )
-    failed = f'<span class="failed">{progress.failed} failed</span>' if progress.failed else "0 failed"
-    unsubmitted = f" · {progress.unsubmitted} not waited for" if progress.unsubmitted else ""
-    return (
-        f'<div class="progress" data-state="{state}" data-done="{progress.done}" '
-        f'data-jobs="{progress.jobs}" data-failed="{progress.failed}">'
-        f'<div class="bar"><div style="width:{share * 100:.1f}%"></div></div>'
-        f"{progress.done}/{progress.jobs} jobs done · {failed}{unsubmitted}{images} · "
-        f"{cents(progress.cost_cents)} so far · {state}</div>"
-    )
+@dataclass(frozen=True)
+class BatchCard:
+    """A batch in the gallery."""
+
+    ti: TaskInstanceRef
+    progress: BatchProgress
+    kind: str = "batch"
+
+    @property
+    def page(self) -> str:
+        return self.ti.route("batch")
 
 
-def batch_card(row: ResultRow, root: str) -> str:
-    progress = BatchProgress.from_json(row.value)
-    if progress is None:
-        return ""
-    return (
-        f'<figure data-kind="batch"><a href="batch?{escape(ti_query(row))}">Batch of {progress.images} '
-        f"images ({escape(str(progress.target_resolution))}, {escape(str(progress.output_format))})</a>"
-        f"{progress_block(progress)}<figcaption>{where(row, root)}</figcaption></figure>"
-    )
+@dataclass(frozen=True)
+class LineView:
+    """One manifest line on a batch page (``entry`` None: the line does not parse)."""
 
-
-def totals_block(totals: Totals) -> str:
-    def table(title: str, items: Iterable[tuple[str, float]]) -> str:
-        body = "".join(f"<tr><td>{escape(k)}</td><td>{cents(v)}</td></tr>" for k, v in items)
-        return f"<table><tr><th>{escape(title)}</th><th>cost</th></tr>{body}</table>"
-
-    return (
-        f'<section class="totals"><div><b data-testid="entries">{totals.entries}</b> results · '
-        f'<b data-testid="total-cost">{cents(totals.cost)}</b> in all</div>'
-        f"{table('DAG', sorted(totals.cost_by_dag.items()))}{table('day (UTC)', totals.cost_by_day.items())}"
-        "</section>"
-    )
+    number: int
+    entry: ManifestLine | None
+    input: Picture
+    output: Picture
 
 
 def gallery_page(
-    rows: list[ResultRow],
+    cards: list[ImageCard | BatchCard],
     totals: Totals,
     filters: Filters,
     dag_ids: list[str],
     *,
     page_number: int,
     per_page: int,
-    root: str,
+    skipped: int,
 ) -> str:
-    options = "".join(
-        f'<option value="{escape(d)}"{" selected" if d == filters.dag_id else ""}>{escape(d)}</option>'
-        for d in dag_ids
+    base = {
+        k: v
+        for k, v in {"dag_id": filters.dag_id, "since": filters.since, "until": filters.until}.items()
+        if v
+    }
+    newer = f"?{urlencode(base | {'page': page_number - 1})}" if page_number > 1 else None
+    older = (
+        f"?{urlencode(base | {'page': page_number + 1})}" if page_number * per_page < totals.entries else None
     )
-    form = (
-        '<form class="filters" method="get">'
-        f'<label>DAG<select name="dag_id"><option value="">all DAGs</option>{options}</select></label>'
-        f'<label>From<input type="date" name="since" value="{filters.since or ""}"></label>'
-        f'<label>To<input type="date" name="until" value="{filters.until or ""}"></label>'
-        "<button>Filter</button></form>"
-    )
-    cards = "".join(batch_card(row, root) if row.kind == BATCH else image_card(row, root) for row in rows)
-    base = {"dag_id": filters.dag_id, "since": filters.since, "until": filters.until}
-    base = {k: v for k, v in base.items() if v}
-    nav = []
-    if page_number > 1:
-        nav.append(f'<a href="?{escape(urlencode(base | {"page": page_number - 1}))}">← newer</a>')
-    if page_number * per_page < totals.entries:
-        nav.append(f'<a href="?{escape(urlencode(base | {"page": page_number + 1}))}">older →</a>')
-    pages = max(1, -(-totals.entries // per_page))
-    empty = "" if rows else '<p class="muted">No VibeDream results here yet.</p>'
-    return page(
-        "VibeDream gallery",
-        f"<h1>VibeDream gallery</h1>{form}{totals_block(totals)}<h2>Before / after</h2>"
-        f'<div class="grid">{cards}</div>{empty}'
-        f'<nav class="pages">{"".join(nav)}<span class="muted">page {page_number} of {pages}</span></nav>',
+    return render(
+        "gallery.html",
+        title="VibeDream gallery",
+        refresh=None,
+        cards=cards,
+        totals=totals,
+        filters=filters,
+        dag_ids=dag_ids,
+        page_number=page_number,
+        pages=max(1, -(-totals.entries // per_page)),
+        newer=newer,
+        older=older,
+        skipped=skipped,
     )
 
 
 def batch_page(
-    where_html: str,
+    ti: TaskInstanceRef,
     progress: BatchProgress,
-    lines: Sequence[tuple[int, Mapping[str, Any]]],
+    lines: list[LineView],
     *,
-    query: dict[str, Any],
     page_number: int,
-    total_lines: int,
-    per_page: int,
+    has_next: bool,
+    truncated: bool,
     manifest_error: str | None,
 ) -> str:
-    cards = []
-    for number, line in lines:
-        status = str(line.get("status"))
-        ok = status == "completed"
-        input_src = escape(urlencode(query | {"line": number, "which": "input"}))
-        output_src = escape(urlencode(query | {"line": number, "which": "output"}))
-        thumbs = f'<img loading="lazy" alt="input" src="thumb?{input_src}"><span class="arrow">→</span>' + (
-            f'<img loading="lazy" alt="output" src="thumb?{output_src}">'
-            if ok
-            else f'<span class="failed">{escape(status)}</span>'
-        )
-        reason = line.get("error")
-        error = f'<br><span class="failed">{escape(str(reason))}</span>' if reason else ""
-        cards.append(
-            f'<figure data-kind="batch-image"><div class="pair">{thumbs}</div><figcaption>'
-            f"#{number} {escape(str(line.get('input')))} · {cents(line.get('cost_cents'))}{error}"
-            "</figcaption></figure>"
-        )
-    nav = []
-    if page_number > 1:
-        nav.append(f'<a href="?{escape(urlencode(query | {"page": page_number - 1}))}">← previous</a>')
-    if page_number * per_page < total_lines:
-        nav.append(f'<a href="?{escape(urlencode(query | {"page": page_number + 1}))}">next →</a>')
     running = progress.state != FINISHED
-    note = (
-        '<p class="muted">Running: this page refreshes every 5 seconds.</p>'
-        if running
-        else (f'<p class="failed">{escape(manifest_error)}</p>' if manifest_error else "")
-    )
-    return page(
-        "VibeDream batch",
-        f"<h1>VibeDream batch</h1><p>{where_html}</p>{progress_block(progress)}{note}"
-        f'<p><a target="_blank" href="manifest?{escape(urlencode(query))}">manifest</a> · '
-        f'<a href="gallery">gallery</a></p><div class="grid">{"".join(cards)}</div>'
-        f'<nav class="pages">{"".join(nav)}</nav>',
+    return render(
+        "batch.html",
+        title="VibeDream batch",
         refresh=5 if running else None,
+        ti=ti,
+        progress=progress,
+        lines=lines,
+        running=running,
+        manifest_error=manifest_error,
+        truncated=truncated,
+        manifest_link=ti.route("manifest"),
+        gallery_link="gallery",
+        previous=ti.route("batch", page=page_number - 1) if page_number > 1 else None,
+        next=ti.route("batch", page=page_number + 1) if has_next else None,
     )

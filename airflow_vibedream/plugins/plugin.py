@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from airflow_vibedream.plugins.links import URL_PREFIX
+from airflow_vibedream.links import URL_PREFIX
 
 
 class _GalleryApp:

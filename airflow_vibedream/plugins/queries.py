@@ -1,14 +1,25 @@
 """The gallery's reads from Airflow's metadata database: the operators' result and progress XComs,
-for the DAGs a user may read, newest first, filtered by DAG and date, with cost totals."""
+for the DAGs a user may read, newest first, filtered by DAG and date, with cost totals.
+
+Every value is parsed through its record model (:mod:`airflow_vibedream.lifecycle.records`): one
+that does not parse is skipped, logged and counted, never shown in part and never a failed page."""
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from airflow_vibedream.plugins.records import PROGRESS_XCOM_KEY, RESULT_XCOM_KEY
+from airflow_vibedream.lifecycle.records import (
+    PROGRESS_XCOM_KEY,
+    RESULT_XCOM_KEY,
+    BatchProgress,
+    ImageResult,
+)
+
+log = logging.getLogger(__name__)
 
 #: Result kinds.
 IMAGE = "image"
@@ -26,7 +37,7 @@ class ResultRow:
     :param task_id: its task.
     :param map_index: its map index (-1: not mapped).
     :param timestamp: when the XCom was written.
-    :param value: the record (see :mod:`airflow_vibedream.plugins.records`).
+    :param value: the parsed record.
     """
 
     kind: str
@@ -35,12 +46,11 @@ class ResultRow:
     task_id: str
     map_index: int
     timestamp: datetime
-    value: dict[str, Any]
+    value: ImageResult | BatchProgress
 
     @property
     def cost_cents(self) -> float:
-        cost = self.value.get("cost_cents")
-        return float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else 0.0
+        return self.value.cost_cents or 0.0
 
 
 @dataclass(frozen=True)
@@ -82,11 +92,29 @@ def _rows(readable: set[str], filters: Filters, *, limit: int | None = None, off
     return query
 
 
-def _to_row(row: Any) -> ResultRow | None:
+def _parsed(row: Any, model: type[ImageResult] | type[BatchProgress]) -> ImageResult | BatchProgress | None:
     from airflow.models.xcom import XComModel
 
-    value = XComModel.deserialize_value(row)
-    if not isinstance(value, dict):
+    try:
+        value = XComModel.deserialize_value(row)
+    except Exception:  # not JSON at all: written by something that is not an operator
+        value = None
+    record = model.parse(value)
+    if record is None:
+        log.warning(
+            "VibeDream gallery: skipped an unreadable %s record of %s/%s/%s[%s]",
+            getattr(row, "key", "?"),
+            getattr(row, "dag_id", "?"),
+            getattr(row, "run_id", "?"),
+            getattr(row, "task_id", "?"),
+            getattr(row, "map_index", "?"),
+        )
+    return record
+
+
+def _to_row(row: Any) -> ResultRow | None:
+    value = _parsed(row, ImageResult if row.key == RESULT_XCOM_KEY else BatchProgress)
+    if value is None:
         return None
     return ResultRow(
         kind=_KIND_OF_KEY[row.key],
@@ -99,15 +127,18 @@ def _to_row(row: Any) -> ResultRow | None:
     )
 
 
-def results_page(readable: set[str], filters: Filters, *, page: int, per_page: int) -> list[ResultRow]:
-    """One page of entries, newest first."""
+def results_page(
+    readable: set[str], filters: Filters, *, page: int, per_page: int
+) -> tuple[list[ResultRow], int]:
+    """One page of entries, newest first, and how many of the page's records were unreadable."""
     from airflow.utils.session import create_session
 
     if not readable:
-        return []
+        return [], 0
     with create_session() as session:
         rows = session.execute(_rows(readable, filters, limit=per_page, offset=(page - 1) * per_page)).all()
-    return [entry for row in rows if (entry := _to_row(row)) is not None]
+    entries = [entry for row in rows if (entry := _to_row(row)) is not None]
+    return entries, len(rows) - len(entries)
 
 
 @dataclass(frozen=True)
@@ -148,15 +179,24 @@ def totals(readable: set[str], filters: Filters) -> Totals:
     return Totals(entries, dict(by_dag), dict(sorted(by_day.items(), reverse=True)))
 
 
-def one(dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> dict[str, Any] | None:
-    """The record one task instance left under ``key``, or None."""
+def one(
+    dag_id: str, run_id: str, task_id: str, map_index: int, key: str
+) -> ImageResult | BatchProgress | None:
+    """The record one task instance left under ``key``, parsed, or None (none, or unreadable)."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
         row = session.execute(
-            select(XComModel.value).where(
+            select(
+                XComModel.key,
+                XComModel.dag_id,
+                XComModel.run_id,
+                XComModel.task_id,
+                XComModel.map_index,
+                XComModel.value,
+            ).where(
                 XComModel.dag_id == dag_id,
                 XComModel.run_id == run_id,
                 XComModel.task_id == task_id,
@@ -166,8 +206,7 @@ def one(dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> dic
         ).first()
     if row is None:
         return None
-    value = XComModel.deserialize_value(row)
-    return value if isinstance(value, dict) else None
+    return _parsed(row, ImageResult if key == RESULT_XCOM_KEY else BatchProgress)
 
 
 def dags_with_results(readable: set[str]) -> list[str]:

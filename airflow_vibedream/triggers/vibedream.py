@@ -174,7 +174,7 @@ class VibeDreamBatchTrigger(BaseTrigger):
     :param progress_interval: seconds between progress lines.
     :param duration_kind: what kind of jobs these are (see :class:`VibeDreamPredictionTrigger`).
     :param progress: the batch's progress record when it deferred (see
-        :class:`airflow_vibedream.plugins.records.BatchProgress`); if given, the trigger keeps the
+        :class:`airflow_vibedream.lifecycle.records.BatchProgress`); if given, the trigger keeps the
         batch's progress XCom current for the gallery while it waits.
     :param fire_not_before: epoch seconds before which the event is held back (see
         :class:`VibeDreamPredictionTrigger`).

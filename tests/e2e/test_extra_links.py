@@ -8,6 +8,7 @@ reached from the navigation, shows the run's thumbnails."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,7 +51,7 @@ def cluster(module_tmp: Path, emulator: EmulatorProcess) -> Iterator[AirflowClus
         dags,
         env={
             "AIRFLOW_CONN_VIBEDREAM_DEFAULT": connection_json(emulator.base_url),
-            "AIRFLOW__VIBEDREAM__GALLERY_LOCAL_ROOTS": str(module_tmp / "outputs"),
+            "AIRFLOW__VIBEDREAM__GALLERY_ROOTS": json.dumps({str(module_tmp / "outputs"): None}),
             "AIRFLOW__VIBEDREAM__GALLERY_CACHE_DIR": str(module_tmp / "thumbnails"),
         },
     )
@@ -108,6 +109,10 @@ def test_extra_links_in_the_task_instance_view(
             page.goto(f"{cluster.base_url}/plugin/vibedream-gallery")
             frame = page.frame_locator("iframe").first
             expect(frame.locator('figure[data-kind="image"]')).to_have_count(1)
+            # The input is at the emulator's http URL: named, never fetched by the api-server.
+            expect(frame.locator('figure[data-kind="image"] .external')).to_have_text(
+                "external image (not fetched)"
+            )
             expect(frame.locator('figure[data-kind="batch"] .progress')).to_have_attribute("data-done", "2")
             inner = embedded_frame(page)
             wait_for_images(inner, "the gallery's thumbnails", cluster)

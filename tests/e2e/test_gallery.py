@@ -116,7 +116,13 @@ def cluster(
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,alice:viewer:team_a,bob:viewer:team_b",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-            "AIRFLOW__VIBEDREAM__GALLERY_LOCAL_ROOTS": str(module_tmp / "outputs"),
+            "AIRFLOW__VIBEDREAM__GALLERY_ROOTS": json.dumps(
+                {
+                    str(module_tmp / "outputs"): None,
+                    f"s3://{INPUT_BUCKET}/photos/": "aws_default",
+                    f"s3://{OUTPUT_BUCKET}/upscaled/": "aws_default",
+                }
+            ),
             "AIRFLOW__VIBEDREAM__GALLERY_CACHE_DIR": str(module_tmp / "thumbnails"),
         },
     )

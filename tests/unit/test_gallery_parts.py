@@ -1,22 +1,41 @@
-"""The gallery's parts without a server: records, links, local-file rules, thumbnails and pages."""
+"""The gallery's parts without a server: records, links, roots, race-free local reads, thumbnails,
+manifests and pages."""
 
 from __future__ import annotations
 
-import io
-from datetime import datetime, timezone
+import asyncio
+import contextlib
+import json
+import os
+import struct
+import threading
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
-from airflow_vibedream.errors import OutputStorageError
-from airflow_vibedream.plugins import pages, thumbnails
-from airflow_vibedream.plugins.links import VibeDreamGalleryLink, VibeDreamManifestLink, VibeDreamOutputLink
-from airflow_vibedream.plugins.queries import BATCH, IMAGE, Filters, ResultRow, Totals
-from airflow_vibedream.plugins.records import FINISHED, BatchProgress, image_record
-from airflow_vibedream.plugins.sources import SourceRefused, SourceRules, media_type
-from airflow_vibedream.plugins.thumbnails import ThumbnailCache, make_thumbnail
+from airflow_vibedream.lifecycle.records import (
+    FINISHED,
+    BatchProgress,
+    ImageResult,
+    ManifestLine,
+    image_record,
+)
+from airflow_vibedream.links import VibeDreamGalleryLink, VibeDreamManifestLink, VibeDreamOutputLink
+from airflow_vibedream.plugins import pages
+from airflow_vibedream.plugins.manifests import MAX_LINE_BYTES, read_page
+from airflow_vibedream.plugins.queries import Filters, Totals
+from airflow_vibedream.plugins.roots import GalleryRoots, LocalLocation, RootsConfigError, StoreLocation
+from airflow_vibedream.plugins.sources import ReadBounds, SourceUnavailable, media_type, open_chunks
+from airflow_vibedream.plugins.thumbnails import (
+    Busy,
+    NotAnImage,
+    ThumbnailCache,
+    ThumbnailPool,
+    make_thumbnail,
+)
 
 TI_KEY = SimpleNamespace(dag_id="d", run_id="manual__2026-01-01T00:00:00+00:00", task_id="t", map_index=3)
 
@@ -26,26 +45,75 @@ def png(path: Path, size: tuple[int, int] = (640, 480)) -> Path:
     return path
 
 
-def test_image_record_keeps_the_input_as_named_never_a_presigned_url() -> None:
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels in a few dozen bytes (a decompression bomb's
+    header): a gallery that decoded before checking the size would allocate gigabytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+# -- records -------------------------------------------------------------------------------------
+
+
+def test_image_record_keeps_the_input_as_named_and_no_connection() -> None:
     record = image_record(
         prediction={"id": "p1", "model_id": "image-upscaler", "outputs": ["s3://b/o.png"], "cost_cents": 2},
         asked={"image": "s3://in/cat.png", "target_resolution": "4k", "output_format": "png"},
         files=[{"uri": "s3://b/o.png", "bytes": 10, "width": 3840, "height": 2880, "format": "PNG"}],
-        input_conn_id="aws_default",
-        output_conn_id="aws_default",
-        vibedream_conn_id="vibedream_default",
     )
     assert record["input"] == "s3://in/cat.png" and record["target_resolution"] == "4k"
     assert record["outputs"] == ["s3://b/o.png"] and record["cost_cents"] == 2
-    assert "Signature" not in str(record)
+    assert not any("conn" in key for key in record)
+    assert ImageResult.parse(record) is not None
 
 
-def test_batch_progress_round_trips_and_refuses_junk() -> None:
+def test_image_record_never_copies_base64_outputs_and_never_fails() -> None:
+    record = image_record(
+        prediction={"id": "p1", "outputs": ["iVBORw0KGgo" * 5000, "data:image/png;base64,AAAA"]},
+        asked={"image": 42},
+        files=None,
+    )
+    assert record["outputs"] == ["(inline output)", "(inline output)"] and record["input"] is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"images": "many"},
+        [1],
+        "x",
+        {"images": 3, "done": "<script>"},
+        {"images": 3, "jobs": -1},
+        {"images": 3, "cost_cents": float("nan")},
+        {"images": 3, "state": "<b>"},
+        {"images": True},
+        {"images": 3, "manifest": ["s3://b/m"]},
+    ],
+)
+def test_batch_progress_refuses_junk(value: object) -> None:
+    assert BatchProgress.from_json(value) is None
+
+
+def test_batch_progress_round_trips() -> None:
     progress = BatchProgress(images=10, jobs=9, unsubmitted=1, cost_cents=18)
     later = progress.advanced(done=4, failed=1)
     assert (later.done, later.failed, later.jobs, progress.done) == (4, 1, 9, 0)
     assert BatchProgress.from_json(later.to_json()) == later
-    assert BatchProgress.from_json({"images": "many"}) is None and BatchProgress.from_json([1]) is None
+    done = later.finished(completed_images=8, manifest="s3://b/m.jsonl")
+    assert done.state == FINISHED and BatchProgress.from_json(json.loads(json.dumps(done.to_json()))) == done
+
+
+def test_records_ignore_connection_fields_an_older_or_hostile_writer_added() -> None:
+    written = {"prediction_id": "p", "output_conn_id": "metadata_db", "vibedream_conn_id": "x"}
+    record = ImageResult.parse(written)
+    assert record is not None and "conn" not in json.dumps(record.to_json())
+
+
+# -- links ---------------------------------------------------------------------------------------
 
 
 def test_links_point_at_the_gallery_app_for_the_task_instance(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,101 +127,323 @@ def test_links_point_at_the_gallery_app_for_the_task_instance(monkeypatch: pytes
     assert VibeDreamOutputLink().get_link(None, ti_key=TI_KEY).startswith("/vibedream/output?")
 
 
-def test_local_files_only_under_the_roots(tmp_path: Path) -> None:
-    root = tmp_path / "outputs"
-    root.mkdir()
-    inside = png(root / "a.png")
-    outside = png(tmp_path / "secret.png")
-    (root / "link.png").symlink_to(outside)
-    rules = SourceRules(local_roots=(root.resolve(),))
-    assert rules.local_file(str(inside)) == inside.resolve()
-    assert rules.local_file(f"file://{inside}") == inside.resolve()
-    for escape in (str(outside), f"{root}/../secret.png", str(root / "link.png"), "/etc/passwd"):
-        with pytest.raises(SourceRefused, match="gallery_local_roots"):
-            rules.local_file(escape)
-    with pytest.raises(SourceRefused):
-        SourceRules().local_file(str(inside))  # no roots configured: nothing local is served
+# -- roots ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    directory = tmp_path / "outputs"
+    (directory / "run").mkdir(parents=True)
+    png(directory / "run" / "a.png")
+    return directory
+
+
+def roots_for(root: Path) -> GalleryRoots:
+    return GalleryRoots.parse(json.dumps({str(root): None, "s3://bucket/out/": "aws_out", "gs://g/x": "gcp"}))
+
+
+def test_roots_locate_only_what_lies_beneath_them(root: Path) -> None:
+    roots = roots_for(root)
+    for uri in (f"file://{root}/run/a.png", f"{root}/run/a.png"):
+        assert roots.locate(uri) == LocalLocation(roots.local[0], ("run", "a.png"))
+    found = roots.locate("s3://bucket/out/d/r/t/p-0.png")
+    assert (
+        isinstance(found, StoreLocation)
+        and found.root.conn_id == "aws_out"
+        and found.key == "out/d/r/t/p-0.png"
+    )
+    assert isinstance(roots.locate("gs://g/x/y.png"), StoreLocation)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "/etc/passwd",
+        "file:///etc/passwd",
+        "local:///proc/self/environ",
+        "LOCAL:///proc/self/environ",
+        "FILE://{root}/run/a.png",
+        "File://{root}/run/a.png",
+        "file://localhost{root}/run/a.png",
+        "file:{root}/run/a.png",
+        "{root}/run/../../secret",
+        "{root}/run/./a.png",
+        "{root}//run/a.png",
+        "{root}/run\\a.png",
+        "{root}/run/a.png\x00.jpg",
+        "{root}",
+        "{root}/",
+        "{root}-sibling/a.png",
+        "s3://bucket/other/a.png",
+        "S3://bucket/out/a.png",
+        "s3://bucket/out/../secret.png",
+        "s3://bucket/out/a.png?versionId=1",
+        "s3://bucket/out/a.png#x",
+        "s3://bucket/out/",
+        "s3://bucket2/out/a.png",
+        "s3a://bucket/out/a.png",
+        "http://127.0.0.1/x.png",
+        "HTTP://127.0.0.1/x.png",
+        "https://assets.vibedream.ai/outputs/x.png",
+        "memory://bucket/out/a.png",
+        "osfs:///etc/passwd",
+        "//etc/passwd",
+        "",
+    ],
+)
+def test_roots_refuse_every_other_location(root: Path, uri: str) -> None:
+    assert roots_for(root).locate(uri.format(root=root)) is None
+
+
+@pytest.mark.parametrize("value", [None, 3, ["/x"], {"a": "b"}])
+def test_roots_refuse_other_types(root: Path, value: object) -> None:
+    assert roots_for(root).locate(value) is None
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["not json", "[]", '{"s3://": "x"}', '{"local:///x": null}', '{"s3://b/../x": "c"}', '{"/x": 3}'],
+)
+def test_a_broken_roots_setting_is_an_error(setting: str) -> None:
+    with pytest.raises(RootsConfigError):
+        GalleryRoots.parse(setting)
+
+
+def test_no_roots_means_nothing_is_served(root: Path) -> None:
+    assert GalleryRoots.parse("").locate(f"{root}/run/a.png") is None
+
+
+# -- race-free local reads ----------------------------------------------------------------------
+
+
+def read_all(location: object, bounds: ReadBounds | None = None) -> bytes:
+    with open_chunks(location, bounds or ReadBounds()) as chunks:  # type: ignore[arg-type]
+        return b"".join(chunks)
+
+
+def test_local_reads_follow_no_symlink_and_open_no_fifo(root: Path, tmp_path: Path) -> None:
+    roots = roots_for(root)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0")
+    (root / "link.png").symlink_to(secret)
+    (root / "linkdir").symlink_to(tmp_path)
+    os.mkfifo(root / "pipe.png")
+    assert read_all(roots.locate(f"{root}/run/a.png")).startswith(b"\x89PNG")
+    for name in ("link.png", "linkdir/secret.txt", "pipe.png", "run", "missing.png"):
+        with pytest.raises(SourceUnavailable) as caught:
+            read_all(roots.locate(f"{root}/{name}"))
+        assert str(tmp_path) not in str(caught.value)  # no server path in what the browser is told
+
+
+def test_a_directory_swapped_for_a_symlink_after_the_check_is_not_followed(
+    root: Path, tmp_path: Path
+) -> None:
+    # The check is on the text; the open walks the real tree from the root's descriptor. A swap
+    # between the two (run/ becomes a symlink to /) finds a symlink and refuses it.
+    roots = roots_for(root)
+    location = roots.locate(f"{root}/run/a.png")
+    (tmp_path / "elsewhere").mkdir()
+    png(tmp_path / "elsewhere" / "a.png")
+    (root / "run").rename(tmp_path / "moved")
+    (root / "run").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(SourceUnavailable):
+        read_all(location)
+
+
+def test_reads_are_bounded(root: Path) -> None:
+    location = roots_for(root).locate(f"{root}/run/a.png")
+    with pytest.raises(SourceUnavailable, match="Larger than"):
+        read_all(location, ReadBounds(max_bytes=10))
+
+
+# -- thumbnails ----------------------------------------------------------------------------------
+
+
+def reader(data: bytes):  # type: ignore[no-untyped-def]
+    return lambda: contextlib.nullcontext(iter([data]))
 
 
 def test_thumbnails_are_small_cached_and_trimmed(tmp_path: Path) -> None:
-    source = png(tmp_path / "big.png", (2048, 1536))
+    data = png(tmp_path / "big.png", (2048, 1536)).read_bytes()
     cache = ThumbnailCache(tmp_path / "cache", max_bytes=10_000_000)
-    reads = []
-
-    def read(path: Path = source):  # type: ignore[no-untyped-def]
-        import contextlib
-
-        reads.append(path)
-        return contextlib.nullcontext(iter([path.read_bytes()]))
-
-    first = cache.get("s3://b/big.png#p1", read)
-    assert cache.get("s3://b/big.png#p1", read) == first and len(reads) == 1  # the second is cached
+    first = cache.make("s3://b/big.png#p1", reader(data))
+    assert cache.cached("s3://b/big.png#p1") == first
     with Image.open(first) as thumb:
-        assert thumb.format == "WEBP" and max(thumb.size) == thumbnails.THUMBNAIL_EDGE
-        assert thumb.size == (320, 240)
-    # Over its limit, the cache keeps the newest and drops the oldest.
+        assert thumb.format == "WEBP" and thumb.size == (320, 240)
     cache.max_bytes = first.stat().st_size + 10
-    newer = cache.get("s3://b/other.png#p2", read)
+    newer = cache.make("s3://b/other.png#p2", reader(data))
     assert newer.exists() and not first.exists()
+    assert list(cache.scratch.iterdir()) == []  # scratch files removed after each thumbnail
+
+
+def test_stale_scratch_files_of_a_crashed_process_are_swept(tmp_path: Path) -> None:
+    cache = ThumbnailCache(tmp_path / "cache", max_bytes=10_000_000)
+    stale, fresh = cache.scratch / "old.part", cache.scratch / "new.part"
+    stale.write_bytes(b"x" * 1000)
+    fresh.write_bytes(b"y")
+    os.utime(stale, (1, 1))
+    assert cache.size() == 1001  # scratch files count in the cache's size
+    ThumbnailCache(tmp_path / "cache", max_bytes=10_000_000)
+    assert not stale.exists() and fresh.exists()
 
 
 def test_thumbnails_made_at_once_by_many_requests_all_succeed(tmp_path: Path) -> None:
-    # A gallery page asks for all its thumbnails at once. Each request makes its thumbnail in a
-    # scratch folder inside the cache, then trims the cache: the trim once listed the other requests'
-    # scratch folders as they were removed and failed them with FileNotFoundError (404 thumbnails).
-    import contextlib
     from concurrent.futures import ThreadPoolExecutor
 
     data = png(tmp_path / "src.png", (400, 300)).read_bytes()
     cache = ThumbnailCache(tmp_path / "cache", max_bytes=256 * 1024 * 1024)
     with ThreadPoolExecutor(16) as pool:
-        made = list(
-            pool.map(lambda n: cache.get(f"src-{n}", lambda: contextlib.nullcontext(iter([data]))), range(64))
-        )
+        made = list(pool.map(lambda n: cache.make(f"src-{n}", reader(data)), range(64)))
     assert len(set(made)) == 64 and all(path.exists() for path in made)
-    assert cache.size() == sum(path.stat().st_size for path in made)  # scratch folders are not counted
+    assert cache.size() == sum(path.stat().st_size for path in made)
 
 
-def test_oversized_or_non_images_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(thumbnails, "MAX_PIXELS", 1000)
-    with pytest.raises(OutputStorageError, match="over the gallery's limit"):
-        make_thumbnail(png(tmp_path / "a.png", (100, 100)), tmp_path / "t.webp")
+def test_bombs_and_other_containers_are_refused_before_decoding(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(13000, 13000))
+    with pytest.raises(NotAnImage, match="over the gallery's limit"):
+        make_thumbnail(bomb, tmp_path / "t.webp")
+    icon = tmp_path / "x.ico"
+    Image.new("RGB", (64, 64)).save(icon, "ICO")
+    tiff = tmp_path / "x.tiff"
+    Image.new("RGB", (64, 64)).save(tiff, "TIFF")
     (tmp_path / "n.png").write_text("not an image")
-    with pytest.raises(OutputStorageError, match="not an image"):
-        make_thumbnail(tmp_path / "n.png", tmp_path / "t.webp")
+    for path in (icon, tiff, tmp_path / "n.png"):
+        with pytest.raises(NotAnImage, match="not an image"):
+            make_thumbnail(path, tmp_path / "t.webp")
 
 
-def row(kind: str, value: dict[str, object], dag_id: str = "d") -> ResultRow:
-    return ResultRow(kind, dag_id, "r1", "t", -1, datetime(2026, 11, 24, 8, tzinfo=timezone.utc), value)
+def test_the_pool_answers_busy_at_once_when_full() -> None:
+    release = threading.Event()
+    pool = ThumbnailPool(workers=1, max_pending=2)
+
+    def blocked() -> Path:
+        release.wait(10)
+        return Path("done")
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(pool.run(blocked, timeout=10))
+        second = asyncio.ensure_future(pool.run(blocked, timeout=10))
+        await asyncio.sleep(0)
+        with pytest.raises(Busy):
+            await pool.run(blocked, timeout=10)
+        release.set()
+        assert await first == Path("done") and await second == Path("done")
+        assert await pool.run(lambda: Path("again"), timeout=10) == Path("again")
+
+    asyncio.run(scenario())
+
+
+def test_the_pool_answers_busy_when_the_work_is_too_slow() -> None:
+    release = threading.Event()
+    pool = ThumbnailPool(workers=1, max_pending=4)
+
+    async def scenario() -> None:
+        with pytest.raises(Busy):
+            await pool.run(lambda: Path(str(release.wait(10))), timeout=0.05)
+        release.set()
+
+    asyncio.run(scenario())
+
+
+# -- manifests -----------------------------------------------------------------------------------
+
+
+def manifest(root: Path, lines: list[bytes]) -> object:
+    (root / "m.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    return roots_for(root).locate(f"{root}/m.jsonl")
+
+
+def test_a_manifest_is_read_a_page_at_a_time(root: Path) -> None:
+    lines = [json.dumps({"input": f"s3://in/{n}.png", "status": "completed"}).encode() for n in range(100)]
+    page = read_page(manifest(root, lines), ReadBounds(), start=48, count=24)  # type: ignore[arg-type]
+    assert page.total == 100 and not page.truncated
+    assert [n for n, _ in page.lines] == list(range(48, 72))
+    assert all(isinstance(line, ManifestLine) and line.input == f"s3://in/{n}.png" for n, line in page.lines)
+
+
+def test_bad_manifest_lines_are_unreadable_not_fatal(root: Path) -> None:
+    lines = [
+        b"not json",
+        b"[1, 2]",
+        json.dumps({"status": ["x"]}).encode(),
+        b"x" * (MAX_LINE_BYTES + 10),
+        b"{}",
+    ]
+    page = read_page(manifest(root, lines), ReadBounds(), start=0, count=24)  # type: ignore[arg-type]
+    assert page.total == 5
+    assert [line is None for _, line in page.lines] == [True, True, True, True, False]
+
+
+def test_a_huge_manifest_is_read_up_to_the_cap_only(root: Path) -> None:
+    lines = [json.dumps({"input": "x" * 100, "status": "completed"}).encode()] * 20_000
+    page = read_page(manifest(root, lines), ReadBounds(max_bytes=100_000), start=0, count=24)  # type: ignore[arg-type]
+    assert page.truncated and len(page.lines) == 24
+    assert page.total == 100_000 // (len(lines[0]) + 1)  # whole lines within the cap
+
+
+# -- pages ---------------------------------------------------------------------------------------
+
+HOSTILE = '"><script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
 def test_pages_escape_every_value_and_link_back_into_airflow() -> None:
-    hostile = '<script>alert("x")</script>'
+    ti = pages.TaskInstanceRef(HOSTILE, "r1", "t", -1, "/airflow")
+    record = ImageResult.parse(
+        {"prediction_id": HOSTILE, "input": HOSTILE, "outputs": [HOSTILE], "target_resolution": "<b>x</b>"}
+    )
+    assert record is not None
+    card = pages.ImageCard(
+        ti, record, pages.picture(HOSTILE, False, "thumb"), pages.picture(None, False, "thumb"), None, HOSTILE
+    )
+    batch = pages.BatchCard(
+        pages.TaskInstanceRef("d", "r1", "t", -1, "/airflow"),
+        BatchProgress(images=3, jobs=3, done=2, cost_cents=6, state=FINISHED, target_resolution="<i>"),
+    )
     html = pages.gallery_page(
-        [
-            row(IMAGE, {"prediction_id": hostile, "input": hostile, "cost_cents": 2}, dag_id=hostile),
-            row(BATCH, BatchProgress(images=3, jobs=3, done=2, cost_cents=6, state=FINISHED).to_json()),
-        ],
-        Totals(2, {hostile: 2.0, "d": 6.0}, {"2026-11-24": 8.0}),
-        Filters(dag_id=None),
-        [hostile, "d"],
+        [card, batch],
+        Totals(2, {HOSTILE: 2.0, "d": 6.0}, {"2026-11-24": 8.0}),
+        Filters(dag_id=HOSTILE),
+        [HOSTILE, "d"],
         page_number=1,
         per_page=24,
-        root="/airflow",
+        skipped=1,
     )
-    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<script" not in html and "<img src=x" not in html and "<b>x" not in html and "<i>" not in html
+    assert "&lt;script&gt;" in html
     assert 'target="_top" href="/airflow/dags/d/runs/r1/tasks/t"' in html
+    assert "/airflow/dags/%22%3E%3Cscript%3E" in html  # a hostile id is one quoted path segment
     assert 'data-testid="total-cost">8¢' in html and 'data-done="2"' in html
+    assert "style=" not in html and "<style" not in html and "<script" not in html  # CSP: none needed
     assert "http" not in html.split("<body>")[0]  # no external asset in the head
 
 
-def test_media_types() -> None:
-    assert (
-        media_type("s3://b/x.PNG") == "image/png"
-        and media_type("/x/manifest.jsonl") == "application/x-ndjson"
+def test_the_batch_page_shows_unreadable_lines_as_such() -> None:
+    ti = pages.TaskInstanceRef("d", "r", "t", -1)
+    line = ManifestLine.parse({"input": HOSTILE, "status": HOSTILE, "error": HOSTILE})
+    html = pages.batch_page(
+        ti,
+        BatchProgress(images=2, jobs=2, done=1),
+        [
+            pages.LineView(0, None, pages.Picture(None), pages.Picture(None)),
+            pages.LineView(1, line, pages.picture(HOSTILE, False, "x"), pages.picture(None, False, "y")),
+        ],
+        page_number=1,
+        has_next=False,
+        truncated=True,
+        manifest_error=HOSTILE,
     )
-    assert media_type("file:///x/y") == "application/octet-stream"
+    assert (
+        "unreadable manifest line" in html
+        and "<script" not in html
+        and "larger than the gallery reads" in html
+    )
+    assert '<meta http-equiv="refresh" content="5">' in html
 
 
-def test_png_helper_is_a_png(tmp_path: Path) -> None:
-    assert Image.open(io.BytesIO(png(tmp_path / "x.png").read_bytes())).format == "PNG"
+def test_media_types() -> None:
+    assert media_type("x.PNG") == "image/png" and media_type("manifest.jsonl") == "application/x-ndjson"
+    assert (
+        media_type("y") == "application/octet-stream"
+        and media_type("page.html") == "application/octet-stream"
+    )

@@ -1,0 +1,201 @@
+"""Where the gallery may read: the deployment's ``[vibedream] gallery_roots``, never a record.
+
+A record names a URI; the gallery looks it up among the configured roots and reads it, with the
+root's own connection, only when it lies under one. Everything else is refused: another scheme, a
+case variant of one (``FILE://``, ``S3://``), ``local://`` and friends, a ``..``, ``.`` or empty
+segment, a backslash or a control character, a query or fragment. The check is on the text alone
+(no I/O); local files are then opened race-free beneath the root (see :mod:`.sources`).
+
+``gallery_roots`` is a JSON object: each key a root, each value the connection id the api-server
+reads that root with (``null`` for local directories)::
+
+    {"/data/upscaled": null, "s3://my-bucket/upscaled/": "aws_default"}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+log = logging.getLogger(__name__)
+
+#: What may appear in a URI the gallery reads: no control character, no backslash.
+_CLEAN = re.compile(r"^[^\x00-\x1f\x7f\\]+$")
+#: An object store URI as written by the operators: lower-case scheme, bucket, key.
+_STORE_URI = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<bucket>[^/?#]+)/(?P<key>[^?#]*)$")
+#: Schemes that name the api-server's own file system: only ever through a local root.
+_LOCAL_SCHEMES = frozenset({"file", "local"})
+
+
+class RootsConfigError(ValueError):
+    """``[vibedream] gallery_roots`` is not a JSON object of roots to connection ids."""
+
+
+def _segments_ok(parts: list[str]) -> bool:
+    """Every segment is a real name: not empty, not ``.`` or ``..``."""
+    return all(part not in ("", ".", "..") for part in parts)
+
+
+@dataclass(frozen=True)
+class LocalRoot:
+    """A directory of the api-server whose files the gallery may serve.
+
+    :param directory: the directory, resolved once when the configuration is read.
+    """
+
+    directory: Path
+
+    def __str__(self) -> str:
+        return str(self.directory)
+
+
+@dataclass(frozen=True)
+class StoreRoot:
+    """An object-store prefix the gallery may read with the root's connection.
+
+    :param scheme: ``s3`` (read through the amazon provider's S3Hook), or another fsspec scheme.
+    :param bucket: the bucket.
+    :param prefix: the key prefix, empty or ending in ``/``.
+    :param conn_id: the connection the api-server reads it with (None: the store's default).
+    """
+
+    scheme: str
+    bucket: str
+    prefix: str
+    conn_id: str | None
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True)
+class LocalLocation:
+    """A file beneath a local root.
+
+    :param root: the root.
+    :param parts: the path's segments below the root (each a plain name).
+    """
+
+    root: LocalRoot
+    parts: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.parts[-1]
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """An object beneath an object-store root.
+
+    :param root: the root (its connection is the one used).
+    :param key: the object's key.
+    """
+
+    root: StoreRoot
+    key: str
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.key).name
+
+    @property
+    def uri(self) -> str:
+        return f"{self.root.scheme}://{self.root.bucket}/{self.key}"
+
+
+Location = LocalLocation | StoreLocation
+
+
+def _store_root(root: str, conn_id: str | None) -> StoreRoot:
+    match = _STORE_URI.match(root if root.count("/") > 2 else root + "/")
+    if match is None or match["scheme"] in _LOCAL_SCHEMES or not _CLEAN.match(root):
+        raise RootsConfigError(f"gallery root {root!r} is not scheme://bucket/prefix/")
+    prefix = match["key"]
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    if prefix and not _segments_ok(prefix[:-1].split("/")):
+        raise RootsConfigError(f"gallery root {root!r} has an empty, '.' or '..' segment")
+    return StoreRoot(match["scheme"], match["bucket"], prefix, conn_id)
+
+
+@dataclass(frozen=True)
+class GalleryRoots:
+    """The roots of one deployment.
+
+    :param local: local directories.
+    :param stores: object-store prefixes with their connections.
+    """
+
+    local: tuple[LocalRoot, ...] = ()
+    stores: tuple[StoreRoot, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str | None) -> GalleryRoots:
+        """From the setting's JSON text (empty: no roots, the gallery shows no bytes)."""
+        if not text or not text.strip():
+            return cls()
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise RootsConfigError(f"[vibedream] gallery_roots is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise RootsConfigError("[vibedream] gallery_roots must be a JSON object {root: conn_id}")
+        local: list[LocalRoot] = []
+        stores: list[StoreRoot] = []
+        for root, conn_id in value.items():
+            if not isinstance(root, str) or not (conn_id is None or isinstance(conn_id, str)):
+                raise RootsConfigError(f"gallery root {root!r}: the connection id must be a text or null")
+            if root.startswith("/"):
+                local.append(LocalRoot(Path(root).resolve()))
+            else:
+                stores.append(_store_root(root, conn_id or None))
+        return cls(tuple(local), tuple(stores))
+
+    @classmethod
+    def from_config(cls) -> GalleryRoots:
+        """From ``[vibedream] gallery_roots``; a broken setting is logged and means no roots."""
+        from airflow.providers.common.compat.sdk import conf
+
+        try:
+            return cls.parse(conf.get("vibedream", "gallery_roots", fallback="") or "")
+        except RootsConfigError as exc:
+            log.error("VibeDream gallery: %s; the gallery serves no images until it is fixed", exc)
+            return cls()
+
+    def locate(self, uri: object) -> Location | None:
+        """Where ``uri`` lies among the roots, or None when the gallery must not read it."""
+        if not isinstance(uri, str) or not _CLEAN.match(uri):
+            return None
+        if uri.startswith("file://"):
+            return self._local(uri[len("file://") :])
+        if uri.startswith("/"):
+            return self._local(uri)
+        match = _STORE_URI.match(uri)
+        if match is None:
+            return None
+        key = match["key"]
+        if not key or not _segments_ok(key.split("/")):
+            return None
+        for root in self.stores:
+            if (match["scheme"], match["bucket"]) == (root.scheme, root.bucket) and key.startswith(
+                root.prefix
+            ):
+                return StoreLocation(root, key)
+        return None
+
+    def _local(self, path: str) -> LocalLocation | None:
+        # ``file://host/...`` names another machine: refused like anything else not a plain path.
+        if not path.startswith("/"):
+            return None
+        parts = path[1:].split("/")
+        if not _segments_ok(parts):
+            return None
+        for root in self.local:
+            below = root.directory.parts[1:]
+            if tuple(parts[: len(below)]) == below and len(parts) > len(below):
+                return LocalLocation(root, tuple(parts[len(below) :]))
+        return None
