@@ -278,17 +278,36 @@ def output_extension(output: str, output_format: str | None) -> str:
 
 def validate_name_template(template: Any, field_name: str = "output_name_template") -> str:
     """A name template that keeps every output inside ``output_path``: known fields only, relative,
-    no ``..`` (checked when the operator is built, so a bad one never costs a job)."""
+    no segment of only dots (``.``, ``..``), whatever values the fields get (checked when the
+    operator is built, so a bad one never costs a job).
+
+    The check is structural, so one rendering stands for all: ``dag_id``, ``run_id``, ``task_id``
+    and ``prediction_id`` pass through :func:`safe_segment` (never empty, never a separator, never
+    only dots), ``index`` is digits and ``ext`` comes from a fixed map, so a path segment holding any
+    of them is an ordinary name whatever its value, and a segment holding none of them is the
+    template's own text. Only ``map_suffix`` adds separators and segments of its own: the template is
+    rendered with each value it takes (``""`` for an unmapped task, ``/map_<n>`` for a mapped one).
+    Format specs could change what a field renders to (``{dag_id:.0}`` is empty), so only ``index``
+    may have one, and only padding (``{index:03d}``); conversions (``!r``) are refused.
+
+    :param template: the ``str.format`` template of an output's name relative to ``output_path``.
+    :param field_name: the parameter named in errors.
+    :raises VibeDreamValidationError: the template names unknown fields, formats a field other than
+        by padding ``index``, or could render a name outside ``output_path``.
+    """
     if not isinstance(template, str) or not template.strip():
         raise VibeDreamValidationError(
             f"{field_name} must be a non-empty text; got {template!r}", field=field_name
         )
     try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        fields = [
+            (name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+        ]
     except ValueError as exc:
         raise VibeDreamValidationError(
             f"{field_name} is not a valid template: {exc}", field=field_name
         ) from None
+    names = [name for name, _, _ in fields if name is not None]
     unknown = sorted({name for name in names if name not in NAME_FIELDS})
     if unknown:
         raise VibeDreamValidationError(
@@ -296,21 +315,34 @@ def validate_name_template(template: Any, field_name: str = "output_name_templat
             f"known: {', '.join(sorted(NAME_FIELDS))}",
             field=field_name,
         )
-    sample = template.format(
-        dag_id="d", run_id="r", task_id="t", map_suffix="/map_0", prediction_id="p", index=0, ext="png"
-    )
-    parts = sample.replace("\\", "/").split("/")
-    if (
-        sample.startswith(("/", "\\"))
-        or re.match(r"^[A-Za-z]:[\\/]", sample)
-        or ".." in parts
-        or "://" in sample
-    ):
-        raise VibeDreamValidationError(
-            f"{field_name} must be a relative name inside output_path (no leading '/', no '..'); "
-            f"got {template!r}",
-            field=field_name,
+    for name, spec, conversion in fields:
+        # Zero- or space-padding keeps index digits; any other spec or conversion could render a field
+        # empty, as dots or as separators (a nested "{...}" in a spec is refused here too).
+        if name is not None and (
+            conversion is not None or (spec and not (name == "index" and re.fullmatch(r"0?\d{0,2}d?", spec)))
+        ):
+            raise VibeDreamValidationError(
+                f"{field_name} may format only index, and only by padding (e.g. {{index:03d}}); got "
+                f"{template!r}",
+                field=field_name,
+            )
+    # Stand-ins for the opaque fields (see the docstring); map_suffix takes each value it can take.
+    for map_suffix in ("", "/map_0"):
+        sample = template.format(
+            dag_id="x", run_id="x", task_id="x", prediction_id="x", index=0, ext="x", map_suffix=map_suffix
         )
+        segments = sample.replace("\\", "/").split("/")
+        if (
+            sample.startswith(("/", "\\"))
+            or re.match(r"^[A-Za-z]:[\\/]", sample)
+            or any(segment and not segment.strip(".") for segment in segments)
+            or "://" in sample
+        ):
+            raise VibeDreamValidationError(
+                f"{field_name} must be a relative name inside output_path (no leading '/', no '..'); "
+                f"got {template!r}",
+                field=field_name,
+            )
     return template
 
 

@@ -168,7 +168,8 @@ def _locate(uri: str | None) -> Location:
 def _redirect_allowed(uri: str) -> bool:
     """An http(s) URL on a host the deployment listed (exact scheme, no credentials in the URL)."""
     parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+    # The scheme as written (urlsplit lower-cases it): a case variant is refused like any other.
+    if not uri.startswith(("http://", "https://")) or not parts.hostname or parts.username or parts.password:
         return False
     if any(c.isspace() or ord(c) < 32 for c in uri) or "\\" in uri:
         return False
@@ -206,10 +207,19 @@ def _stream(location: Location) -> StreamingResponse:
     return StreamingResponse(body(), media_type=kind, headers={"Content-Disposition": disposition})
 
 
-def _open(uri: str | None) -> Response:
+#: What ``/output`` serves from a root (images), and what ``/manifest`` serves (JSON lines): a root
+#: may hold other files (a page, a ledger document) that no link opens.
+OUTPUT_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+MANIFEST_TYPES = frozenset({"application/x-ndjson"})
+
+
+def _open(uri: str | None, kinds: frozenset[str]) -> Response:
     """What an extra link opens: a root's ``s3://`` object through a fresh presigned URL, another
-    root's file streamed, a listed host's URL through a redirect; nothing else."""
+    root's file streamed (only of the ``kinds`` the link is for), a listed host's URL through a
+    redirect; nothing else."""
     location = settings.roots.locate(uri)
+    if location is not None and media_type(location.name) not in kinds:
+        raise NotServed
     if isinstance(location, StoreLocation) and location.root.scheme == "s3":
         return RedirectResponse(presigned_url(location), status.HTTP_307_TEMPORARY_REDIRECT)
     if location is not None:
@@ -429,7 +439,7 @@ def create_app() -> FastAPI:
         record = _result(user, TaskInstanceRef(dag_id, run_id, task_id, map_index))
         if n >= len(record.outputs):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "No such output")
-        return _open(record.outputs[n])
+        return _open(record.outputs[n], OUTPUT_TYPES)
 
     @app.get("/manifest")
     def manifest(
@@ -437,7 +447,7 @@ def create_app() -> FastAPI:
     ) -> Response:
         progress = _progress(user, TaskInstanceRef(dag_id, run_id, task_id, map_index))
         _manifest_location(progress)
-        return _open(progress.manifest)
+        return _open(progress.manifest, MANIFEST_TYPES)
 
     return app
 
