@@ -104,3 +104,20 @@ class VibeDreamTimeoutError(VibeDreamError):
 
 class OutputStorageError(VibeDreamError):
     """An output could not be downloaded, decoded or written."""
+
+
+class OutputIncompleteError(OutputStorageError):
+    """An output's bytes ended before the image did (a cut download): downloaded again, a bounded
+    number of times, then this error."""
+
+
+class InvalidOutputError(OutputStorageError):
+    """An output is complete but not what was asked (format, size, aspect ratio): nothing is stored
+    at its name and it is not downloaded again; no retry of the task can change the job's output.
+
+    :param problems: what differed, one phrase each.
+    """
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []

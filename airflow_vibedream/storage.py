@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
+import logging
 import re
 import string
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +28,9 @@ from PIL import Image
 
 from airflow_vibedream.client.request import validate_http_url
 from airflow_vibedream.downloads import DownloadPolicy, download_chunks, is_data_output
-from airflow_vibedream.errors import OutputStorageError, VibeDreamValidationError
+from airflow_vibedream.errors import OutputIncompleteError, OutputStorageError, VibeDreamValidationError
+
+log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
 #: Buffer (and multipart part) size for object-store writes. s3fs defaults to 50 MiB, which with its
@@ -84,6 +88,66 @@ def resolve_image(image: str, *, aws_conn_id: str | None, expires_in: float) -> 
     return url
 
 
+#: The input formats the API accepts ("Accepted: JPEG, PNG, GIF, WebP"), as Pillow names them.
+INPUT_FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
+#: The most of an input read to learn its format and size (a JPEG's size may follow its metadata).
+PROBE_BYTES = 1024 * 1024
+
+
+def probe_input(image: str, *, aws_conn_id: str | None, policy: DownloadPolicy) -> tuple[int, int, str]:
+    """(width, height, format) of an input image from its header: a ranged read of an ``s3://``
+    object, a bounded read of an http(s) URL. Before anything is paid, an input the API would not
+    accept (not JPEG, PNG, GIF or WebP) or that cannot be read is refused, naming the field."""
+    try:
+        head = _s3_head(image, aws_conn_id) if image.startswith("s3://") else _http_head(image, policy)
+    except Exception as exc:
+        raise VibeDreamValidationError(
+            f"image {image!r} cannot be read to check it before submitting: {type(exc).__name__}: {exc}",
+            field="image",
+        ) from None
+    try:
+        with Image.open(io.BytesIO(head), formats=INPUT_FORMATS) as opened:
+            return opened.size[0], opened.size[1], str(opened.format)
+    except Exception:
+        kind = _sniff(head)
+        raise VibeDreamValidationError(
+            f"image {image!r} is {kind}; VibeDream accepts JPEG, PNG, GIF or WebP images", field="image"
+        ) from None
+
+
+def _sniff(head: bytes) -> str:
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "a TIFF image"
+    return "not a JPEG, PNG, GIF or WebP image (or its header is not within the first 1 MiB)"
+
+
+def _s3_head(image: str, aws_conn_id: str | None) -> bytes:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    bucket, key = S3Hook.parse_s3_url(image)
+    answer = (
+        S3Hook(aws_conn_id=aws_conn_id)
+        .get_conn()
+        .get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{PROBE_BYTES - 1}")
+    )
+    with contextlib.closing(answer["Body"]) as body:
+        return bytes(body.read(PROBE_BYTES))
+
+
+def _http_head(image: str, policy: DownloadPolicy) -> bytes:
+    head = bytearray()
+    with httpx.Client(follow_redirects=False) as http:
+        chunks = download_chunks(image, http, policy)
+        try:
+            for chunk in chunks:
+                head += chunk
+                if len(head) >= PROBE_BYTES:
+                    break
+        finally:
+            chunks.close()  # type: ignore[attr-defined]
+    return bytes(head[:PROBE_BYTES])
+
+
 @dataclass(frozen=True)
 class StoredOutput:
     """One persisted output.
@@ -94,6 +158,8 @@ class StoredOutput:
     :param width: pixel width (None if the bytes are not a recognisable image).
     :param height: pixel height.
     :param format: image format as Pillow names it (``JPEG``, ``PNG``, ``WEBP``).
+    :param checks: the verifications it passed (``complete``, ``decodes``, ``format``,
+        ``long_edge``, ``aspect``; see :mod:`airflow_vibedream.lifecycle.verify`).
     """
 
     uri: str
@@ -102,9 +168,10 @@ class StoredOutput:
     width: int | None
     height: int | None
     format: str | None
+    checks: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "checks": list(self.checks)}
 
 
 def safe_segment(value: object) -> str:
@@ -149,10 +216,12 @@ class _Inspector:
     """
 
     HEADER_BYTES = 256 * 1024
+    TAIL_BYTES = 16
     MAX_PENDING = 8
 
     def __init__(self) -> None:
         self.size = 0
+        self._tail = b""
         self._sha256 = hashlib.sha256()
         self._head = bytearray()
         self._pending = threading.BoundedSemaphore(self.MAX_PENDING)
@@ -169,6 +238,7 @@ class _Inspector:
         self.size += len(chunk)
         if len(self._head) < self.HEADER_BYTES:
             self._head += chunk[: self.HEADER_BYTES - len(self._head)]
+        self._tail = (self._tail + chunk[-self.TAIL_BYTES :])[-self.TAIL_BYTES :]
         self._pending.acquire()
         # One worker thread: chunks are hashed in the order they were fed.
         self._last = self._hasher.submit(self._hash, chunk)
@@ -182,6 +252,20 @@ class _Inspector:
     def close(self) -> None:
         self._hasher.shutdown(cancel_futures=True)
 
+    def complete(self, image_format: str | None) -> bool:
+        """Whether the bytes reach the end of the image their header announces: PNG up to its IEND
+        chunk, JPEG to its EOI marker, WebP to its RIFF length, GIF to its trailer."""
+        head, tail = bytes(self._head[:12]), self._tail
+        if image_format == "PNG":
+            return tail.endswith(b"IEND\xaeB`\x82")
+        if image_format == "JPEG":
+            return tail.endswith(b"\xff\xd9")
+        if image_format == "WEBP":
+            return head[:4] == b"RIFF" and int.from_bytes(head[4:8], "little") + 8 == self.size
+        if image_format == "GIF":
+            return tail.endswith(b";")
+        return False
+
     def identify(self) -> tuple[int | None, int | None, str | None]:
         """(width, height, format) from the header, or Nones if the bytes are no known image."""
         try:
@@ -191,7 +275,11 @@ class _Inspector:
             return None, None, None
 
 
-def _write_atomically(target: Any, chunks: Iterable[bytes], inspector: _Inspector) -> None:
+def _write_atomically(
+    target: Any, chunks: Iterable[bytes], inspector: _Inspector, verify: Callable[[], None] | None = None
+) -> None:
+    """Write ``chunks`` to ``target`` so that it exists only complete, and only if ``verify()``
+    (called once everything streamed past, before the file is published) raises nothing."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.protocol in ("file", "local", ""):
         # Local: a hidden temporary name beside the target, renamed into place when complete.
@@ -199,6 +287,8 @@ def _write_atomically(target: Any, chunks: Iterable[bytes], inspector: _Inspecto
         try:
             with temporary.open("wb") as handle:
                 _copy(chunks, handle, inspector)
+            if verify is not None:
+                verify()
             temporary.rename(target)
         except BaseException:
             temporary.unlink(missing_ok=True)
@@ -211,6 +301,8 @@ def _write_atomically(target: Any, chunks: Iterable[bytes], inspector: _Inspecto
     handle = target.fs.open(target.path, "wb", block_size=UPLOAD_BLOCK_SIZE)
     try:
         _copy(chunks, handle, inspector)
+        if verify is not None:
+            verify()
     except BaseException:
         handle.discard()
         # discard() leaves the file open with no buffer; marked closed, its finaliser does not
@@ -226,6 +318,14 @@ def _copy(chunks: Iterable[bytes], handle: IO[bytes], inspector: _Inspector) -> 
         handle.write(chunk)
 
 
+#: Downloads of one output, at most, while its bytes come back cut short or undecodable.
+DOWNLOAD_ATTEMPTS = 3
+
+#: Checks an output against what was asked: ``(width, height, format, uri)`` -> the checks passed,
+#: or an :class:`~airflow_vibedream.errors.InvalidOutputError` naming what differed.
+OutputCheck = Callable[[int, int, str, str], list[str]]
+
+
 def store_output(
     output: str,
     target: Any,
@@ -233,33 +333,72 @@ def store_output(
     http: httpx.Client,
     uri: str | None = None,
     policy: DownloadPolicy | None = None,
+    check: OutputCheck | None = None,
+    attempts: int = DOWNLOAD_ATTEMPTS,
 ) -> StoredOutput:
-    """Stream one output (URL or base64) to ``target`` atomically and describe what was stored.
+    """Stream one output (URL or base64) to ``target`` atomically, verified, and describe it.
+
+    Verified while it streams, with no second read: its header decodes and its bytes reach the end
+    of the image (else it is downloaded again, ``attempts`` times in all: a cut download), then
+    ``check`` compares it with what was asked (a complete but wrong image is never stored and never
+    downloaded again). Nothing is left at the final name unless every check passed.
 
     ``uri`` is how the result names the target (ObjectStoragePath's own string carries the
     connection id, which is no part of the object's address)."""
-    inspector = _Inspector()
-    try:
-        if is_data_output(output):
-            _write_atomically(target, _decoded_chunks(output), inspector)
-        else:
-            # A plain client with no Authorization: outputs live on another host than the API.
-            _write_atomically(target, download_chunks(output, http, policy or DownloadPolicy()), inspector)
-    except httpx.HTTPError as exc:
-        inspector.close()
-        raise OutputStorageError(f"Downloading {output} failed: {type(exc).__name__} {exc}") from exc
-    except BaseException:
-        inspector.close()
-        raise
-    width, height, image_format = inspector.identify()
-    return StoredOutput(
-        uri=uri or str(target),
-        bytes=inspector.size,
-        sha256=inspector.sha256(),
-        width=width,
-        height=height,
-        format=image_format,
-    )
+    where = uri or str(target)
+    # Base64 text is the same however often it is read: one attempt.
+    for attempt in range(1, (1 if is_data_output(output) else attempts) + 1):
+        inspector = _Inspector()
+        facts: dict[str, Any] = {}
+
+        def verify(inspector: _Inspector = inspector, facts: dict[str, Any] = facts) -> None:
+            width, height, image_format = inspector.identify()
+            facts["size"] = (width, height, image_format)
+            if check is None:  # not an image model's output: described, not judged
+                facts["checks"] = []
+                return
+            if (
+                width is None
+                or height is None
+                or image_format is None
+                or not inspector.complete(image_format)
+            ):
+                raise OutputIncompleteError(
+                    f"The output for {where} is cut short or does not decode ({inspector.size} bytes"
+                    f"{', ' + image_format if image_format else ''})"
+                )
+            facts["checks"] = check(width, height, image_format, where)
+
+        try:
+            if is_data_output(output):
+                _write_atomically(target, _decoded_chunks(output), inspector, verify)
+            else:
+                # A plain client with no Authorization: outputs live on another host than the API.
+                chunks = download_chunks(output, http, policy or DownloadPolicy())
+                _write_atomically(target, chunks, inspector, verify)
+        except OutputIncompleteError as exc:
+            inspector.close()
+            if attempt >= attempts or is_data_output(output):
+                raise OutputIncompleteError(f"{exc}, after {attempt} download(s)") from None
+            log.warning("%s: downloading it again (attempt %d of %d)", exc, attempt + 1, attempts)
+            continue
+        except httpx.HTTPError as exc:
+            inspector.close()
+            raise OutputStorageError(f"Downloading {output} failed: {type(exc).__name__} {exc}") from exc
+        except BaseException:
+            inspector.close()
+            raise
+        width, height, image_format = facts["size"]
+        return StoredOutput(
+            uri=where,
+            bytes=inspector.size,
+            sha256=inspector.sha256(),
+            width=width,
+            height=height,
+            format=image_format,
+            checks=tuple(facts["checks"]),
+        )
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def output_extension(output: str, output_format: str | None) -> str:
@@ -355,8 +494,10 @@ def persist_outputs(
     name_template: str = DEFAULT_OUTPUT_NAME,
     conn_id: str | None = None,
     policy: DownloadPolicy | None = None,
+    check: OutputCheck | None = None,
 ) -> list[StoredOutput]:
-    """Store every output of one prediction under ``output_path``.
+    """Store every output of one prediction under ``output_path``, each verified by ``check``
+    (see :func:`store_output`; None: outputs of a model whose outputs are not known to be images).
 
     :param outputs: the prediction's outputs (download URLs or base64 text).
     :param output_path: destination directory URI.
@@ -378,7 +519,14 @@ def persist_outputs(
                 **fields, index=index, ext=output_extension(output, output_format)
             )
             stored.append(
-                store_output(output, base / relative, http=http, uri=f"{base_uri}/{relative}", policy=policy)
+                store_output(
+                    output,
+                    base / relative,
+                    http=http,
+                    uri=f"{base_uri}/{relative}",
+                    policy=policy,
+                    check=check,
+                )
             )
     return stored
 

@@ -25,12 +25,13 @@ from airflow_vibedream.emulator.contract import (
 )
 from airflow_vibedream.emulator.faults import (
     ANSWER_KINDS,
+    OUTPUT_KINDS,
     DroppedResponse,
     EndlessResponse,
     FaultRule,
     apply_delay,
 )
-from airflow_vibedream.emulator.imaging import MEDIA_TYPES, sample_image
+from airflow_vibedream.emulator.imaging import MEDIA_TYPES, broken_output, sample_image
 from airflow_vibedream.emulator.state import EmulatorConfig, EmulatorState, is_upscaler
 
 CONTROL_PREFIX = "/_emulator"
@@ -195,10 +196,13 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
     @app.get("/outputs/{prediction_id}/{name}")
     async def get_output(prediction_id: str, name: str) -> Response:
         # Output links are public download URLs, like the real assets host: no auth.
-        fault = state.faults.pick("output", kinds=(*ANSWER_KINDS, "slow"))
+        fault = state.faults.pick("output", kinds=(*ANSWER_KINDS, *OUTPUT_KINDS, "slow"))
         await apply_delay(fault)
         path = state.output_file(prediction_id, name)
         media_type = MEDIA_TYPES.get(path.suffix.lstrip("."), "application/octet-stream") if path else ""
+        if fault is not None and fault.kind in OUTPUT_KINDS and path is not None:
+            data = await asyncio.to_thread(broken_output, path.read_bytes(), fault.kind)
+            return Response(data, media_type=media_type)
         if fault is not None and fault.kind == "drop" and path is not None:
             # An interrupted download: real bytes of the file, then the connection closes.
             with path.open("rb") as handle:

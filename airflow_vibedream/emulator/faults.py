@@ -32,8 +32,14 @@ Kind = Literal[
     "redirect",
     "fail_prediction",
     "stuck",
+    "truncated",
+    "wrong_size",
+    "wrong_format",
+    "wrong_aspect",
 ]
 ROUTES: tuple[str, ...] = get_args(Route)
+#: Kinds that serve a broken output file (route ``output``): a 200 whose image is not what was asked.
+OUTPUT_KINDS: tuple[str, ...] = ("truncated", "wrong_size", "wrong_format", "wrong_aspect")
 KINDS: tuple[str, ...] = get_args(Kind)
 #: Kinds that replace the answer of the request they hit.
 ANSWER_KINDS: tuple[str, ...] = (
@@ -62,7 +68,10 @@ class FaultRule:
         from the moment the rule is set), ``endless`` (a 200 whose body never ends), ``drip``
         (a 200 whose body comes one byte every ``delay`` seconds), ``redirect`` (a 302 to
         ``location``), ``fail_prediction`` (the job ends ``failed`` with ``error``), ``stuck`` (the
-        job never leaves ``processing``).
+        job never leaves ``processing``); on ``output`` only, a complete 200 whose image is wrong:
+        ``truncated`` (the first half of the file), ``wrong_size`` (a 64 px image), ``wrong_format``
+        (another format than asked, under the asked name), ``wrong_aspect`` (the right long edge,
+        the short edge halved).
     :param status: the HTTP status of a ``status`` fault.
     :param retry_after: seconds to send as a ``Retry-After`` header (and ``retry_after`` body field).
     :param after_create: on ``submit``, create the job first and fail afterwards: the client cannot

@@ -93,3 +93,22 @@ def sample_image(width: int, height: int, image_format: str, *, noise: bool = Fa
     buffer = io.BytesIO()
     image.save(buffer, format=image_format)
     return buffer.getvalue()
+
+
+def broken_output(data: bytes, kind: str) -> bytes:
+    """A wrong version of the output ``data`` (fault kinds ``truncated``, ``wrong_size``,
+    ``wrong_format``, ``wrong_aspect``), for testing that clients verify what they store."""
+    if kind == "truncated":
+        return data[: len(data) // 2]
+    opened = Image.open(io.BytesIO(data))
+    encoder = str(opened.format)
+    image: Image.Image = opened
+    if kind == "wrong_size":
+        image = image.resize((64, max(1, round(64 * image.height / image.width))))
+    elif kind == "wrong_aspect":
+        image = image.resize((image.width, max(1, image.height // 2)))
+    elif kind == "wrong_format":
+        encoder = "PNG" if encoder == "JPEG" else "JPEG"
+    out = io.BytesIO()
+    image.convert("RGB" if encoder == "JPEG" else image.mode).save(out, encoder)
+    return out.getvalue()

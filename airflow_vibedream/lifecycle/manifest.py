@@ -14,6 +14,8 @@ from airflow_vibedream.storage import safe_segment, storage_uri
 STATUS_UNKNOWN = "submission_state_unknown"
 STATUS_NOT_SUBMITTED = "not_submitted"
 STATUS_TIMEOUT = "timeout"
+#: A complete output that is not what was asked (format, size, aspect): never stored, never retried.
+STATUS_INVALID_OUTPUT = "invalid_output"
 
 
 def manifest_uri(output_path: str, dag_id: str, run_id: str, task_id: str, map_index: int | None) -> str:

@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.settings import ClientSettings
 from airflow_vibedream.downloads import DownloadPolicy, is_non_public_host
-from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, StoredOutput, persist_outputs
+from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
+from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, StoredOutput, persist_outputs, probe_input
 
 
 def download_policy(settings: ClientSettings) -> DownloadPolicy:
@@ -39,9 +40,15 @@ class OutputTarget:
     conn_id: str | None = None
 
     def store(
-        self, prediction: Prediction, ti: Any, output_format: str | None, policy: DownloadPolicy
+        self,
+        prediction: Prediction,
+        ti: Any,
+        output_format: str | None,
+        policy: DownloadPolicy,
+        expectation: Expectation | None = None,
     ) -> list[StoredOutput]:
-        """Persist every output of ``prediction`` for the task instance ``ti``, within ``policy``."""
+        """Persist every output of ``prediction`` for the task instance ``ti``, within ``policy``,
+        each verified against ``expectation`` (None: not an image model's outputs, not judged)."""
         return persist_outputs(
             prediction.outputs or [],
             self.output_path,
@@ -56,4 +63,17 @@ class OutputTarget:
             name_template=self.name_template,
             conn_id=self.conn_id,
             policy=policy,
+            check=None if expectation is None else _check(expectation),
         )
+
+
+def _check(expectation: Expectation) -> Any:
+    def check(width: int, height: int, image_format: str, where: str) -> list[str]:
+        return expectation.verify(ImageFacts(width, height, image_format), where)
+
+    return check
+
+
+def input_facts(image: str, *, aws_conn_id: str | None, policy: DownloadPolicy) -> ImageFacts:
+    """The input's header facts (refusing, before any request, an input the API would not accept)."""
+    return ImageFacts(*probe_input(image, aws_conn_id=aws_conn_id, policy=policy))

@@ -1,7 +1,8 @@
 """The one permanent-error rule, for ``execute``, ``execute_complete``, the sensor and the batch.
 
 Permanent: bad input (400/422 and local validation), a refused key (401/403), something that does
-not exist (404), bad configuration, a ``failed`` prediction, and a submit whose outcome is unknown
+not exist (404), bad configuration, a ``failed`` prediction, a complete output that is not what was
+asked (its job's output will not change), and a submit whose outcome is unknown
 (a retry could create, and bill, a second job). They fail the task at once, with no retry.
 Everything else (429, 5xx, network, deadlines, unreadable poll answers) is transient: Airflow's
 retries may repeat the try, which reconnects to the recorded prediction instead of paying again.

@@ -20,7 +20,13 @@ from airflow_vibedream.constants import (
     TARGET_RESOLUTIONS,
     UPSCALER_MODEL_ID,
 )
-from airflow_vibedream.errors import VibeDreamError, VibeDreamTimeoutError, VibeDreamValidationError
+from airflow_vibedream.downloads import DownloadPolicy
+from airflow_vibedream.errors import (
+    InvalidOutputError,
+    VibeDreamError,
+    VibeDreamTimeoutError,
+    VibeDreamValidationError,
+)
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.lifecycle.batch import (
     FAILED,
@@ -38,19 +44,21 @@ from airflow_vibedream.lifecycle.events import (
 )
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.manifest import (
+    STATUS_INVALID_OUTPUT,
     STATUS_NOT_SUBMITTED,
     STATUS_TIMEOUT,
     STATUS_UNKNOWN,
     manifest_uri,
     settled_line,
 )
-from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy
+from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy, input_facts
 from airflow_vibedream.lifecycle.progress import PUBLISH_EVERY
 from airflow_vibedream.lifecycle.records import PROGRESS_XCOM_KEY, BatchProgress
 from airflow_vibedream.lifecycle.rules import failures_decided_once, is_permanent
 from airflow_vibedream.lifecycle.settle import fire_not_before
 from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
 from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
+from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
 from airflow_vibedream.links import VibeDreamGalleryLink, VibeDreamManifestLink
 from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,
@@ -207,9 +215,23 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         ]
 
     def _payload(self, item: BatchImage) -> dict[str, Any]:
+        # An input the API would not accept is refused before its submit: that line is not_submitted.
+        input_facts(
+            item.image, aws_conn_id=self.aws_conn_id, policy=download_policy(self.hook.get_client().settings)
+        )
         expires = self.timeout * (int(self.retries or 0) + 1) + 3600
         image = resolve_image(item.image, aws_conn_id=self.aws_conn_id, expires_in=expires)
         return UpscaleRequest(**{**item.spec.asked, "image": image}).to_payload()
+
+    def _expectation(self, item: BatchImage, policy: DownloadPolicy) -> Expectation:
+        """What this image's outputs must be (its input's size read again from its header; when it
+        cannot be read any more, the aspect ratio is not checked and the line's checks say so)."""
+        try:
+            facts: ImageFacts | None = input_facts(item.image, aws_conn_id=self.aws_conn_id, policy=policy)
+        except VibeDreamValidationError as exc:
+            self.log.warning("VibeDream batch: the aspect ratio of %s is not checked: %s", item.image, exc)
+            facts = None
+        return Expectation.for_upscale(self.target_resolution, self.output_format, facts)
 
     def _store(self, context: Context) -> SubmissionStore:
         return SubmissionStore(context, handover_key=XCOM_SUBMISSIONS)
@@ -422,8 +444,18 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                 prediction = client.get_prediction(record.prediction_id)
                 if not prediction.succeeded:
                     return {**base, "status": prediction.status, "outputs": None, "error": prediction.error}
-                stored = target.store(prediction, ti, self.output_format, policy)
-                return {**base, "status": "completed", "outputs": [s.uri for s in stored], "error": None}
+                stored = target.store(
+                    prediction, ti, self.output_format, policy, self._expectation(item, policy)
+                )
+                return {
+                    **base,
+                    "status": "completed",
+                    "outputs": [s.uri for s in stored],
+                    "error": None,
+                    "checks": list(stored[0].checks) if stored else [],
+                }
+            except InvalidOutputError as exc:  # complete but not what was asked: final, never stored
+                return {**base, "status": STATUS_INVALID_OUTPUT, "outputs": None, "error": str(exc)}
             except Exception as exc:  # one image's trouble never costs the manifest of the others
                 if not isinstance(exc, VibeDreamError):
                     self.log.exception("VibeDream batch: storing the outputs of %s failed", item.image)

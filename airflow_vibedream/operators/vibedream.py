@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import astuple
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -23,16 +24,18 @@ from airflow_vibedream.constants import (
     TARGET_RESOLUTIONS,
     UPSCALER_MODEL_ID,
 )
+from airflow_vibedream.downloads import DownloadPolicy
 from airflow_vibedream.errors import VibeDreamPredictionFailedError, VibeDreamValidationError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.lifecycle.events import log_unavailable, prediction_from_event
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.job import SingleJob
-from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy
+from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy, input_facts
 from airflow_vibedream.lifecycle.records import RESULT_XCOM_KEY, image_record
 from airflow_vibedream.lifecycle.rules import failures_decided_once
 from airflow_vibedream.lifecycle.settle import fire_not_before
 from airflow_vibedream.lifecycle.validation import choice, is_templated, positive_seconds
+from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
 from airflow_vibedream.links import VibeDreamOutputLink
 from airflow_vibedream.operators.lineage import input_image_of, lineage_for, output_asset
 from airflow_vibedream.storage import (
@@ -51,6 +54,9 @@ XCOM_PREDICTION_ID = "prediction_id"
 #: XCom key of the submit answer's cost: poll answers do not repeat it, and XCom (unlike defer
 #: kwargs, which ``dag.test()`` drops) survives until the task finishes.
 XCOM_COST_CENTS = "cost_cents"
+#: XCom key of the input's (width, height, format), read from its header before the submit: the
+#: outputs are verified against it when the try resumes after deferring.
+XCOM_INPUT_FACTS = "vibedream_input_facts"
 
 
 class VibeDreamGenerateOperator(BaseOperator):
@@ -106,6 +112,7 @@ class VibeDreamGenerateOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id
         self.output_conn_id = output_conn_id
         self._lineage: tuple[str | None, list[str]] = (None, [])
+        self._input_facts: ImageFacts | None = None
         if output_path and not is_templated(output_path):
             # A fixed destination is a data product: declare it, so asset-aware DAGs can follow it.
             self.outlets = [*self.outlets, output_asset(output_path)]
@@ -154,6 +161,8 @@ class VibeDreamGenerateOperator(BaseOperator):
             # XCom is cleared at each try; push again so downstream tasks and execute_complete see it.
             context["ti"].xcom_push(key=XCOM_PREDICTION_ID, value=prediction.id)
             context["ti"].xcom_push(key=XCOM_COST_CENTS, value=prediction.cost_cents)
+            if self._input_facts is not None:
+                context["ti"].xcom_push(key=XCOM_INPUT_FACTS, value=list(astuple(self._input_facts)))
             if prediction.is_terminal:  # sync mode's answer, or a prediction that completed meanwhile
                 return self._finish(context, prediction)
             # One wall-clock deadline for this try, shared by the trigger and the worker loop.
@@ -208,7 +217,10 @@ class VibeDreamGenerateOperator(BaseOperator):
                 self.output_path, self.output_name_template, self.output_conn_id or self.aws_conn_id
             )
             policy = download_policy(self.hook.get_client().settings)
-            stored = target.store(prediction, context["ti"], self.requested_output_format(), policy)
+            expectation = self.output_expectation(context, policy)
+            stored = target.store(
+                prediction, context["ti"], self.requested_output_format(), policy, expectation
+            )
             for item in stored:
                 self.log.info(
                     "Stored %s (%d bytes, %sx%s %s)",
@@ -231,6 +243,11 @@ class VibeDreamGenerateOperator(BaseOperator):
             ),
         )
         return result
+
+    def output_expectation(self, context: Context, policy: DownloadPolicy) -> Expectation | None:
+        """What every output must be. Any model's outputs are described, not judged; the upscaler
+        overrides this with its format, long edge and aspect ratio."""
+        return None
 
     def lineage_input(self) -> str | None:
         """The input image as the user named it (never a presigned URL), for lineage."""
@@ -327,10 +344,38 @@ class VibeDreamUpscaleImageOperator(VibeDreamGenerateOperator):
         )
 
     def payload(self, spec: JobSpec) -> dict[str, Any]:
+        # Before anything is paid: an input the API would not accept is refused here, naming the
+        # field, and the input's size is kept to verify the outputs' aspect ratio.
+        self._input_facts = input_facts(
+            spec.asked["image"],
+            aws_conn_id=self.aws_conn_id,
+            policy=download_policy(self.hook.get_client().settings),
+        )
         image = resolve_image(
             spec.asked["image"], aws_conn_id=self.aws_conn_id, expires_in=self._presign_seconds()
         )
         return UpscaleRequest(**{**spec.asked, "image": image}).to_payload()
+
+    def output_expectation(self, context: Context, policy: DownloadPolicy) -> Expectation | None:
+        return Expectation.for_upscale(
+            self.target_resolution, self.output_format, self._known_input_facts(context, policy)
+        )
+
+    def _known_input_facts(self, context: Context, policy: DownloadPolicy) -> ImageFacts | None:
+        """The input's facts: read before this try's submit (kept across the deferral), else read
+        now (a retry that reconnected); None when the input cannot be read any more (the aspect
+        ratio is then not checked, and the stored files' ``checks`` say so)."""
+        if self._input_facts is not None:
+            return self._input_facts
+        ti = context["ti"]
+        kept = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_INPUT_FACTS, map_indexes=ti.map_index)
+        if isinstance(kept, list) and len(kept) == 3:
+            return ImageFacts(int(kept[0]), int(kept[1]), str(kept[2]))
+        try:
+            return input_facts(self.image, aws_conn_id=self.aws_conn_id, policy=policy)
+        except VibeDreamValidationError as exc:
+            self.log.warning("The outputs' aspect ratio is not checked: %s", exc)
+            return None
 
     def lineage_input(self) -> str | None:
         return self.image

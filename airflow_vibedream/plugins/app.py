@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import (
-    FileResponse,
     HTMLResponse,
     JSONResponse,
     RedirectResponse,
@@ -71,6 +70,8 @@ User = Annotated[Any, Depends(user_dependency())]
 Ident = Annotated[str, Query(min_length=1, max_length=250, pattern=r"^[^\x00-\x1f\x7f]+$")]
 MapIndex = Annotated[int, Query(ge=-1, le=1_000_000)]
 PageNumber = Annotated[int, Query(ge=1, le=1_000_000)]
+#: The last day a date filter may name (the day after it must still be a date).
+LAST_DAY = date(9999, 12, 30)
 
 
 class Settings:
@@ -158,31 +159,37 @@ def _progress(user: Any, ti: TaskInstanceRef) -> BatchProgress:
     return record
 
 
-def _locate(uri: str | None) -> Location:
-    location = settings.roots.locate(uri)
+def _locate(uri: str | None, dag_id: str) -> Location:
+    location = settings.roots.locate(uri, dag_id)
     if location is None:
         raise NotServed
     return location
 
 
 def _redirect_allowed(uri: str) -> bool:
-    """An http(s) URL on a host the deployment listed (exact scheme, no credentials in the URL)."""
-    parts = urlsplit(uri)
+    """An http(s) URL on a host the deployment listed (exact scheme, no credentials in the URL).
+    Any URL the parser cannot read (an unclosed bracket, a host that normalises to a delimiter) is
+    refused, never an error."""
     # The scheme as written (urlsplit lower-cases it): a case variant is refused like any other.
-    if not uri.startswith(("http://", "https://")) or not parts.hostname or parts.username or parts.password:
+    if (
+        not uri.startswith(("http://", "https://"))
+        or any(c.isspace() or ord(c) < 32 for c in uri)
+        or "\\" in uri
+    ):
         return False
-    if any(c.isspace() or ord(c) < 32 for c in uri) or "\\" in uri:
-        return False
-    hosts = settings.redirect_hosts
     try:
-        with_port = f"{parts.hostname}:{parts.port}" if parts.port else None
+        parts = urlsplit(uri)
+        hostname, port = parts.hostname, parts.port
+        if not hostname or parts.username or parts.password:
+            return False
     except ValueError:
         return False
-    return parts.hostname in hosts or (with_port is not None and with_port in hosts)
+    hosts = settings.redirect_hosts
+    return hostname in hosts or (port is not None and f"{hostname}:{port}" in hosts)
 
 
-def _openable(uri: str | None) -> bool:
-    return settings.roots.locate(uri) is not None or (uri is not None and _redirect_allowed(uri))
+def _openable(uri: str | None, dag_id: str) -> bool:
+    return settings.roots.locate(uri, dag_id) is not None or (uri is not None and _redirect_allowed(uri))
 
 
 def _stream(location: Location) -> StreamingResponse:
@@ -213,11 +220,11 @@ OUTPUT_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 MANIFEST_TYPES = frozenset({"application/x-ndjson"})
 
 
-def _open(uri: str | None, kinds: frozenset[str]) -> Response:
+def _open(uri: str | None, dag_id: str, kinds: frozenset[str]) -> Response:
     """What an extra link opens: a root's ``s3://`` object through a fresh presigned URL, another
     root's file streamed (only of the ``kinds`` the link is for), a listed host's URL through a
     redirect; nothing else."""
-    location = settings.roots.locate(uri)
+    location = settings.roots.locate(uri, dag_id)
     if location is not None and media_type(location.name) not in kinds:
         raise NotServed
     if isinstance(location, StoreLocation) and location.root.scheme == "s3":
@@ -229,8 +236,8 @@ def _open(uri: str | None, kinds: frozenset[str]) -> Response:
     raise NotServed
 
 
-async def _thumbnail(uri: str | None, tag: str) -> FileResponse:
-    location = _locate(uri)
+async def _thumbnail(uri: str | None, tag: str, dag_id: str) -> Response:
+    location = _locate(uri, dag_id)
     key = f"{location}#{tag}"
     cache = settings.cache
     path = cache.cached(key)
@@ -239,12 +246,18 @@ async def _thumbnail(uri: str | None, tag: str) -> FileResponse:
         path = await settings.pool.run(
             lambda: cache.make(key, lambda: open_chunks(location, bounds)), timeout=bounds.seconds + 10
         )
+    try:
+        # Read now (a thumbnail is a few KiB): a trim by another request cannot pull the file away
+        # from under a response that is already on its way.
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SourceUnavailable("The thumbnail was just trimmed from the cache; ask again") from None
     # Private: a shared cache must not hand one user's image to another.
-    return FileResponse(path, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
+    return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
 
 
-def _picture(uri: str | None, route: str) -> Picture:
-    return pages.picture(uri, settings.roots.locate(uri) is not None, route)
+def _picture(uri: str | None, dag_id: str, route: str) -> Picture:
+    return pages.picture(uri, settings.roots.locate(uri, dag_id) is not None, route)
 
 
 def _image_card(row: queries.ResultRow) -> ImageCard:
@@ -255,9 +268,9 @@ def _image_card(row: queries.ResultRow) -> ImageCard:
     return ImageCard(
         ti=ti,
         record=record,
-        input=_picture(record.input, ti.route("thumb", which="input")),
-        output=_picture(output, ti.route("thumb", which="output")),
-        open=ti.route("output") if _openable(output) else None,
+        input=_picture(record.input, ti.dag_id, ti.route("thumb", which="input")),
+        output=_picture(output, ti.dag_id, ti.route("thumb", which="output")),
+        open=ti.route("output") if _openable(output, ti.dag_id) else None,
         when=row.timestamp.strftime("%Y-%m-%d %H:%M:%S UTC"),
     )
 
@@ -276,15 +289,19 @@ def _line_view(ti: TaskInstanceRef, number: int, entry: Any) -> LineView:
     return LineView(
         number,
         entry,
-        _picture(entry.input, ti.route("thumb", line=number, which="input")),
-        _picture(output, ti.route("thumb", line=number, which="output")),
+        _picture(entry.input, ti.dag_id, ti.route("thumb", line=number, which="input")),
+        _picture(output, ti.dag_id, ti.route("thumb", line=number, which="output")),
     )
 
 
-def _manifest_location(progress: BatchProgress) -> Location:
+def _manifest_location(progress: BatchProgress, dag_id: str) -> Location:
+    """Where the batch's manifest is: under a root, in the DAG's folder, a ``.jsonl`` file."""
     if not progress.manifest:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "The batch has not written its manifest yet")
-    return _locate(progress.manifest)
+    location = _locate(progress.manifest, dag_id)
+    if media_type(location.name) not in MANIFEST_TYPES:
+        raise NotServed
+    return location
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -332,8 +349,8 @@ def create_app() -> FastAPI:
     def gallery(
         user: User,
         dag_id: Annotated[str | None, Query(max_length=250, pattern=r"^[^\x00-\x1f\x7f]*$")] = None,
-        since: date | None = None,
-        until: date | None = None,
+        since: Annotated[date | None, Query(le=LAST_DAY)] = None,
+        until: Annotated[date | None, Query(le=LAST_DAY)] = None,
         page: PageNumber = 1,
     ) -> HTMLResponse:
         readable = readable_dag_ids(user)
@@ -366,14 +383,17 @@ def create_app() -> FastAPI:
         lines: list[LineView] = []
         error, has_next, truncated = None, False, False
         if progress.manifest:
-            location = settings.roots.locate(progress.manifest)
-            if location is None:
+            try:
+                location = _manifest_location(progress, dag_id)
+            except NotServed:
                 error = "The manifest is not under a gallery root ([vibedream] gallery_roots)"
             else:
                 try:
                     found = settings.manifests.page(location, progress.updated_at, page)
                 except SourceUnavailable as exc:
                     error = f"The manifest cannot be read here: {exc}"
+                except Busy:
+                    error = "Many manifests are being read right now: this page tries again in 5 seconds"
                 else:
                     lines = [_line_view(ti, number, entry) for number, entry in found.lines]
                     has_next, truncated = page * PER_PAGE < found.total, found.truncated
@@ -405,7 +425,7 @@ def create_app() -> FastAPI:
         map_index: MapIndex = -1,
         n: Annotated[int, Query(ge=0, le=64)] = 0,
         line: Annotated[int | None, Query(ge=0, le=10_000_000)] = None,
-    ) -> FileResponse:
+    ) -> Response:
         from starlette.concurrency import run_in_threadpool
 
         ti = TaskInstanceRef(dag_id, run_id, task_id, map_index)
@@ -414,7 +434,7 @@ def create_app() -> FastAPI:
             uris, tag = [record.input] if which == "input" else record.outputs, record.prediction_id
         else:  # one image of a batch
             progress = await run_in_threadpool(_progress, user, ti)
-            location = _manifest_location(progress)
+            location = _manifest_location(progress, dag_id)
             entry = await run_in_threadpool(settings.manifests.line, location, progress.updated_at, line)
             if entry is None:
                 raise HTTPException(status.HTTP_404_NOT_FOUND, "No such manifest line")
@@ -425,7 +445,7 @@ def create_app() -> FastAPI:
         index = 0 if which == "input" else n
         if index >= len(uris):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "No such image")
-        return await _thumbnail(uris[index], tag)
+        return await _thumbnail(uris[index], tag, dag_id)
 
     @app.get("/output")
     def output(
@@ -439,15 +459,15 @@ def create_app() -> FastAPI:
         record = _result(user, TaskInstanceRef(dag_id, run_id, task_id, map_index))
         if n >= len(record.outputs):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "No such output")
-        return _open(record.outputs[n], OUTPUT_TYPES)
+        return _open(record.outputs[n], dag_id, OUTPUT_TYPES)
 
     @app.get("/manifest")
     def manifest(
         user: User, dag_id: Ident, run_id: Ident, task_id: Ident, map_index: MapIndex = -1
     ) -> Response:
         progress = _progress(user, TaskInstanceRef(dag_id, run_id, task_id, map_index))
-        _manifest_location(progress)
-        return _open(progress.manifest, MANIFEST_TYPES)
+        _manifest_location(progress, dag_id)
+        return _open(progress.manifest, dag_id, MANIFEST_TYPES)
 
     return app
 

@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from airflow_vibedream.lifecycle.records import ManifestLine
 from airflow_vibedream.plugins.roots import Location
 from airflow_vibedream.plugins.sources import CHUNK, ReadBounds, open_chunks
+from airflow_vibedream.plugins.thumbnails import Busy
 
 #: The longest manifest line read (a line is a few hundred bytes).
 MAX_LINE_BYTES = 64 * 1024
 #: Pages kept parsed in memory (a page is 24 small lines).
 PAGES_KEPT = 32
+#: Manifests read at once in one api-server process; beyond that a request is told to come back.
+MAX_READS = 4
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class ManifestPages:
         self.per_page = per_page
         self._kept: OrderedDict[tuple[str, float, int], ManifestPage] = OrderedDict()
         self._lock = threading.Lock()
+        self._reading = threading.BoundedSemaphore(MAX_READS)
 
     def page(self, location: Location, version: float, number: int) -> ManifestPage:
         """Page ``number`` (from 1) of the manifest at ``location`` as of ``version``."""
@@ -111,7 +115,13 @@ class ManifestPages:
             if key in self._kept:
                 self._kept.move_to_end(key)
                 return self._kept[key]
-        page = read_page(location, self.bounds, start=(number - 1) * self.per_page, count=self.per_page)
+        # Each read streams up to the cap in one of Airflow's threads: a few at once, never a crowd.
+        if not self._reading.acquire(blocking=False):
+            raise Busy
+        try:
+            page = read_page(location, self.bounds, start=(number - 1) * self.per_page, count=self.per_page)
+        finally:
+            self._reading.release()
         with self._lock:
             self._kept[key] = page
             while len(self._kept) > PAGES_KEPT:

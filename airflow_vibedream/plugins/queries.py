@@ -21,6 +21,9 @@ from airflow_vibedream.lifecycle.records import (
 
 log = logging.getLogger(__name__)
 
+#: The largest record read (as JSON text): an operator's record is well under 4 KiB.
+MAX_RECORD_BYTES = 64 * 1024
+
 #: Result kinds.
 IMAGE = "image"
 BATCH = "batch"
@@ -67,6 +70,16 @@ class Filters:
     until: date | None = None
 
 
+def bounded_value() -> Any:
+    """The XCom value, or NULL when its JSON text is over :data:`MAX_RECORD_BYTES`: a padded record
+    is never loaded, parsed or kept (it is counted as unreadable)."""
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import Text, case, cast, func, null
+
+    size = func.length(cast(XComModel.value, Text))
+    return case((size <= MAX_RECORD_BYTES, XComModel.value), else_=null()).label("value")
+
+
 def _rows(readable: set[str], filters: Filters, *, limit: int | None = None, offset: int = 0) -> Any:
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
@@ -79,7 +92,7 @@ def _rows(readable: set[str], filters: Filters, *, limit: int | None = None, off
         XComModel.task_id,
         XComModel.map_index,
         XComModel.timestamp,
-        XComModel.value,
+        bounded_value(),
     ).where(XComModel.key.in_(list(_KIND_OF_KEY)), XComModel.dag_id.in_(sorted(dag_ids)))
     if filters.since is not None:
         query = query.where(XComModel.timestamp >= datetime.combine(filters.since, time.min, timezone.utc))
@@ -195,7 +208,7 @@ def one(
                 XComModel.run_id,
                 XComModel.task_id,
                 XComModel.map_index,
-                XComModel.value,
+                bounded_value(),
             ).where(
                 XComModel.dag_id == dag_id,
                 XComModel.run_id == run_id,

@@ -10,6 +10,12 @@ segment, a backslash or a control character, a query or fragment. The check is o
 reads that root with (``null`` for local directories)::
 
     {"/data/upscaled": null, "s3://my-bucket/upscaled/": "aws_default"}
+
+A root is **per DAG** by default: a record of DAG ``d`` is served only what lies under
+``<root>/d/`` (the operators store there: ``<output_path>/<dag_id>/<run_id>/...``), so a record
+written in one DAG cannot show another DAG's images to its readers. A root whose files every reader
+may see (a bucket of inputs) says so: ``{"s3://inputs/photos/": {"conn_id": "aws_default",
+"shared": true}}``.
 """
 
 from __future__ import annotations
@@ -44,9 +50,11 @@ class LocalRoot:
     """A directory of the api-server whose files the gallery may serve.
 
     :param directory: the directory, resolved once when the configuration is read.
+    :param shared: every DAG's records may be served its files (else only under ``<dag_id>/``).
     """
 
     directory: Path
+    shared: bool = False
 
     def __str__(self) -> str:
         return str(self.directory)
@@ -60,12 +68,14 @@ class StoreRoot:
     :param bucket: the bucket.
     :param prefix: the key prefix, empty or ending in ``/``.
     :param conn_id: the connection the api-server reads it with (None: the store's default).
+    :param shared: every DAG's records may be served its objects (else only under ``<dag_id>/``).
     """
 
     scheme: str
     bucket: str
     prefix: str
     conn_id: str | None
+    shared: bool = False
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.bucket}/{self.prefix}"
@@ -110,7 +120,7 @@ class StoreLocation:
 Location = LocalLocation | StoreLocation
 
 
-def _store_root(root: str, conn_id: str | None) -> StoreRoot:
+def _store_root(root: str, conn_id: str | None, shared: bool) -> StoreRoot:
     match = _STORE_URI.match(root if root.count("/") > 2 else root + "/")
     if match is None or match["scheme"] in _LOCAL_SCHEMES or not _CLEAN.match(root):
         raise RootsConfigError(f"gallery root {root!r} is not scheme://bucket/prefix/")
@@ -119,7 +129,24 @@ def _store_root(root: str, conn_id: str | None) -> StoreRoot:
         prefix += "/"
     if prefix and not _segments_ok(prefix[:-1].split("/")):
         raise RootsConfigError(f"gallery root {root!r} has an empty, '.' or '..' segment")
-    return StoreRoot(match["scheme"], match["bucket"], prefix, conn_id)
+    return StoreRoot(match["scheme"], match["bucket"], prefix, conn_id, shared)
+
+
+def _root_setting(root: object, setting: object) -> tuple[str | None, bool]:
+    """(connection id, shared) of one root: a connection id or null, or ``{"conn_id", "shared"}``."""
+    if setting is None or isinstance(setting, str):
+        return setting, False
+    if (
+        isinstance(setting, dict)
+        and set(setting) <= {"conn_id", "shared"}
+        and (setting.get("conn_id") is None or isinstance(setting.get("conn_id"), str))
+        and isinstance(setting.get("shared", False), bool)
+    ):
+        return setting.get("conn_id"), bool(setting.get("shared", False))
+    raise RootsConfigError(
+        f"gallery root {root!r}: the value must be a connection id, null, "
+        "or {'conn_id': ..., 'shared': true}"
+    )
 
 
 @dataclass(frozen=True)
@@ -146,13 +173,14 @@ class GalleryRoots:
             raise RootsConfigError("[vibedream] gallery_roots must be a JSON object {root: conn_id}")
         local: list[LocalRoot] = []
         stores: list[StoreRoot] = []
-        for root, conn_id in value.items():
-            if not isinstance(root, str) or not (conn_id is None or isinstance(conn_id, str)):
-                raise RootsConfigError(f"gallery root {root!r}: the connection id must be a text or null")
+        for root, setting in value.items():
+            conn_id, shared = _root_setting(root, setting)
+            if not isinstance(root, str):
+                raise RootsConfigError(f"gallery root {root!r} must be a text")
             if root.startswith("/"):
-                local.append(LocalRoot(Path(root).resolve()))
+                local.append(LocalRoot(Path(root).resolve(), shared))
             else:
-                stores.append(_store_root(root, conn_id or None))
+                stores.append(_store_root(root, conn_id or None, shared))
         return cls(tuple(local), tuple(stores))
 
     @classmethod
@@ -166,14 +194,15 @@ class GalleryRoots:
             log.error("VibeDream gallery: %s; the gallery serves no images until it is fixed", exc)
             return cls()
 
-    def locate(self, uri: object) -> Location | None:
-        """Where ``uri`` lies among the roots, or None when the gallery must not read it."""
+    def locate(self, uri: object, dag_id: str) -> Location | None:
+        """Where ``uri`` lies among the roots, for a record of ``dag_id``, or None when the gallery
+        must not read it."""
         if not isinstance(uri, str) or not _CLEAN.match(uri):
             return None
         if uri.startswith("file://"):
-            return self._local(uri[len("file://") :])
+            return self._local(uri[len("file://") :], dag_id)
         if uri.startswith("/"):
-            return self._local(uri)
+            return self._local(uri, dag_id)
         match = _STORE_URI.match(uri)
         if match is None:
             return None
@@ -181,13 +210,15 @@ class GalleryRoots:
         if not key or not _segments_ok(key.split("/")):
             return None
         for root in self.stores:
-            if (match["scheme"], match["bucket"]) == (root.scheme, root.bucket) and key.startswith(
+            if (match["scheme"], match["bucket"]) != (root.scheme, root.bucket) or not key.startswith(
                 root.prefix
             ):
+                continue
+            if root.shared or _in_dag_folder(key[len(root.prefix) :].split("/"), dag_id):
                 return StoreLocation(root, key)
         return None
 
-    def _local(self, path: str) -> LocalLocation | None:
+    def _local(self, path: str, dag_id: str) -> LocalLocation | None:
         # ``file://host/...`` names another machine: refused like anything else not a plain path.
         if not path.startswith("/"):
             return None
@@ -196,6 +227,16 @@ class GalleryRoots:
             return None
         for root in self.local:
             below = root.directory.parts[1:]
-            if tuple(parts[: len(below)]) == below and len(parts) > len(below):
-                return LocalLocation(root, tuple(parts[len(below) :]))
+            if tuple(parts[: len(below)]) != below or len(parts) <= len(below):
+                continue
+            inside = parts[len(below) :]
+            if root.shared or _in_dag_folder(inside, dag_id):
+                return LocalLocation(root, tuple(inside))
         return None
+
+
+def _in_dag_folder(parts: list[str], dag_id: str) -> bool:
+    """Whether a path below a root lies in ``dag_id``'s folder, as the operators name it."""
+    from airflow_vibedream.storage import safe_segment
+
+    return len(parts) > 1 and parts[0] == safe_segment(dag_id)

@@ -118,8 +118,10 @@ def cluster(
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             "AIRFLOW__VIBEDREAM__GALLERY_ROOTS": json.dumps(
                 {
-                    str(module_tmp / "outputs"): None,
-                    f"s3://{INPUT_BUCKET}/photos/": "aws_default",
+                    # Each output_path, and the inputs' prefix, which every reader may see.
+                    str(module_tmp / "outputs" / "batch"): None,
+                    str(module_tmp / "outputs" / "progress"): None,
+                    f"s3://{INPUT_BUCKET}/photos/": {"conn_id": "aws_default", "shared": True},
                     f"s3://{OUTPUT_BUCKET}/upscaled/": "aws_default",
                 }
             ),

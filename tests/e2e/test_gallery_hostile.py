@@ -128,16 +128,19 @@ def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def root(module_tmp: Path) -> Path:
     """The deployment's gallery root, with what a hostile record may point at inside it."""
     directory = module_tmp / "outputs"
-    directory.mkdir()
+    # The hostile DAG's own folder of the root (roots are per DAG): its records may point here.
+    own = directory / HOSTILE_DAG
+    own.mkdir(parents=True)
     (module_tmp / "secret.txt").write_text(FILE_SECRET)
-    (directory / "passwd.png").symlink_to("/etc/passwd")
-    (directory / "secret.png").symlink_to(module_tmp / "secret.txt")
-    (directory / "everything").symlink_to("/")
-    os.mkfifo(directory / "fifo.png")
-    (directory / "bomb.png").write_bytes(bomb_png())
-    (directory / "bomb.ico").write_bytes(icon_holding(bomb_png()))
-    (directory / "page.html").write_text("<script>alert(1)</script>")
-    many = directory / "many"
+    (own / "passwd.png").symlink_to("/etc/passwd")
+    (own / "secret.png").symlink_to(module_tmp / "secret.txt")
+    (own / "everything").symlink_to("/")
+    os.mkfifo(own / "fifo.png")
+    (own / "bomb.png").write_bytes(bomb_png())
+    (own / "bomb.ico").write_bytes(icon_holding(bomb_png()))
+    (own / "page.html").write_text("<script>alert(1)</script>")
+    (own / "big.png").write_bytes(b"\x89PNG" + b"\n" * (20 * 1024 * 1024))
+    many = own / "many"
     many.mkdir()
     for seed in range(40):
         (many / f"{seed}.png").write_bytes(png_bytes(1600, 1200, seed))
@@ -150,7 +153,8 @@ def s3() -> Iterator[MotoS3]:
     client = server.client()
     for bucket in (BUCKET, PRIVATE_BUCKET):
         client.create_bucket(Bucket=bucket)
-    client.put_object(Bucket=BUCKET, Key="upscaled/ok.png", Body=png_bytes(64, 48))
+    client.put_object(Bucket=BUCKET, Key=f"upscaled/{HOSTILE_DAG}/ok.png", Body=png_bytes(64, 48))
+    client.put_object(Bucket=BUCKET, Key="upscaled/other_dag/ok.png", Body=png_bytes(64, 48))
     client.put_object(Bucket=BUCKET, Key="secret.txt", Body=S3_SECRET)
     client.put_object(Bucket=PRIVATE_BUCKET, Key="secret.txt", Body=S3_SECRET)
     try:
@@ -218,9 +222,7 @@ def cluster(
 @pytest.fixture(scope="module")
 def legit_run(cluster: AirflowCluster, emulator: EmulatorProcess, root: Path) -> str:
     samples = [f"{emulator.base_url}/samples/{size}.png" for size in ("320x240", "240x320", "200x200")]
-    run = cluster.trigger(
-        LEGIT_DAG, {"image": samples[0], "batch": samples[1:], "output": str(root / "legit")}
-    )
+    run = cluster.trigger(LEGIT_DAG, {"image": samples[0], "batch": samples[1:], "output": str(root)})
     assert cluster.wait_for_run(LEGIT_DAG, run) == "success"
     return run
 
@@ -381,24 +383,24 @@ def file_read_attempts(root: Path, module_tmp: Path) -> list[str]:
         "//etc/passwd",
         "osfs:///etc/passwd",
         "memory:///x",
-        f"{root}/../secret.txt",
-        f"file://{root}/../secret.txt",
-        f"{root}/%2e%2e/secret.txt",
-        f"{root}/./passwd.png",
-        f"{root}//passwd.png",
+        f"{root}/{HOSTILE_DAG}/../../secret.txt",
+        f"file://{root}/{HOSTILE_DAG}/../../secret.txt",
+        f"{root}/{HOSTILE_DAG}/%2e%2e/%2e%2e/secret.txt",
+        f"{root}/{HOSTILE_DAG}/./passwd.png",
+        f"{root}/{HOSTILE_DAG}//passwd.png",
         f"{root}\\..\\secret.txt",
-        f"{root}/passwd.png",
-        f"{root}/secret.png",
-        f"{root}/everything/etc/passwd",
-        f"{root}/everything/proc/self/environ",
-        f"{root}/page.html",
+        f"{root}/{HOSTILE_DAG}/passwd.png",
+        f"{root}/{HOSTILE_DAG}/secret.png",
+        f"{root}/{HOSTILE_DAG}/everything/etc/passwd",
+        f"{root}/{HOSTILE_DAG}/everything/proc/self/environ",
+        f"{root}/{HOSTILE_DAG}/page.html",
         f"{root}-sibling/x.png",
         str(module_tmp / "secret.txt"),
         f"s3://{BUCKET}/secret.txt",
         f"s3://{BUCKET}/upscaled/../secret.txt",
-        f"S3://{BUCKET}/upscaled/ok.png",
+        f"S3://{BUCKET}/upscaled/{HOSTILE_DAG}/ok.png",
         f"s3://{PRIVATE_BUCKET}/secret.txt",
-        f"s3a://{BUCKET}/upscaled/ok.png",
+        f"s3a://{BUCKET}/upscaled/{HOSTILE_DAG}/ok.png",
     ]
 
 
@@ -436,7 +438,7 @@ def test_no_file_outside_the_roots_is_read_through_any_scheme(
 def test_markup_in_every_field_is_text(
     cluster: AirflowCluster, mallory: Mallory, admin_headers: dict[str, str], root: Path, legit_run: str
 ) -> None:
-    manifest = root / "hostile-manifest.jsonl"
+    manifest = root / HOSTILE_DAG / "hostile-manifest.jsonl"
     manifest.write_text(
         json.dumps(
             {"input": MARKUP, "prediction_id": MARKUP, "status": MARKUP, "outputs": [MARKUP], "error": MARKUP}
@@ -500,7 +502,7 @@ def test_the_api_server_contacts_no_address_for_a_record(
         f"https://127.0.0.1:{port}/h.png",
         f"{emulator.base_url}/samples/64x64.png",
     ]
-    manifest = root / "ssrf-manifest.jsonl"
+    manifest = root / HOSTILE_DAG / "ssrf-manifest.jsonl"
     manifest.write_text(
         "".join(json.dumps({"input": t, "status": "completed", "outputs": [t]}) + "\n" for t in targets)
     )
@@ -532,14 +534,19 @@ def test_redirects_go_only_under_a_root_or_to_a_listed_host(
         "https://assets.vibedream.ai@evil.example/x.png",
         "https://assets.vibedream.ai.evil.example/x.png",
         "https://evil.example/assets.vibedream.ai",
+        "https://[x/a.png",  # an unclosed bracket: the URL parser raises
+        "http://a\uff03b/a.png",  # a host that normalises to a delimiter: the URL parser raises
         "javascript:alert(1)",
         "data:text/html,<script>alert(1)</script>",
         f"s3://{PRIVATE_BUCKET}/secret.txt",
+        f"s3://{BUCKET}/upscaled/other_dag/ok.png",  # under the root, in another DAG's folder
     ]
     for uri in refused:
         task = mallory.write("vibedream_result", result(uri))
         answer = httpx.get(route_url(cluster, "output", mallory.run_id, task), headers=admin_headers)
         assert answer.status_code == 403 and "location" not in answer.headers, (uri, answer.status_code)
+    gallery = httpx.get(f"{cluster.base_url}/vibedream/gallery?dag_id={HOSTILE_DAG}", headers=admin_headers)
+    assert gallery.status_code == 200  # those records are shown as text, never a failed page
     listed = "https://assets.vibedream.ai/outputs/p/1-0.png"
     answer = httpx.get(
         route_url(cluster, "output", mallory.run_id, mallory.write("vibedream_result", result(listed))),
@@ -547,13 +554,36 @@ def test_redirects_go_only_under_a_root_or_to_a_listed_host(
     )
     assert answer.status_code == 307 and answer.headers["location"] == listed
     # Under the S3 root: presigned with the root's connection, at the time of the click.
-    in_root = f"s3://{BUCKET}/upscaled/ok.png"
+    in_root = f"s3://{BUCKET}/upscaled/{HOSTILE_DAG}/ok.png"
     task = mallory.write("vibedream_result", result(in_root, output_conn_id="metadata_pg"))
     answer = httpx.get(route_url(cluster, "output", mallory.run_id, task), headers=admin_headers)
     assert answer.status_code == 307 and answer.headers["location"].startswith(
-        f"{s3.endpoint}/{BUCKET}/upscaled/ok.png?"
+        f"{s3.endpoint}/{BUCKET}/upscaled/{HOSTILE_DAG}/ok.png?"
     )
     assert httpx.get(answer.headers["location"]).content == png_bytes(64, 48)
+
+
+# -- another DAG's files ---------------------------------------------------------------------------
+
+
+def test_a_record_cannot_show_another_dags_files(
+    cluster: AirflowCluster, mallory: Mallory, admin_headers: dict[str, str], root: Path, legit_run: str
+) -> None:
+    # Real files of the legitimate DAG, under the same root: its output, its batch's manifest, and
+    # what a non-manifest can be passed off as one (a large image).
+    output = cluster.xcom(LEGIT_DAG, legit_run, "upscale")["outputs"][0]
+    manifest = cluster.xcom(LEGIT_DAG, legit_run, "batch", key="vibedream_batch_progress")["manifest"]
+    tasks = [
+        mallory.write("vibedream_result", result(output, output)),
+        mallory.write("vibedream_batch_progress", progress(manifest)),
+        mallory.write("vibedream_batch_progress", progress(f"{root}/{HOSTILE_DAG}/big.png")),
+    ]
+    stolen = Path(output.removeprefix("file://")).read_bytes()
+    for headers in (admin_headers, {"Authorization": f"Bearer {mallory.token}"}):
+        answers = ask_everything(cluster, headers, mallory.run_id, tasks)
+        assert not any(stolen[:4096] in a.content for a in answers)
+        assert all(legit_run not in a.text for a in answers if a.request.url.path.endswith("/batch"))
+    legit_results_still_show(cluster, admin_headers, legit_run)
 
 
 # -- bounded work ----------------------------------------------------------------------------------
@@ -569,14 +599,14 @@ def test_slow_huge_and_bomb_sources_do_not_stall_or_bloat_the_api_server(
 
     # A FIFO never ends, a bomb's header claims 169 megapixels, an icon hides the same bomb.
     for name in ("fifo.png", "bomb.png", "bomb.ico"):
-        task = mallory.write("vibedream_result", result(f"{root}/{name}"))
+        task = mallory.write("vibedream_result", result(f"{root}/{HOSTILE_DAG}/{name}"))
         started = time.monotonic()
         answer = httpx.get(
             route_url(cluster, "thumb-output", mallory.run_id, task), headers=admin_headers, timeout=60
         )
         assert answer.status_code == 404 and time.monotonic() - started < 10, (name, answer.text)
     # A 30 MB manifest: pages are read as streamed, not parsed whole.
-    huge = root / "huge-manifest.jsonl"
+    huge = root / HOSTILE_DAG / "huge-manifest.jsonl"
     line = json.dumps({"input": "s3://x/" + "y" * 280, "status": "failed", "error": "z" * 100}) + "\n"
     huge.write_text(line * (30 * 1024 * 1024 // len(line)))
     task = mallory.write("vibedream_batch_progress", progress(str(huge)))
@@ -591,7 +621,10 @@ def test_slow_huge_and_bomb_sources_do_not_stall_or_bloat_the_api_server(
     assert rss() - before < 150 * 1024 * 1024
     # 40 thumbnails of large images at once: the pool takes what it can, answers 503 with Retry-After
     # for the rest, and Airflow's own health endpoint keeps answering meanwhile.
-    tasks = [mallory.write("vibedream_result", result(f"{root}/many/{seed}.png")) for seed in range(40)]
+    tasks = [
+        mallory.write("vibedream_result", result(f"{root}/{HOSTILE_DAG}/many/{seed}.png"))
+        for seed in range(40)
+    ]
     health: list[float] = []
     stop = threading.Event()
 
@@ -643,6 +676,7 @@ def test_type_confused_records_are_skipped_not_fatal(
         12,
         None,
         {"prediction_id": "p" * 100_000},
+        {"prediction_id": "padded", "outputs": [], "junk": "A" * 2_000_000},  # never loaded: too large
     ]
     confused_progress = [
         {"images": "4"},
@@ -680,6 +714,8 @@ def test_type_confused_records_are_skipped_not_fatal(
         "gallery?since=yesterday",
         "gallery?dag_id=%00",
         "gallery?page=99999999999999999999",
+        "gallery?until=9999-12-31",
+        "gallery?since=9999-12-31",
         "manifest?dag_id=d&run_id=r",
         "static/../app.py",
         "static/gallery.css/../../templates/base.html",

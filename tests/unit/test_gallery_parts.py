@@ -133,8 +133,8 @@ def test_links_point_at_the_gallery_app_for_the_task_instance(monkeypatch: pytes
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     directory = tmp_path / "outputs"
-    (directory / "run").mkdir(parents=True)
-    png(directory / "run" / "a.png")
+    (directory / "d").mkdir(parents=True)  # the DAG "d"'s folder
+    png(directory / "d" / "a.png")
     return directory
 
 
@@ -144,15 +144,15 @@ def roots_for(root: Path) -> GalleryRoots:
 
 def test_roots_locate_only_what_lies_beneath_them(root: Path) -> None:
     roots = roots_for(root)
-    for uri in (f"file://{root}/run/a.png", f"{root}/run/a.png"):
-        assert roots.locate(uri) == LocalLocation(roots.local[0], ("run", "a.png"))
-    found = roots.locate("s3://bucket/out/d/r/t/p-0.png")
+    for uri in (f"file://{root}/d/a.png", f"{root}/d/a.png"):
+        assert roots.locate(uri, "d") == LocalLocation(roots.local[0], ("d", "a.png"))
+    found = roots.locate("s3://bucket/out/d/r/t/p-0.png", "d")
     assert (
         isinstance(found, StoreLocation)
         and found.root.conn_id == "aws_out"
         and found.key == "out/d/r/t/p-0.png"
     )
-    assert isinstance(roots.locate("gs://g/x/y.png"), StoreLocation)
+    assert isinstance(roots.locate("gs://g/x/d/y.png", "d"), StoreLocation)
 
 
 @pytest.mark.parametrize(
@@ -162,15 +162,15 @@ def test_roots_locate_only_what_lies_beneath_them(root: Path) -> None:
         "file:///etc/passwd",
         "local:///proc/self/environ",
         "LOCAL:///proc/self/environ",
-        "FILE://{root}/run/a.png",
-        "File://{root}/run/a.png",
-        "file://localhost{root}/run/a.png",
-        "file:{root}/run/a.png",
-        "{root}/run/../../secret",
-        "{root}/run/./a.png",
-        "{root}//run/a.png",
+        "FILE://{root}/d/a.png",
+        "File://{root}/d/a.png",
+        "file://localhost{root}/d/a.png",
+        "file:{root}/d/a.png",
+        "{root}/d/../../secret",
+        "{root}/d/./a.png",
+        "{root}//d/a.png",
         "{root}/run\\a.png",
-        "{root}/run/a.png\x00.jpg",
+        "{root}/d/a.png\x00.jpg",
         "{root}",
         "{root}/",
         "{root}-sibling/a.png",
@@ -192,12 +192,25 @@ def test_roots_locate_only_what_lies_beneath_them(root: Path) -> None:
     ],
 )
 def test_roots_refuse_every_other_location(root: Path, uri: str) -> None:
-    assert roots_for(root).locate(uri.format(root=root)) is None
+    assert roots_for(root).locate(uri.format(root=root), "d") is None
+
+
+def test_roots_are_per_dag_unless_shared(root: Path) -> None:
+    roots = GalleryRoots.parse(
+        json.dumps({str(root): None, "s3://in/photos/": {"conn_id": "aws_in", "shared": True}})
+    )
+    assert roots.locate(f"{root}/d/a.png", "d") is not None
+    assert roots.locate(f"{root}/d/a.png", "other") is None  # another DAG's record: not its folder
+    assert roots.locate(f"{root}/a.png", "d") is None  # beside the DAG folders
+    shared = roots.locate("s3://in/photos/cat.png", "any_dag")
+    assert isinstance(shared, StoreLocation) and shared.root.conn_id == "aws_in" and shared.root.shared
+    with pytest.raises(RootsConfigError):
+        GalleryRoots.parse(json.dumps({str(root): {"conn_id": None, "shared": "yes"}}))
 
 
 @pytest.mark.parametrize("value", [None, 3, ["/x"], {"a": "b"}])
 def test_roots_refuse_other_types(root: Path, value: object) -> None:
-    assert roots_for(root).locate(value) is None
+    assert roots_for(root).locate(value, "d") is None
 
 
 @pytest.mark.parametrize(
@@ -210,7 +223,7 @@ def test_a_broken_roots_setting_is_an_error(setting: str) -> None:
 
 
 def test_no_roots_means_nothing_is_served(root: Path) -> None:
-    assert GalleryRoots.parse("").locate(f"{root}/run/a.png") is None
+    assert GalleryRoots.parse("").locate(f"{root}/d/a.png", "d") is None
 
 
 # -- race-free local reads ----------------------------------------------------------------------
@@ -225,13 +238,13 @@ def test_local_reads_follow_no_symlink_and_open_no_fifo(root: Path, tmp_path: Pa
     roots = roots_for(root)
     secret = tmp_path / "secret.txt"
     secret.write_text("root:x:0:0")
-    (root / "link.png").symlink_to(secret)
-    (root / "linkdir").symlink_to(tmp_path)
-    os.mkfifo(root / "pipe.png")
-    assert read_all(roots.locate(f"{root}/run/a.png")).startswith(b"\x89PNG")
-    for name in ("link.png", "linkdir/secret.txt", "pipe.png", "run", "missing.png"):
+    (root / "d" / "link.png").symlink_to(secret)
+    (root / "d" / "linkdir").symlink_to(tmp_path)
+    os.mkfifo(root / "d" / "pipe.png")
+    assert read_all(roots.locate(f"{root}/d/a.png", "d")).startswith(b"\x89PNG")
+    for name in ("link.png", "linkdir/secret.txt", "pipe.png", "missing.png"):
         with pytest.raises(SourceUnavailable) as caught:
-            read_all(roots.locate(f"{root}/{name}"))
+            read_all(roots.locate(f"{root}/d/{name}", "d"))
         assert str(tmp_path) not in str(caught.value)  # no server path in what the browser is told
 
 
@@ -241,17 +254,17 @@ def test_a_directory_swapped_for_a_symlink_after_the_check_is_not_followed(
     # The check is on the text; the open walks the real tree from the root's descriptor. A swap
     # between the two (run/ becomes a symlink to /) finds a symlink and refuses it.
     roots = roots_for(root)
-    location = roots.locate(f"{root}/run/a.png")
+    location = roots.locate(f"{root}/d/a.png", "d")
     (tmp_path / "elsewhere").mkdir()
     png(tmp_path / "elsewhere" / "a.png")
-    (root / "run").rename(tmp_path / "moved")
-    (root / "run").symlink_to(tmp_path / "elsewhere")
+    (root / "d").rename(tmp_path / "moved")
+    (root / "d").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(SourceUnavailable):
         read_all(location)
 
 
 def test_reads_are_bounded(root: Path) -> None:
-    location = roots_for(root).locate(f"{root}/run/a.png")
+    location = roots_for(root).locate(f"{root}/d/a.png", "d")
     with pytest.raises(SourceUnavailable, match="Larger than"):
         read_all(location, ReadBounds(max_bytes=10))
 
@@ -350,8 +363,8 @@ def test_the_pool_answers_busy_when_the_work_is_too_slow() -> None:
 
 
 def manifest(root: Path, lines: list[bytes]) -> object:
-    (root / "m.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    return roots_for(root).locate(f"{root}/m.jsonl")
+    (root / "d" / "m.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    return roots_for(root).locate(f"{root}/d/m.jsonl", "d")
 
 
 def test_a_manifest_is_read_a_page_at_a_time(root: Path) -> None:

@@ -22,6 +22,7 @@ from airflow_vibedream.errors import (
 )
 from airflow_vibedream.operators.vibedream import (
     XCOM_COST_CENTS,
+    XCOM_INPUT_FACTS,
     XCOM_PREDICTION_ID,
     VibeDreamGenerateOperator,
     VibeDreamUpscaleImageOperator,
@@ -92,7 +93,8 @@ def test_deferrable_submits_pushes_the_id_and_defers(client: mock.MagicMock) -> 
         },
         wait_at_most=600,  # a sync-mode read never outlives the operator's timeout
     )
-    assert ti.xcom == {XCOM_PREDICTION_ID: PID, XCOM_COST_CENTS: 2}
+    # The input's header facts, read before the submit, cross the deferral to verify the outputs.
+    assert ti.xcom == {XCOM_PREDICTION_ID: PID, XCOM_COST_CENTS: 2, XCOM_INPUT_FACTS: [640, 480, "PNG"]}
     trigger = info.value.trigger
     assert isinstance(trigger, VibeDreamPredictionTrigger)
     assert trigger.prediction_id == PID and trigger.vibedream_conn_id == "vibedream_default"
