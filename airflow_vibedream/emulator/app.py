@@ -85,6 +85,7 @@ class RequestCounter:
         if scope["type"] == "http" and not scope["path"].startswith(CONTROL_PREFIX):
             self.state.counters["requests"] += 1
             if scope["path"].startswith("/outputs/"):
+                self.state.counters["output_requests"] += 1
                 headers = dict(scope["headers"])
                 if b"authorization" in headers:
                     self.state.counters["outputs_requests_with_authorization"] += 1

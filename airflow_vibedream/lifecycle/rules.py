@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from airflow.providers.common.compat.sdk import AirflowFailException
 
 from airflow_vibedream.errors import (
+    InvalidOutputError,
     VibeDreamAuthError,
     VibeDreamConfigError,
     VibeDreamNotFoundError,
@@ -26,6 +27,7 @@ from airflow_vibedream.errors import (
 
 PERMANENT_ERRORS: tuple[type[Exception], ...] = (
     VibeDreamValidationError,
+    InvalidOutputError,
     VibeDreamAuthError,
     VibeDreamNotFoundError,
     VibeDreamConfigError,
