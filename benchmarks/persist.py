@@ -3,7 +3,9 @@
 bytes over the same loopback, to a local directory and to S3 (moto's server). Each run is a fresh
 child process, so its peak-RSS growth is its own.
 
-Goals (issue 4): throughput >= 80% of the plain copy; peak RSS growth <= 64 MiB.
+Goals (issue 4): throughput >= 80% of the plain copy; peak RSS growth <= 64 MiB. The ``verified``
+variants store through the same code with every output check on (complete, decodes, format, long
+edge, aspect ratio: issue 20): goal, at most 5% slower than the unverified ``provider`` variant.
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ from benchmarks.common import child_env, machine, median, write_result
 
 REPEATS = 7  # sub-second transfers are noisy: the median of several, interleaved
 KEY = "bench-key"
-VARIANTS = ("plain-local", "provider-local", "plain-s3", "provider-s3")
+VARIANTS = (
+    "plain-local",
+    "provider-local",
+    "verified-local",
+    "plain-s3",
+    "provider-s3",
+    "verified-s3",
+)
+#: The input the 8K output is made from (its size is what the aspect-ratio check compares with).
+INPUT_SIZE = (1280, 720)
 
 
 def measure_in_child(variant: str, url: str, destination: str) -> dict[str, Any]:
@@ -37,7 +48,9 @@ def measure_in_child(variant: str, url: str, destination: str) -> dict[str, Any]
     # A first, small transfer through the same code path loads every module and client, so the
     # growth measured below is what the large output itself costs.
     warmup = url.rsplit("/outputs/", 1)[0] + "/samples/64x64.png"
-    transfer(variant, warmup, destination, {**names, "prediction_id": f"warmup-{time.time_ns()}"})
+    # (Unverified: the sample is no 8K output; the verifying code is the same module, warmed too.)
+    warm = variant.replace("verified", "provider")
+    transfer(warm, warmup, destination, {**names, "prediction_id": f"warmup-{time.time_ns()}"})
     # Timed and memory-sampled separately: the sampler thread would take the GIL from the transfer.
     started = time.perf_counter()
     size = transfer(variant, url, destination, names)
@@ -52,7 +65,13 @@ def transfer(variant: str, url: str, destination: str, names: dict[str, str]) ->
     from airflow_vibedream.storage import CHUNK_SIZE, as_storage_path, persist_outputs
 
     # Both sides stream in the same chunks through the same ObjectStoragePath backend.
-    if variant.startswith("provider"):
+    if variant.startswith(("provider", "verified")):
+        check = None
+        if variant.startswith("verified"):
+            from airflow_vibedream.lifecycle.outputs import _check
+            from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
+
+            check = _check(Expectation.for_upscale("8k", "png", ImageFacts(*INPUT_SIZE, "PNG")))
         [stored] = persist_outputs(
             [url],
             destination,
@@ -60,7 +79,10 @@ def transfer(variant: str, url: str, destination: str, names: dict[str, str]) ->
             output_format="png",
             conn_id="aws_default",
             policy=DownloadPolicy(allow_private=True),  # the emulator is on loopback
+            check=check,
         )
+        if check is not None and "aspect" not in stored.checks:
+            raise AssertionError(f"not verified: {stored}")
         size = stored.bytes
     else:
         target = as_storage_path(
@@ -99,7 +121,7 @@ def main() -> dict[str, Any]:
             f"{emulator.base_url}/api/v1/models/image-upscaler/generate",
             headers={"Authorization": f"Bearer {KEY}"},
             json={
-                "image": f"{emulator.base_url}/samples/1280x720.png?noise=true",
+                "image": f"{emulator.base_url}/samples/{INPUT_SIZE[0]}x{INPUT_SIZE[1]}.png?noise=true",
                 "target_resolution": "8k",
                 "output_format": "png",
                 "enable_sync_mode": True,
@@ -143,6 +165,11 @@ def main() -> dict[str, Any]:
         dest: summary[f"plain-{dest}"]["median_seconds"] / summary[f"provider-{dest}"]["median_seconds"]
         for dest in ("local", "s3")
     }
+    overhead = {
+        dest: summary[f"verified-{dest}"]["median_seconds"] / summary[f"provider-{dest}"]["median_seconds"]
+        - 1
+        for dest in ("local", "s3")
+    }
     rows = []
     for dest in ("local", "s3"):
         plain, ours = summary[f"plain-{dest}"], summary[f"provider-{dest}"]
@@ -152,7 +179,10 @@ def main() -> dict[str, Any]:
             f"| {dest} | {plain['mib_per_second']:.0f} MiB/s, +{plain['max_rss_growth_mib']:.1f} MiB "
             f"| {ours['mib_per_second']:.0f} MiB/s, +{growth:.1f} MiB "
             f"| {ratio:.0%} ({'met' if ratio >= 0.8 else 'NOT met'}) "
-            f"| {growth:.1f} MiB ({'met' if growth <= 64 else 'NOT met'}) |"
+            f"| {growth:.1f} MiB ({'met' if growth <= 64 else 'NOT met'}) "
+            f"| {summary[f'verified-{dest}']['mib_per_second']:.0f} MiB/s, "
+            f"+{summary[f'verified-{dest}']['max_rss_growth_mib']:.1f} MiB "
+            f"| {overhead[dest]:+.1%} ({'met' if overhead[dest] <= 0.05 else 'NOT met'}) |"
         )
     table = "\n".join(
         [
@@ -160,8 +190,9 @@ def main() -> dict[str, Any]:
             f"(median of {REPEATS}; peak RSS growth: worst run)",
             "",
             "| destination | plain streamed copy (throughput, peak RSS growth) | provider `persist_outputs` "
-            "| throughput vs plain (goal >= 80%) | provider peak RSS growth (goal <= 64 MiB) |",
-            "|---|---|---|---|---|",
+            "| throughput vs plain (goal >= 80%) | provider peak RSS growth (goal <= 64 MiB) "
+            "| verified (every output check on) | verification's cost (goal <= +5%) |",
+            "|---|---|---|---|---|---|---|",
             *rows,
         ]
     )
@@ -170,6 +201,7 @@ def main() -> dict[str, Any]:
         "repeats": REPEATS,
         "summary": summary,
         "ratios": ratios,
+        "verification_overhead": overhead,
         "runs": runs,
         "machine": machine(),
     }
