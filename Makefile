@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser demo test lint bench clean
+.PHONY: install browser demo test lint bench clean package
 
 install: $(STAMP)
 
@@ -39,7 +39,21 @@ $(LOWEST_STAMP): pyproject.toml $(STAMP)
 	$(VENV)/bin/uv pip install --quiet --python $(LOWEST_VENV)/bin/python "apache-airflow==$(LOWEST_AIRFLOW)" -e ".[test]"
 	touch $(LOWEST_STAMP)
 
-test: $(STAMP) $(LOWEST_STAMP) browser
+# The package as users get it: the wheel and sdist built with the build backend pyproject.toml names,
+# their metadata checked, the wheel installed (not editable) beside the same Airflow in a fresh
+# virtual environment, and the demo (the emulator and a real DAG) run from it.
+WHEEL_VENV := .venv-wheel
+package: $(STAMP)
+	rm -rf dist $(WHEEL_VENV)
+	$(VENV)/bin/uv build --quiet --out-dir dist .
+	$(VENV)/bin/twine check --strict dist/*
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(VENV)/bin/uv pip install --quiet --python $(WHEEL_VENV)/bin/python \
+	  "apache-airflow==$$($(PY) -c 'import airflow; print(airflow.__version__)')" dist/*.whl
+	cd $(WHEEL_VENV) && bin/python $(CURDIR)/scripts/check_wheel.py
+	$(WHEEL_VENV)/bin/python scripts/demo.py --output-dir $(WHEEL_VENV)/demo-output
+
+test: $(STAMP) $(LOWEST_STAMP) browser package
 	$(PY) -m pytest -ra
 	@echo "== the same unit and integration tests on the lowest supported Airflow ($(LOWEST_AIRFLOW)) =="
 	$(LOWEST_VENV)/bin/python -m pytest -ra -m "not e2e" -p no:cacheprovider tests/unit tests/integration
@@ -55,4 +69,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(LOWEST_VENV) demo-output .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(LOWEST_VENV) $(WHEEL_VENV) dist demo-output .pytest_cache .ruff_cache .mypy_cache
