@@ -1,10 +1,11 @@
-"""Facts of the VibeDream API shared by the provider and the emulator (no imports, no behaviour)."""
+"""Facts of the VibeDream API the provider uses (no imports, no behaviour). The emulator keeps its
+own copy (``emulator/contract.py``) on purpose, so that it checks the provider instead of agreeing
+with it by construction."""
 
 from __future__ import annotations
 
 #: The model id of the image upscaler in ``/api/v1/models/{model_id}/generate``.
 UPSCALER_MODEL_ID = "image-upscaler"
-UPSCALER_MODEL_NAME = "WaveSpeed AI Image Upscaler"
 
 #: Allowed ``target_resolution`` values and the long edge, in pixels, of the image each one yields.
 TARGET_RESOLUTIONS: dict[str, int] = {"2k": 2048, "4k": 3840, "8k": 7680}
@@ -12,11 +13,7 @@ TARGET_RESOLUTIONS: dict[str, int] = {"2k": 2048, "4k": 3840, "8k": 7680}
 #: Allowed ``output_format`` values.
 OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "png", "webp")
 
-#: Input image formats the API accepts (Pillow format names).
-INPUT_IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP")
-
-#: Prediction statuses the API reports.
-STATUS_PROCESSING = "processing"
+#: Prediction statuses the API reports that end a prediction (the other one is ``processing``).
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"
 TERMINAL_STATUSES: frozenset[str] = frozenset({STATUS_COMPLETED, STATUS_FAILED})

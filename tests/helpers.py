@@ -3,6 +3,9 @@ operators use, and sample predictions. Real Airflow runs in tests/e2e; these kee
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 from airflow_vibedream.client import Prediction
@@ -51,3 +54,24 @@ class FakeStateStore:
     def set(self, key: str, value: Any) -> None:
         self.values[key] = value
         self.writes.append(key)
+
+
+def until(condition: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition") -> Any:
+    """Wait for an observable state (a count, a flag) that has no event to wait on; a bounded poll,
+    so a state that never comes is a clear failure, not a hang."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+    return value
+
+
+async def async_until(condition: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition") -> Any:
+    """:func:`until` on an event loop: the loop keeps running between checks."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+    return value

@@ -6,7 +6,10 @@ benchmarks all use it. One concept per module:
 - :mod:`~airflow_vibedream.client.settings`: client settings and the retry policy;
 - :mod:`~airflow_vibedream.client.calls`: building a call and mapping its answer to a result or error;
 - :mod:`~airflow_vibedream.client.sync` and :mod:`~airflow_vibedream.client.aio`: the two clients;
-- :mod:`~airflow_vibedream.client.schedule`: when to poll.
+- :mod:`~airflow_vibedream.client.schedule`: when to poll (the fixed schedule);
+- :mod:`~airflow_vibedream.client.gate`: the outage gate (one per API per loop or process);
+- :mod:`~airflow_vibedream.client.poller`: the per-loop poll scheduler the triggers wait on;
+- :mod:`~airflow_vibedream.client.durations`: learned job durations and the schedule they give.
 
 Errors live in :mod:`airflow_vibedream.errors` and are imported from there.
 """

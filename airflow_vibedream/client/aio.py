@@ -137,7 +137,7 @@ class AsyncVibeDreamClient:
             self._closing = asyncio.ensure_future(self.aclose())
 
     async def _call(self, call: ApiCall, *, fast: bool = False, retry: bool = True) -> Prediction:
-        # Counted inline rather than with in_use(): this is every poll's path.
+        # Counted inline rather than through a context manager: this is every poll's path.
         self._users += 1
         try:
             return await self._call_in_use(call, fast=fast, retry=retry)

@@ -9,7 +9,12 @@
 - :mod:`.batch`: many predictions: interruptible submits whose every returned id is recorded;
 - :mod:`.events`: the trigger event, written and read in one place, typed errors included;
 - :mod:`.rules`: the one permanent-error rule (which failures no Airflow retry may repeat);
-- :mod:`.outputs`: where outputs are stored, the same way for one image and for a batch.
+- :mod:`.outputs`: where outputs are stored, the same way for one image and for a batch;
+- :mod:`.verify`: what an output must be (format, long edge, aspect ratio) before it counts;
+- :mod:`.manifest`: the batch manifest's lines and where it is written;
+- :mod:`.progress`: a batch's progress published for the gallery while it waits;
+- :mod:`.records`: the typed records the operators leave for Airflow's UI (XCom), parsed as data;
+- :mod:`.settle`: how long a trigger holds its event after the deferral (an Airflow race).
 
 Why not Airflow 3.3's ``ResumableJobMixin`` (re-exported by ``common.compat``)? Its decision reads
 one external id and asks only "active, succeeded or not": it cannot refuse a stored job made for

@@ -26,7 +26,7 @@ def settle_seconds() -> float:
     configured = conf.get("vibedream", "resume_settle_seconds", fallback="") or ""
     if configured.strip():
         return max(0.0, float(configured))
-    return conf.getfloat("workers", "min_heartbeat_interval", fallback=5.0) + SCHEDULER_MARGIN_SECONDS
+    return float(conf.getfloat("workers", "min_heartbeat_interval", fallback=5.0)) + SCHEDULER_MARGIN_SECONDS
 
 
 def fire_not_before(now: float | None = None) -> float:

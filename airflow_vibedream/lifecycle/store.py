@@ -79,7 +79,7 @@ class SubmissionStore:
     _memory: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._backend = self.context.get("task_state_store")  # type: ignore[attr-defined]
+        self._backend = self.context.get("task_state_store")  # type: ignore[attr-defined,unused-ignore]
         if self._backend is None and self.handover_key:
             ti = self.context["ti"]
             handed = ti.xcom_pull(task_ids=ti.task_id, key=self.handover_key, map_indexes=ti.map_index)

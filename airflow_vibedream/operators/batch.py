@@ -257,7 +257,6 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                     vibedream_conn_id=self.vibedream_conn_id,
                     poll_interval=self.poll_interval,
                     end_time=deadline,
-                    max_concurrency=max(self.max_concurrency, 8),
                     progress_interval=self.progress_interval,
                     progress=progress.to_json(),
                     duration_kind=f"{UPSCALER_MODEL_ID}:{self.target_resolution}",

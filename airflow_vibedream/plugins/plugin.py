@@ -24,7 +24,7 @@ class VibeDreamPlugin(AirflowPlugin):
     """Registered through the ``airflow.plugins`` entry point of this package."""
 
     name = "vibedream"
-    fastapi_apps = _GalleryApp()  # type: ignore[assignment]
+    fastapi_apps = _GalleryApp()  # type: ignore[assignment,unused-ignore]
     external_views = [
         {
             "name": "VibeDream gallery",

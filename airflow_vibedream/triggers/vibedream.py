@@ -169,8 +169,6 @@ class VibeDreamBatchTrigger(BaseTrigger):
     :param vibedream_conn_id: the Airflow connection.
     :param poll_interval: seconds between polls of each prediction where jobs of its kind finish.
     :param end_time: epoch seconds after which a ``timeout`` event fires; None waits forever.
-    :param max_concurrency: kept for compatibility: polls in flight are bounded by the loop's one
-        scheduler (:mod:`airflow_vibedream.client.poller`), for every trigger of the loop together.
     :param progress_interval: seconds between progress lines.
     :param duration_kind: what kind of jobs these are (see :class:`VibeDreamPredictionTrigger`).
     :param progress: the batch's progress record when it deferred (see
@@ -186,7 +184,6 @@ class VibeDreamBatchTrigger(BaseTrigger):
         vibedream_conn_id: str = VibeDreamHook.default_conn_name,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         end_time: float | None = None,
-        max_concurrency: int = 16,
         progress_interval: float = 30.0,
         progress: dict[str, Any] | None = None,
         duration_kind: str | None = None,
@@ -197,7 +194,6 @@ class VibeDreamBatchTrigger(BaseTrigger):
         self.vibedream_conn_id = vibedream_conn_id
         self.poll_interval = float(poll_interval)
         self.end_time = float(end_time) if end_time is not None else None
-        self.max_concurrency = int(max_concurrency)
         self.progress_interval = float(progress_interval)
         self.progress = progress
         self.duration_kind = duration_kind
@@ -211,7 +207,6 @@ class VibeDreamBatchTrigger(BaseTrigger):
                 "vibedream_conn_id": self.vibedream_conn_id,
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
-                "max_concurrency": self.max_concurrency,
                 "progress_interval": self.progress_interval,
                 "progress": self.progress,
                 "duration_kind": self.duration_kind,

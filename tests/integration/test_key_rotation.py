@@ -20,7 +20,8 @@ from airflow_vibedream.emulator import EmulatorConfig, EmulatorServer
 from airflow_vibedream.hooks.shared import _SHARES, aclose_shared_async_clients
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger, VibeDreamPredictionTrigger
-from tests.conftest import TEST_KEY, connection_json
+from tests.conftest import TEST_KEY, connection_json, emulator_stats
+from tests.helpers import async_until
 
 NEW_KEY = "rotated-key-2b71c0"
 
@@ -56,14 +57,18 @@ async def test_a_waiting_trigger_picks_up_a_rotated_key_on_a_401(
     try:
         waiting = asyncio.ensure_future(anext(trigger.run().__aiter__()))
         old_client = await VibeDreamHook().get_shared_async_client()
-        await asyncio.sleep(0.6)  # the trigger is polling with the old key
+        polled = emulator_stats(slow_emulator.base_url).get("requests", 0)
+        await async_until(
+            lambda: emulator_stats(slow_emulator.base_url).get("requests", 0) > polled,
+            what="the trigger to poll with the old key",
+        )
         rotate(slow_emulator, monkeypatch)
         event = (await asyncio.wait_for(waiting, timeout=30)).payload
         assert event["status"] == "success", event
         new_client = await VibeDreamHook().get_shared_async_client()
         assert new_client.settings.api_key == NEW_KEY and new_client is not old_client
-        await asyncio.sleep(0.1)  # the retired client closes in the background
-        assert old_client.closed  # superseded and idle: closed, not leaked
+        # Superseded and idle: closed in the background, not leaked.
+        await async_until(lambda: old_client.closed, what="the retired client to close")
     finally:
         await aclose_shared_async_clients()
 

@@ -15,6 +15,7 @@ from airflow_vibedream.client.durations import DurationModel, LearnedSchedule
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.poller import PollScheduler, loop_scheduler
 from airflow_vibedream.errors import VibeDreamAuthError, VibeDreamTimeoutError
+from tests.helpers import async_until
 
 
 def iso(epoch: float) -> str:
@@ -84,8 +85,8 @@ async def test_cancelled_waits_leave_nothing_behind() -> None:
         asyncio.ensure_future(scheduler.wait(pid, interval=0.05, deadline=None, kind="k"))
         for pid in jobs.finish_at
     ]
-    await asyncio.sleep(0.2)  # let them be polled a few times
-    assert len(scheduler) == 500 and sum(jobs.polls.values()) >= 500
+    await async_until(lambda: sum(jobs.polls.values()) >= 500, what="every wait to be polled")
+    assert len(scheduler) == 500
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -95,7 +96,7 @@ async def test_cancelled_waits_leave_nothing_behind() -> None:
     current = asyncio.current_task()
     assert [t for t in asyncio.all_tasks() if t is not current and not t.done()] == []
     polls = sum(jobs.polls.values())
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # an observation window (4 poll intervals), not a synchronisation
     assert sum(jobs.polls.values()) == polls  # nobody polls for a cancelled wait
 
 
