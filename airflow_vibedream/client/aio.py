@@ -34,11 +34,11 @@ class _AiohttpSender:
 
     def __init__(self, session: aiohttp.ClientSession, settings: ClientSettings, api: Api) -> None:
         import aiohttp
-        from httpx_aiohttp.transport import map_aiohttp_exceptions
 
-        # Same exception mapping as the transport, so both paths raise the same httpx errors (with
-        # the aiohttp error as the cause, which _surely_not_sent reads). Bound once, not per poll.
-        self._map_errors = map_aiohttp_exceptions
+        # Imported here, as aiohttp is: only a process that polls pays for it. Bound once, not per poll.
+        from airflow_vibedream.client.aiohttp_errors import httpx_errors
+
+        self._httpx_errors = httpx_errors
         self._session = session
         self._headers = api.plain_headers
         self._limit = settings.max_response_bytes
@@ -50,7 +50,8 @@ class _AiohttpSender:
     async def send(self, call: ApiCall) -> Prediction | None:
         body = CappedBody(self._limit, call)
         try:
-            with self._map_errors():
+            # The same httpx errors as the transport's path, the aiohttp error as the cause.
+            with self._httpx_errors():
                 async with self._session.request(
                     call.method, call.url, headers=self._headers, allow_redirects=False, timeout=self._timeout
                 ) as answer:
@@ -60,15 +61,7 @@ class _AiohttpSender:
                         body.feed(chunk)
                     status, headers = answer.status, answer.raw_headers
         except httpx.HTTPError as exc:
-            if "content-encoding" in str(exc).lower():
-                # aiohttp reports a body that is not the gzip/deflate it claims as a payload error;
-                # it is an answer that cannot be read, as httpx's DecodingError says on the httpx path.
-                exc = httpx.DecodingError(str(exc))
             raise call.on_http_error(exc) from exc
-        except VibeDreamError:
-            raise
-        except Exception as exc:  # an aiohttp error httpx-aiohttp does not map (e.g. a bad status line)
-            raise call.on_http_error(httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}")) from exc
         content = b"".join(body.chunks)
         if 200 <= status < 300:
             return call.on_success(status, content)

@@ -138,9 +138,11 @@ def _surely_not_sent(exc: httpx.TransportError) -> bool:
         return False
     cause = exc.__cause__
     if cause is not None and type(cause).__module__.startswith("aiohttp"):
-        # httpx-aiohttp maps every aiohttp ClientConnectionError to ConnectTimeout, including
-        # ServerDisconnectedError after the request was sent; only its connector errors are pre-send.
-        return any(klass.__name__ == "ClientConnectorError" for klass in type(cause).__mro__)
+        # aiohttp's connection errors all become ConnectTimeout (ServerDisconnectedError too, after
+        # the request was sent); only its connector errors happened before a byte was sent.
+        from airflow_vibedream.client.aiohttp_errors import is_connector_error
+
+        return is_connector_error(cause)
     return True
 
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import airflow
@@ -33,21 +30,3 @@ def test_every_listed_module_and_hook_imports() -> None:
         behaviour = hook.get_ui_field_behaviour()
         assert behaviour["relabeling"] == connection["ui-field-behaviour"]["relabeling"]
         assert behaviour["hidden_fields"] == connection["ui-field-behaviour"]["hidden-fields"]
-
-
-def test_airflow_lists_the_provider_and_its_connection_type() -> None:
-    airflow_cli = str(Path(sys.executable).parent / "airflow")
-    providers = subprocess.run(
-        [airflow_cli, "providers", "list", "--output", "json"], capture_output=True, text=True, env=os.environ
-    )
-    assert providers.returncode == 0, providers.stderr
-    names = {p["package_name"] for p in json.loads(providers.stdout)}
-    assert "airflow-provider-vibedream" in names
-    hooks = subprocess.run(
-        [airflow_cli, "providers", "hooks", "--output", "json"],
-        capture_output=True,
-        text=True,
-        env=os.environ,
-    )
-    assert hooks.returncode == 0, hooks.stderr
-    assert any(h.get("connection_type") == "vibedream" for h in json.loads(hooks.stdout))
