@@ -97,6 +97,15 @@ class VibeDreamProtocolError(VibeDreamError):
 class VibeDreamPredictionFailedError(VibeDreamError):
     """The prediction ended with status ``failed``; ``api_message`` holds the API's reason."""
 
+    @classmethod
+    def of(cls, prediction_id: str, reason: str | None) -> VibeDreamPredictionFailedError:
+        """The error of prediction ``prediction_id``, failed for ``reason`` (the API's words)."""
+        return cls(
+            f"VibeDream prediction {prediction_id} failed: {reason or 'no reason given'}",
+            api_message=reason,
+            prediction_id=prediction_id,
+        )
+
 
 class VibeDreamTimeoutError(VibeDreamError):
     """The prediction did not finish before the deadline; ``prediction_id`` says which one to check."""

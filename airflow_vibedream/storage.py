@@ -70,6 +70,11 @@ def validate_image_source(field_name: str, value: Any) -> str:
         ) from None
 
 
+def presign_seconds(timeout: float, retries: int | None) -> float:
+    """How long an input's presigned URL lives: this try, every retry, and the queueing in between."""
+    return timeout * (int(retries or 0) + 1) + 3600
+
+
 def resolve_image(image: str, *, aws_conn_id: str | None, expires_in: float) -> str:
     """The URL VibeDream downloads the image from: an ``s3://`` object becomes a presigned GET URL
     (made with the amazon provider's S3Hook), valid for ``expires_in`` seconds (capped at 7 days)."""
@@ -304,12 +309,17 @@ def _write_atomically(
         if verify is not None:
             verify()
     except BaseException:
-        handle.discard()
-        # discard() leaves the file open with no buffer; marked closed, its finaliser does not
-        # try to flush what was just thrown away.
-        handle.closed = True
+        abort_upload(handle)
         raise
     handle.close()
+
+
+def abort_upload(handle: Any) -> None:
+    """Throw away an fsspec upload in progress: nothing is committed at its key. ``discard()`` leaves
+    the file open with no buffer; marked closed (fsspec's own flag, set as its ``close()`` does), its
+    finaliser does not try to flush what was thrown away."""
+    handle.discard()
+    handle.closed = True
 
 
 def _copy(chunks: Iterable[bytes], handle: IO[bytes], inspector: _Inspector) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from airflow_vibedream.constants import STATUS_COMPLETED, STATUS_FAILED, TERMINAL_STATUSES
@@ -128,3 +129,13 @@ class Prediction:
             "completed_at": self.completed_at,
             "cost_cents": self.cost_cents,
         }
+
+
+def iso_seconds(value: str | None) -> float | None:
+    """Epoch seconds of an ISO 8601 time as the API writes it (``...Z``), or None."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

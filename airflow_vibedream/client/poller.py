@@ -25,12 +25,11 @@ import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_vibedream.client.calls import deadline_reached
 from airflow_vibedream.client.durations import DURATIONS, DurationModel, LearnedSchedule
-from airflow_vibedream.client.models import Prediction
+from airflow_vibedream.client.models import Prediction, iso_seconds
 from airflow_vibedream.client.schedule import elapsed_since
 
 if TYPE_CHECKING:
@@ -39,16 +38,6 @@ if TYPE_CHECKING:
 
 #: Polls in flight at once per scheduler (the aiohttp pool holds 100 connections).
 WORKERS = 64
-
-
-def iso_seconds(value: str | None) -> float | None:
-    """Epoch seconds of an ISO 8601 time, or None."""
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 class Watch:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
 
-from airflow_vibedream.client.models import Prediction
+from airflow_vibedream.client.models import Prediction, iso_seconds
 
 
 def next_sleep(poll_interval: float, deadline: float | None) -> float:
@@ -19,12 +18,9 @@ def next_sleep(poll_interval: float, deadline: float | None) -> float:
 def elapsed_since(created_at: str | None, fallback_start: float) -> float:
     """Seconds since the prediction was created (by the API's clock, so a restarted trigger still
     reports the true age), or since ``fallback_start`` (monotonic) when the API gave no time."""
-    if created_at:
-        try:
-            created = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
-            return max(0.0, time.time() - created.timestamp())
-        except ValueError:
-            pass
+    created = iso_seconds(created_at)
+    if created is not None:
+        return max(0.0, time.time() - created)
     return time.monotonic() - fallback_start
 
 

@@ -88,11 +88,7 @@ def error_from_event(event: dict[str, Any], prediction_id: str | None = None) ->
     prediction_id = prediction_id or str(event.get("prediction_id"))
     message = event.get("message") or "no message"
     if status == EVENT_FAILED:
-        return VibeDreamPredictionFailedError(
-            f"VibeDream prediction {prediction_id} failed: {message}",
-            api_message=message,
-            prediction_id=prediction_id,
-        )
+        return VibeDreamPredictionFailedError.of(prediction_id, message)
     if status == EVENT_TIMEOUT:
         return VibeDreamTimeoutError(message, prediction_id=prediction_id)
     klass = _ERROR_TYPES.get(str(event.get("error_type")), VibeDreamError)

@@ -63,6 +63,7 @@ from airflow_vibedream.links import VibeDreamGalleryLink, VibeDreamManifestLink
 from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,
     list_s3_images,
+    presign_seconds,
     resolve_image,
     validate_image_source,
     validate_name_template,
@@ -219,7 +220,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         input_facts(
             item.image, aws_conn_id=self.aws_conn_id, policy=download_policy(self.hook.get_client().settings)
         )
-        expires = self.timeout * (int(self.retries or 0) + 1) + 3600
+        expires = presign_seconds(self.timeout, self.retries)
         image = resolve_image(item.image, aws_conn_id=self.aws_conn_id, expires_in=expires)
         return UpscaleRequest(**{**item.spec.asked, "image": image}).to_payload()
 

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, conf
 
-from airflow_vibedream.client.models import Prediction
-from airflow_vibedream.client.poller import iso_seconds
+from airflow_vibedream.client.models import Prediction, iso_seconds
 from airflow_vibedream.client.request import UpscaleRequest, validate_bool, validate_model_id
 from airflow_vibedream.constants import (
     DEFAULT_POLL_INTERVAL,
@@ -40,6 +39,7 @@ from airflow_vibedream.links import VibeDreamOutputLink
 from airflow_vibedream.operators.lineage import input_image_of, lineage_for, output_asset
 from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,
+    presign_seconds,
     resolve_image,
     validate_image_source,
     validate_name_template,
@@ -203,11 +203,7 @@ class VibeDreamGenerateOperator(BaseOperator):
 
     def _finish(self, context: Context, prediction: Prediction) -> dict[str, Any]:
         if not prediction.succeeded:
-            raise VibeDreamPredictionFailedError(
-                f"VibeDream prediction {prediction.id} failed: {prediction.error or 'no reason given'}",
-                api_message=prediction.error,
-                prediction_id=prediction.id,
-            )
+            raise VibeDreamPredictionFailedError.of(prediction.id, prediction.error)
         result = prediction.to_result()
         self.log.info(
             "VibeDream prediction %s completed (cost %s cents)", prediction.id, prediction.cost_cents
@@ -324,10 +320,6 @@ class VibeDreamUpscaleImageOperator(VibeDreamGenerateOperator):
         )
         choice("output_format", self.output_format, OUTPUT_FORMATS, unless_templated=only_plain_values)
 
-    def _presign_seconds(self) -> float:
-        # Long enough for this try, every retry, and the queueing in between.
-        return self.timeout * (int(self.retries or 0) + 1) + 3600
-
     def job_spec(self) -> JobSpec:
         self._validate_inputs()
         # The image as the user named it: an s3:// reference, never the presigned URL (which differs
@@ -352,7 +344,9 @@ class VibeDreamUpscaleImageOperator(VibeDreamGenerateOperator):
             policy=download_policy(self.hook.get_client().settings),
         )
         image = resolve_image(
-            spec.asked["image"], aws_conn_id=self.aws_conn_id, expires_in=self._presign_seconds()
+            spec.asked["image"],
+            aws_conn_id=self.aws_conn_id,
+            expires_in=presign_seconds(self.timeout, self.retries),
         )
         return UpscaleRequest(**{**spec.asked, "image": image}).to_payload()
 

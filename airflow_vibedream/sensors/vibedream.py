@@ -84,11 +84,7 @@ class VibeDreamPredictionSensor(BaseSensorOperator):
         prediction = self.hook.get_client().get_prediction(self.prediction_id)
         self.log.info("VibeDream prediction %s is %s", prediction.id, prediction.status)
         if prediction.failed:
-            raise VibeDreamPredictionFailedError(
-                f"VibeDream prediction {prediction.id} failed: {prediction.error or 'no reason given'}",
-                api_message=prediction.error,
-                prediction_id=prediction.id,
-            )
+            raise VibeDreamPredictionFailedError.of(prediction.id, prediction.error)
         return PokeReturnValue(is_done=prediction.succeeded, xcom_value=prediction.to_result())
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
