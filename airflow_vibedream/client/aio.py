@@ -192,23 +192,27 @@ class AsyncVibeDreamClient:
         prediction_id: str,
         *,
         deadline: float | None,
-        spread: float,
+        resume_within: float,
         on_unavailable: OutageReport | None = None,
     ) -> Prediction:
         """Poll once, riding out transient failures until ``deadline`` (then
         :class:`VibeDreamTimeoutError`) through this loop's shared outage gate.
 
-        :param spread: seconds over which pollers held back by an outage resume (their poll interval).
+        :param resume_within: seconds over which pollers held back by an outage resume (their poll interval).
         :param on_unavailable: called with (seconds unavailable, last error) at most every 30 s.
         """
         self._users += 1  # held across an outage's waits, so a retirement waits for it
         try:
-            return await self._poll_patiently(prediction_id, deadline, spread, on_unavailable)
+            return await self._poll_patiently(prediction_id, deadline, resume_within, on_unavailable)
         finally:
             self._release()
 
     async def _poll_patiently(
-        self, prediction_id: str, deadline: float | None, spread: float, on_unavailable: OutageReport | None
+        self,
+        prediction_id: str,
+        deadline: float | None,
+        resume_within: float,
+        on_unavailable: OutageReport | None,
     ) -> Prediction:
         return await poll_patiently_async(
             lambda: self.get_prediction(prediction_id, retry=False),
@@ -216,7 +220,7 @@ class AsyncVibeDreamClient:
             prediction_id=prediction_id,
             deadline=deadline,
             policy=self.settings.retry,
-            spread=spread,
+            resume_within=resume_within,
             on_unavailable=on_unavailable,
         )
 

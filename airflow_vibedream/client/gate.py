@@ -152,15 +152,15 @@ class AsyncOutageGate:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def enter(self, deadline: float | None, spread: float) -> tuple[bool, object | None]:
+    async def enter(self, deadline: float | None, resume_within: float) -> tuple[bool, object | None]:
         """Wait for a turn: (True, probe token or None), or (False, None) at the deadline."""
         waited = False
         while True:
             allowed, probe = self.core.try_enter()
             if allowed:
-                if waited and probe is None and spread > 0:
+                if waited and probe is None and resume_within > 0:
                     # The gate just closed: resume spread over one interval, not all at once.
-                    await asyncio.sleep(_capped(random.uniform(0, spread), deadline) or 0.0)
+                    await asyncio.sleep(_capped(random.uniform(0, resume_within), deadline) or 0.0)
                 return True, probe
             waited = True
             timeout = _capped(self.core.seconds_to_probe(), deadline)
@@ -189,7 +189,7 @@ class ThreadOutageGate:
         self.core = core or GateCore()
         self._condition = threading.Condition()
 
-    def enter(self, deadline: float | None, spread: float) -> tuple[bool, object | None]:
+    def enter(self, deadline: float | None, resume_within: float) -> tuple[bool, object | None]:
         waited = False
         with self._condition:
             while True:
@@ -200,8 +200,8 @@ class ThreadOutageGate:
                 if deadline is not None and time.time() >= deadline:
                     return False, None
                 self._condition.wait(_capped(self.core.seconds_to_probe(), deadline))
-        if waited and probe is None and spread > 0:
-            time.sleep(_capped(random.uniform(0, spread), deadline) or 0.0)
+        if waited and probe is None and resume_within > 0:
+            time.sleep(_capped(random.uniform(0, resume_within), deadline) or 0.0)
         return True, probe
 
     def succeeded(self) -> None:
@@ -307,7 +307,7 @@ async def poll_patiently_async(
     prediction_id: str,
     deadline: float | None,
     policy: RetryPolicy,
-    spread: float,
+    resume_within: float,
     on_unavailable: OutageReport | None = None,
 ) -> T:
     """``poll()`` until it answers: transient failures are retried until ``deadline`` (then
@@ -319,7 +319,7 @@ async def poll_patiently_async(
         if gate.core.state == CLOSED:  # the hot path: no coroutine for the gate while the API answers
             probe = None
         else:
-            allowed, probe = await gate.enter(deadline, spread)
+            allowed, probe = await gate.enter(deadline, resume_within)
             if not allowed:
                 continue  # the deadline came while waiting at the gate
         try:
@@ -347,14 +347,14 @@ def poll_patiently(
     prediction_id: str,
     deadline: float | None,
     policy: RetryPolicy,
-    spread: float,
+    resume_within: float,
     on_unavailable: OutageReport | None = None,
 ) -> T:
     """The blocking twin of :func:`poll_patiently_async`."""
     patience = _Patience(prediction_id, deadline, policy, on_unavailable)
     while True:
         patience.check_deadline()
-        allowed, probe = gate.enter(deadline, spread)
+        allowed, probe = gate.enter(deadline, resume_within)
         if not allowed:
             continue
         try:

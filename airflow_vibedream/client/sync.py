@@ -77,7 +77,7 @@ class VibeDreamClient:
         prediction_id: str,
         *,
         deadline: float | None,
-        spread: float,
+        resume_within: float,
         on_unavailable: OutageReport | None = None,
     ) -> Prediction:
         """Poll once, riding out transient failures until ``deadline`` (then
@@ -88,7 +88,7 @@ class VibeDreamClient:
             prediction_id=prediction_id,
             deadline=deadline,
             policy=self.settings.retry,
-            spread=spread,
+            resume_within=resume_within,
             on_unavailable=on_unavailable,
         )
 
@@ -107,7 +107,7 @@ class VibeDreamClient:
         tracker = StatusTracker(on_status_change)
         while True:
             prediction = self.poll_patiently(
-                prediction_id, deadline=deadline, spread=poll_interval, on_unavailable=on_unavailable
+                prediction_id, deadline=deadline, resume_within=poll_interval, on_unavailable=on_unavailable
             )
             tracker.observe(prediction)
             if prediction.is_terminal:

@@ -117,7 +117,7 @@ def prediction_from_event(event: dict[str, Any], fetch: Callable[[str], Predicti
     return Prediction.from_dict(data)
 
 
-def unexpected(exc: BaseException) -> VibeDreamError:
+def as_waiting_error(exc: BaseException) -> VibeDreamError:
     """Anything that is not already a typed error, as one (so a trigger still fires an event)."""
     if isinstance(exc, VibeDreamError):
         return exc

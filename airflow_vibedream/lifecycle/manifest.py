@@ -27,7 +27,7 @@ def manifest_uri(output_path: str, dag_id: str, run_id: str, task_id: str, map_i
     )
 
 
-def settled_line(
+def line_before_download(
     image: str,
     record: SubmissionRecord | None,
     outcome: dict[str, tuple[str, str | None]],

@@ -42,7 +42,7 @@ def is_permanent(exc: BaseException) -> bool:
 
 
 @contextmanager
-def failures_decided_once() -> Iterator[None]:
+def permanent_errors_fail_the_task() -> Iterator[None]:
     """Turn a permanent error into ``AirflowFailException`` (no retry); let the rest through."""
     try:
         yield

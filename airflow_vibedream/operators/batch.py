@@ -48,13 +48,13 @@ from airflow_vibedream.lifecycle.manifest import (
     STATUS_NOT_SUBMITTED,
     STATUS_TIMEOUT,
     STATUS_UNKNOWN,
+    line_before_download,
     manifest_uri,
-    settled_line,
 )
 from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy, input_facts
 from airflow_vibedream.lifecycle.progress import PUBLISH_EVERY
 from airflow_vibedream.lifecycle.records import PROGRESS_XCOM_KEY, BatchProgress
-from airflow_vibedream.lifecycle.rules import failures_decided_once, is_permanent
+from airflow_vibedream.lifecycle.rules import is_permanent, permanent_errors_fail_the_task
 from airflow_vibedream.lifecycle.settle import fire_not_before
 from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
 from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
@@ -240,7 +240,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     # -- the task ----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        with failures_decided_once():
+        with permanent_errors_fail_the_task():
             items = self.batch_images()  # every input checked before any request
         self.log.info("VibeDream batch of %d images", len(items))
         store = self._store(context)
@@ -266,7 +266,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout + 60),
             )
-        with failures_decided_once():
+        with permanent_errors_fail_the_task():
             outcome = self._wait_in_worker(
                 client,
                 ids,
@@ -282,7 +282,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         store = self._store(context)
         records = {item.key: r for item in items if (r := store.get(item.key)) is not None}
         if event.get("status") not in (EVENT_SUCCESS, EVENT_TIMEOUT):
-            with failures_decided_once():
+            with permanent_errors_fail_the_task():
                 raise error_from_event(event, prediction_id="batch")
         outcome = {pid: (FAILED, error) for pid, error in (event.get("failed") or {}).items()}
         outcome.update({pid: (PENDING, None) for pid in event.get("pending") or []})
@@ -324,7 +324,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         def poll(prediction_id: str) -> tuple[str, str | None]:
             try:
                 answer = client.poll_patiently(
-                    prediction_id, deadline=deadline, spread=self.poll_interval, on_unavailable=report
+                    prediction_id, deadline=deadline, resume_within=self.poll_interval, on_unavailable=report
                 )
                 return poll_outcome(answer)
             except VibeDreamTimeoutError:  # the deadline came during an outage
@@ -437,7 +437,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
 
         def line(item: BatchImage) -> dict[str, Any]:
             record = records.get(item.key)
-            base, to_fetch = settled_line(item.image, record, outcome, not_submitted.get(item.key))
+            base, to_fetch = line_before_download(item.image, record, outcome, not_submitted.get(item.key))
             if not to_fetch or record is None or record.prediction_id is None:
                 return base
             try:

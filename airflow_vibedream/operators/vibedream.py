@@ -31,7 +31,7 @@ from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.job import SingleJob
 from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy, input_facts
 from airflow_vibedream.lifecycle.records import RESULT_XCOM_KEY, image_record
-from airflow_vibedream.lifecycle.rules import failures_decided_once
+from airflow_vibedream.lifecycle.rules import permanent_errors_fail_the_task
 from airflow_vibedream.lifecycle.settle import fire_not_before
 from airflow_vibedream.lifecycle.validation import choice, is_templated, positive_seconds
 from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
@@ -153,7 +153,7 @@ class VibeDreamGenerateOperator(BaseOperator):
     # -- the task ---------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        with failures_decided_once():
+        with permanent_errors_fail_the_task():
             spec = self.job_spec()  # every rendered value checked before any request
             client = self.hook.get_client()
             job = SingleJob(context, self.log, durable=self.durable)
@@ -195,7 +195,7 @@ class VibeDreamGenerateOperator(BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger fired. Only a ``success`` event succeeds; any other raises the
         typed error it names, decided by the same permanent-error rule as in ``execute``."""
-        with failures_decided_once():
+        with permanent_errors_fail_the_task():
             ti = context["ti"]
             cost_cents = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_COST_CENTS, map_indexes=ti.map_index)
             prediction = prediction_from_event(event, lambda pid: self.hook.get_client().get_prediction(pid))

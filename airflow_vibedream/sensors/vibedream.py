@@ -15,7 +15,7 @@ from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
 from airflow_vibedream.errors import VibeDreamPredictionFailedError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.lifecycle.events import prediction_from_event
-from airflow_vibedream.lifecycle.rules import failures_decided_once
+from airflow_vibedream.lifecycle.rules import permanent_errors_fail_the_task
 from airflow_vibedream.lifecycle.settle import fire_not_before
 from airflow_vibedream.lifecycle.validation import is_templated, positive_seconds
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
@@ -62,10 +62,10 @@ class VibeDreamPredictionSensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         validate_prediction_id(self.prediction_id)  # the rendered value, before any request
         if not self.deferrable:
-            with failures_decided_once():
+            with permanent_errors_fail_the_task():
                 return super().execute(context)
         # One poll first: a prediction that is already over needs no trigger.
-        with failures_decided_once():
+        with permanent_errors_fail_the_task():
             done = self.poke(context)
         if done.is_done:
             return done.xcom_value
@@ -90,7 +90,7 @@ class VibeDreamPredictionSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Resume after the trigger fired. Only a ``success`` event succeeds; any other raises the
         typed error it names, decided by the same permanent-error rule as a poke."""
-        with failures_decided_once():
+        with permanent_errors_fail_the_task():
             return prediction_from_event(
                 event, lambda pid: self.hook.get_client().get_prediction(pid)
             ).to_result()

@@ -22,11 +22,11 @@ from airflow_vibedream.lifecycle.events import (
     EVENT_SUCCESS,
     EVENT_TIMEOUT,
     Throttled,
+    as_waiting_error,
     error_event,
     log_unavailable,
     terminal_event,
     timeout_event,
-    unexpected,
 )
 from airflow_vibedream.lifecycle.progress import PUBLISH_EVERY, ProgressPublisher
 from airflow_vibedream.lifecycle.settle import settle
@@ -147,7 +147,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         except Exception as exc:
             # Never die without an event: the task would wait for its deferral timeout instead.
             self.log.exception("Stopped waiting for VibeDream prediction %s", self.prediction_id)
-            return error_event(self.prediction_id, unexpected(exc))
+            return error_event(self.prediction_id, as_waiting_error(exc))
 
     def _log_status_change(self, prediction: Prediction, elapsed: float) -> None:
         self.log.info("VibeDream prediction %s is %s after %.1fs", prediction.id, prediction.status, elapsed)
@@ -296,7 +296,7 @@ class VibeDreamBatchTrigger(BaseTrigger):
             return self._event(EVENT_ERROR, total, failed, sorted(outstanding), str(stopped), stopped)
         if stopped is not None:
             self.log.error("Stopped waiting for the VibeDream batch", exc_info=stopped)
-            wrapped = unexpected(stopped)
+            wrapped = as_waiting_error(stopped)
             return self._event(EVENT_ERROR, total, failed, sorted(outstanding), str(wrapped), wrapped)
         self._log_progress(total, len(outstanding), len(failed), time.monotonic() - started)
         if outstanding:
