@@ -264,7 +264,7 @@ class PollScheduler:
             prediction = await client.poll_patiently(
                 watch.prediction_id,
                 deadline=watch.deadline,
-                spread=watch.interval,
+                resume_within=watch.interval,
                 on_unavailable=watch.on_unavailable,
             )
         except asyncio.CancelledError:
