@@ -20,6 +20,7 @@ from typing import TypeAlias
 import httpx
 
 from airflow_vibedream.client.models import shorten
+from airflow_vibedream.client.settings import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES
 from airflow_vibedream.errors import OutputStorageError
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -37,8 +38,6 @@ def is_data_output(output: str) -> bool:
     return not output[:8].lower().startswith(_URL_PREFIXES)
 
 
-#: The default cap of one output: an 8K PNG of pure noise is ~100 MB; five times that, with room.
-DEFAULT_MAX_OUTPUT_BYTES = 512 * 1024 * 1024
 #: Redirects followed by one download, at most.
 MAX_REDIRECTS = 5
 #: NAT64's well-known prefix (RFC 6052): the gateway connects to the IPv4 address in the last 32 bits,
@@ -60,7 +59,7 @@ class DownloadPolicy:
     """
 
     max_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
-    timeout: float = 600.0
+    timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
     read_timeout: float = 60.0
     allow_private: bool = False
 

@@ -33,6 +33,12 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+#: The default cap of one output: an 8K PNG of pure noise is ~100 MB; five times that, with room.
+DEFAULT_MAX_OUTPUT_BYTES = 512 * 1024 * 1024
+#: The default time one output's download may take in all, seconds.
+DEFAULT_DOWNLOAD_TIMEOUT = 600.0
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Which failures get another attempt, and how long to wait before it.
@@ -140,8 +146,8 @@ class ClientSettings:
     allow_insecure_http: bool = False
     sync_wait_seconds: float = 300.0
     max_response_bytes: int = 256 * 1024 * 1024
-    max_output_bytes: int = 512 * 1024 * 1024
-    download_timeout: float = 600.0
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
     allow_private_outputs: bool = False
 
     def __post_init__(self) -> None:

@@ -50,16 +50,21 @@ def _share_of(loop: asyncio.AbstractEventLoop) -> LoopShare | None:
     return entry[1] if entry is not None and entry[0]() is loop else None
 
 
+async def _forget_and_close(loop: asyncio.AbstractEventLoop, share: LoopShare) -> None:
+    """Forget the loop's share and close its clients (at the loop's shutdown, or when asked)."""
+    if _share_of(loop) is share:
+        del _SHARES[id(loop)]
+    clients = list(share.clients.values())
+    share.clients.clear()
+    for client in clients:
+        await client.aclose()
+
+
 async def _close_at_shutdown(loop: asyncio.AbstractEventLoop, share: LoopShare) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
-        if _share_of(loop) is share:
-            del _SHARES[id(loop)]
-        clients = list(share.clients.values())
-        share.clients.clear()
-        for client in clients:
-            await client.aclose()
+        await _forget_and_close(loop, share)
 
 
 async def loop_share() -> LoopShare:
@@ -137,10 +142,6 @@ async def aclose_shared_async_clients() -> None:
     share = _share_of(loop)
     if share is None:
         return
-    del _SHARES[id(loop)]
-    clients = list(share.clients.values())
-    share.clients.clear()
-    for client in clients:
-        await client.aclose()
+    await _forget_and_close(loop, share)
     if share.closer is not None:
         await share.closer.aclose()
