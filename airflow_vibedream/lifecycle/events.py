@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from airflow_vibedream import errors
 from airflow_vibedream.client.calls import deadline_reached
@@ -37,13 +37,53 @@ _ERROR_TYPES: dict[str, type[VibeDreamError]] = {
 }
 
 
+class PredictionEvent(TypedDict):
+    """The one event of a prediction trigger.
+
+    :param status: ``success``, ``failed``, ``timeout`` or ``error``.
+    :param prediction_id: the prediction.
+    :param prediction: the prediction's answer (base64 outputs left out), None for errors.
+    :param message: what happened, in words.
+    :param error_type: the typed error behind an ``error`` event.
+    :param status_code: the HTTP status behind it, if any.
+    """
+
+    status: str
+    prediction_id: str
+    prediction: dict[str, Any] | None
+    message: str
+    error_type: str | None
+    status_code: int | None
+
+
+class BatchEvent(TypedDict):
+    """The one event of a batch trigger.
+
+    :param status: ``success``, ``timeout`` or ``error`` (a failed image fails only its line).
+    :param total: predictions waited for.
+    :param failed: the failed ones, with the API's reason.
+    :param pending: the ones still processing at the deadline.
+    :param message: what happened, in words.
+    :param error_type: the typed error behind an ``error`` event.
+    :param status_code: the HTTP status behind it, if any.
+    """
+
+    status: str
+    total: int
+    failed: dict[str, str]
+    pending: list[str]
+    message: str
+    error_type: str | None
+    status_code: int | None
+
+
 def make_event(
     status: str,
     prediction_id: str,
     message: str,
     prediction: Prediction | None = None,
     error: VibeDreamError | None = None,
-) -> dict[str, Any]:
+) -> PredictionEvent:
     """The one event shape."""
     return {
         "status": status,
@@ -55,16 +95,36 @@ def make_event(
     }
 
 
-def error_event(prediction_id: str, error: VibeDreamError) -> dict[str, Any]:
+def batch_event(
+    status: str,
+    total: int,
+    failed: dict[str, str],
+    pending: list[str],
+    message: str,
+    error: VibeDreamError | None = None,
+) -> BatchEvent:
+    """The one batch event shape."""
+    return {
+        "status": status,
+        "total": total,
+        "failed": failed,
+        "pending": pending,
+        "message": message,
+        "error_type": type(error).__name__ if error is not None else None,
+        "status_code": error.status_code if error is not None else None,
+    }
+
+
+def error_event(prediction_id: str, error: VibeDreamError) -> PredictionEvent:
     """An ``error`` event that names its typed error."""
     return make_event(EVENT_ERROR, prediction_id, str(error), error=error)
 
 
-def timeout_event(prediction_id: str, deadline: float) -> dict[str, Any]:
+def timeout_event(prediction_id: str, deadline: float) -> PredictionEvent:
     return make_event(EVENT_TIMEOUT, prediction_id, deadline_reached(prediction_id, deadline).message)
 
 
-def terminal_event(prediction: Prediction) -> dict[str, Any]:
+def terminal_event(prediction: Prediction) -> PredictionEvent:
     """``success`` or ``failed`` for a terminal prediction."""
     if prediction.succeeded:
         return make_event(EVENT_SUCCESS, prediction.id, "completed", prediction)

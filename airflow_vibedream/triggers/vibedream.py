@@ -21,8 +21,11 @@ from airflow_vibedream.lifecycle.events import (
     EVENT_ERROR,
     EVENT_SUCCESS,
     EVENT_TIMEOUT,
+    BatchEvent,
+    PredictionEvent,
     Throttled,
     as_waiting_error,
+    batch_event,
     error_event,
     log_unavailable,
     terminal_event,
@@ -113,7 +116,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         await settle(self.fire_not_before)
         yield TriggerEvent(event)
 
-    async def _wait(self) -> dict[str, Any]:
+    async def _wait(self) -> PredictionEvent:
         tracker = StatusTracker(self._log_status_change)
         hook = VibeDreamHook(self.vibedream_conn_id)
         keys = KeyRotation(hook, self.log)
@@ -219,7 +222,7 @@ class VibeDreamBatchTrigger(BaseTrigger):
         await settle(self.fire_not_before)
         yield TriggerEvent(event)
 
-    async def _wait(self) -> dict[str, Any]:
+    async def _wait(self) -> BatchEvent:
         total = len(self.prediction_ids)
         outstanding = set(self.prediction_ids)
         failed: dict[str, str] = {}
@@ -293,36 +296,17 @@ class VibeDreamBatchTrigger(BaseTrigger):
             await asyncio.gather(*waits, return_exceptions=True)
         if isinstance(stopped, VibeDreamError):
             self.log.error("Stopped waiting for the VibeDream batch: %s", stopped)
-            return self._event(EVENT_ERROR, total, failed, sorted(outstanding), str(stopped), stopped)
+            return batch_event(EVENT_ERROR, total, failed, sorted(outstanding), str(stopped), stopped)
         if stopped is not None:
             self.log.error("Stopped waiting for the VibeDream batch", exc_info=stopped)
             wrapped = as_waiting_error(stopped)
-            return self._event(EVENT_ERROR, total, failed, sorted(outstanding), str(wrapped), wrapped)
+            return batch_event(EVENT_ERROR, total, failed, sorted(outstanding), str(wrapped), wrapped)
         self._log_progress(total, len(outstanding), len(failed), time.monotonic() - started)
         if outstanding:
-            return self._event(EVENT_TIMEOUT, total, failed, sorted(outstanding), "deadline reached")
-        return self._event(EVENT_SUCCESS, total, failed, [], f"{total - len(failed)} of {total} completed")
+            return batch_event(EVENT_TIMEOUT, total, failed, sorted(outstanding), "deadline reached")
+        return batch_event(EVENT_SUCCESS, total, failed, [], f"{total - len(failed)} of {total} completed")
 
     def _log_progress(self, total: int, pending: int, failures: int, elapsed: float) -> None:
         self.log.info(
             "VibeDream batch: %d/%d done, %d failed, %.0fs elapsed", total - pending, total, failures, elapsed
         )
-
-    @staticmethod
-    def _event(
-        status: str,
-        total: int,
-        failed: dict[str, str],
-        pending: list[str],
-        message: str,
-        error: VibeDreamError | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "status": status,
-            "total": total,
-            "failed": failed,
-            "pending": pending,
-            "message": message,
-            "error_type": type(error).__name__ if error is not None else None,
-            "status_code": error.status_code if error is not None else None,
-        }
