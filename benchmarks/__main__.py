@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from benchmarks import airflow_scale, outage, persist, triggers
+from benchmarks import airflow_scale, docs, outage, persist, triggers
 
 BENCHMARKS = {
     "persist": persist.main,
@@ -13,13 +13,15 @@ BENCHMARKS = {
     "outage": outage.main,
     "airflow_scale": airflow_scale.main,
 }
+#: Not a benchmark: rewrites docs/benchmarks.md's tables from the results (run after any of them).
+TOOLS = {"docs": docs.main}
 
 
 def main(argv: list[str]) -> int:
     selected = argv or list(BENCHMARKS)
     for name in selected:
         print(f"== {name} ==", flush=True)
-        BENCHMARKS[name]()
+        {**BENCHMARKS, **TOOLS}[name]()
     tables = [
         p.read_text()
         for p in sorted((Path(__file__).parent / "results").glob("*.md"))
@@ -28,6 +30,7 @@ def main(argv: list[str]) -> int:
     (Path(__file__).parent / "results" / "README.md").write_text(
         "# Benchmark results\n\n" + "\n".join(tables)
     )
+    docs.main()  # docs/benchmarks.md shows the tables just written
     return 0
 
 

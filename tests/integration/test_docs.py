@@ -56,3 +56,11 @@ def test_the_readme_stays_short_and_reaches_every_docs_page() -> None:
     assert len(readme.splitlines()) <= 250
     for page in (REPO / "docs").glob("*.md"):
         assert f"docs/{page.name}" in readme, f"{page.name} is not linked from the README"
+
+
+def test_the_benchmark_tables_are_the_results_not_a_copy() -> None:
+    from benchmarks.docs import BLOCK, DOCS, rendered
+
+    text = DOCS.read_text()
+    assert len(BLOCK.findall(text)) >= 6
+    assert rendered(text) == text, "docs/benchmarks.md is stale: run `python -m benchmarks docs`"
