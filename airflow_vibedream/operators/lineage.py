@@ -3,7 +3,7 @@ input image and the stored outputs. OpenLineage is optional: without its provide
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,9 +29,18 @@ def dataset_name(uri: str) -> tuple[str, str]:
     return f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/") or "/"
 
 
-def lineage_for(input_uri: str | None, output_uris: list[str]) -> Any:
+def lineage_for(
+    input_uri: str | None, output_uris: list[str], files: Sequence[Mapping[str, Any]] | None = None
+) -> Any:
+    """The input and output datasets; a stored output carries its size (output statistics) and its
+    verified format and pixel size (documentation facet)."""
     try:
-        from airflow.providers.common.compat.openlineage.facet import Dataset
+        from airflow.providers.common.compat.openlineage.facet import (
+            Dataset,
+            DocumentationDatasetFacet,
+            OutputDataset,
+            OutputStatisticsOutputDatasetFacet,
+        )
         from airflow.providers.openlineage.extractors import OperatorLineage
     except ImportError:  # the OpenLineage provider is not installed: nothing to report
         return None
@@ -40,6 +49,26 @@ def lineage_for(input_uri: str | None, output_uris: list[str]) -> Any:
         namespace, name = dataset_name(uri)
         return Dataset(namespace=namespace, name=name)
 
+    facts = {str(item.get("uri")): item for item in files or []}
+
+    def output(uri: str) -> Any:
+        namespace, name = dataset_name(uri)
+        item = facts.get(uri)
+        if item is None:
+            return OutputDataset(namespace=namespace, name=name)
+        checks = ", ".join(item.get("checks") or []) or "none"
+        return OutputDataset(
+            namespace=namespace,
+            name=name,
+            facets={
+                "documentation": DocumentationDatasetFacet(
+                    description=f"{item.get('format')} image, {item.get('width')}x{item.get('height')} px "
+                    f"(verified: {checks})"
+                )
+            },
+            outputFacets={"outputStatistics": OutputStatisticsOutputDatasetFacet(size=item.get("bytes"))},
+        )
+
     inputs = [dataset(input_uri)] if input_uri and not input_uri.startswith("data:") else []
-    outputs = [dataset(uri) for uri in output_uris if not uri.startswith("data:")]
+    outputs = [output(uri) for uri in output_uris if not uri.startswith("data:")]
     return OperatorLineage(inputs=inputs, outputs=outputs)

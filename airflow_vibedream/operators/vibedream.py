@@ -111,7 +111,7 @@ class VibeDreamGenerateOperator(BaseOperator):
         self.durable = durable
         self.aws_conn_id = aws_conn_id
         self.output_conn_id = output_conn_id
-        self._lineage: tuple[str | None, list[str]] = (None, [])
+        self._lineage: tuple[str | None, list[str], list[dict[str, Any]]] = (None, [], [])
         self._input_facts: ImageFacts | None = None
         if output_path and not is_templated(output_path):
             # A fixed destination is a data product: declare it, so asset-aware DAGs can follow it.
@@ -228,7 +228,7 @@ class VibeDreamGenerateOperator(BaseOperator):
                 )
             result["outputs"] = [item.uri for item in stored]
             result["files"] = [item.to_dict() for item in stored]
-        self._lineage = (self.lineage_input(), list(result["outputs"] or []))
+        self._lineage = (self.lineage_input(), list(result["outputs"] or []), list(result.get("files") or []))
         # For the gallery and the "VibeDream output" link: small, and never the presigned input.
         context["ti"].xcom_push(
             key=RESULT_XCOM_KEY,

@@ -32,7 +32,8 @@ def test_templated_output_path_declares_no_asset() -> None:
 
 def test_openlineage_names_input_and_stored_outputs() -> None:
     task = upscale(output_path="s3://bucket/upscaled")
-    stored = [StoredOutput("s3://bucket/upscaled/a.png", 10, "00", 2048, 1024, "PNG")]
+    checks = ("complete", "decodes", "format", "long_edge", "aspect")
+    stored = [StoredOutput("s3://bucket/upscaled/a.png", 10, "00", 2048, 1024, "PNG", checks)]
     with (
         mock.patch("airflow_vibedream.hooks.vibedream.VibeDreamHook.get_conn") as get_conn,
         mock.patch("airflow_vibedream.lifecycle.outputs.persist_outputs", return_value=stored),
@@ -46,6 +47,11 @@ def test_openlineage_names_input_and_stored_outputs() -> None:
     lineage = task.get_openlineage_facets_on_complete(None)
     assert [(d.namespace, d.name) for d in lineage.inputs] == [("s3://raw", "in/photo.png")]
     assert [(d.namespace, d.name) for d in lineage.outputs] == [("s3://bucket", "upscaled/a.png")]
+    [output] = lineage.outputs  # the stored file's size and verified format travel with it
+    assert output.outputFacets["outputStatistics"].size == 10
+    assert output.facets["documentation"].description == (
+        "PNG image, 2048x1024 px (verified: complete, decodes, format, long_edge, aspect)"
+    )
 
 
 def test_dataset_names() -> None:
