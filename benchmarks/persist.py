@@ -11,6 +11,7 @@ edge, aspect ratio: issue 20): goal, at most 5% slower than the unverified ``pro
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,8 @@ import httpx
 
 from benchmarks.common import child_env, machine, median, write_result
 
-REPEATS = 7  # sub-second transfers are noisy: the median of several, interleaved
+#: Sub-second transfers are noisy: the median of several, interleaved (VIBEDREAM_BENCH_REPEATS).
+REPEATS = int(os.environ.get("VIBEDREAM_BENCH_REPEATS", "7"))
 KEY = "bench-key"
 VARIANTS = (
     "plain-local",
