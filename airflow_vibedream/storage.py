@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import io
 import logging
@@ -26,7 +25,6 @@ from typing import IO, Any
 import httpx
 from PIL import Image
 
-from airflow_vibedream.client.request import validate_http_url
 from airflow_vibedream.downloads import DownloadPolicy, download_chunks, is_data_output
 from airflow_vibedream.errors import OutputIncompleteError, OutputStorageError, VibeDreamValidationError
 
@@ -46,111 +44,6 @@ _EXTENSIONS = {"JPEG": "jpg", "JPG": "jpg", "PNG": "png", "WEBP": "webp", "GIF":
 #: The fields an ``output_name_template`` may use.
 NAME_FIELDS = frozenset({"dag_id", "run_id", "task_id", "map_suffix", "prediction_id", "index", "ext"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
-
-
-#: SigV4 presigned URLs live at most seven days.
-MAX_PRESIGN_SECONDS = 7 * 24 * 3600
-
-
-def validate_image_source(field_name: str, value: Any) -> str:
-    """An input image is an http(s) URL, or ``s3://bucket/key`` (presigned before submitting)."""
-    if isinstance(value, str) and value.startswith("s3://"):
-        bucket, _, key = value[len("s3://") :].partition("/")
-        if not bucket or not key or key.endswith("/"):
-            raise VibeDreamValidationError(
-                f"{field_name} must be s3://bucket/key of one object; got {value!r}", field=field_name
-            )
-        return value
-    try:
-        return validate_http_url(field_name, value)
-    except VibeDreamValidationError:
-        raise VibeDreamValidationError(
-            f"{field_name} must be an http(s) URL or s3://bucket/key of an image; got {value!r}",
-            field=field_name,
-        ) from None
-
-
-def presign_seconds(timeout: float, retries: int | None) -> float:
-    """How long an input's presigned URL lives: this try, every retry, and the queueing in between."""
-    return timeout * (int(retries or 0) + 1) + 3600
-
-
-def resolve_image(image: str, *, aws_conn_id: str | None, expires_in: float) -> str:
-    """The URL VibeDream downloads the image from: an ``s3://`` object becomes a presigned GET URL
-    (made with the amazon provider's S3Hook), valid for ``expires_in`` seconds (capped at 7 days)."""
-    if not image.startswith("s3://"):
-        return image
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    bucket, key = S3Hook.parse_s3_url(image)
-    url = S3Hook(aws_conn_id=aws_conn_id).generate_presigned_url(
-        "get_object",
-        params={"Bucket": bucket, "Key": key},
-        expires_in=int(min(MAX_PRESIGN_SECONDS, max(60, expires_in))),
-    )
-    if not url:
-        raise OutputStorageError(f"Could not presign {image} with connection {aws_conn_id!r}")
-    return url
-
-
-#: The input formats the API accepts ("Accepted: JPEG, PNG, GIF, WebP"), as Pillow names them.
-INPUT_FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
-#: The most of an input read to learn its format and size (a JPEG's size may follow its metadata).
-PROBE_BYTES = 1024 * 1024
-
-
-def probe_input(image: str, *, aws_conn_id: str | None, policy: DownloadPolicy) -> tuple[int, int, str]:
-    """(width, height, format) of an input image from its header: a ranged read of an ``s3://``
-    object, a bounded read of an http(s) URL. Before anything is paid, an input the API would not
-    accept (not JPEG, PNG, GIF or WebP) or that cannot be read is refused, naming the field."""
-    try:
-        head = _s3_head(image, aws_conn_id) if image.startswith("s3://") else _http_head(image, policy)
-    except Exception as exc:
-        raise VibeDreamValidationError(
-            f"image {image!r} cannot be read to check it before submitting: {type(exc).__name__}: {exc}",
-            field="image",
-        ) from None
-    try:
-        with Image.open(io.BytesIO(head), formats=INPUT_FORMATS) as opened:
-            return opened.size[0], opened.size[1], str(opened.format)
-    except Exception:
-        kind = _sniff(head)
-        raise VibeDreamValidationError(
-            f"image {image!r} is {kind}; VibeDream accepts JPEG, PNG, GIF or WebP images", field="image"
-        ) from None
-
-
-def _sniff(head: bytes) -> str:
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "a TIFF image"
-    return "not a JPEG, PNG, GIF or WebP image (or its header is not within the first 1 MiB)"
-
-
-def _s3_head(image: str, aws_conn_id: str | None) -> bytes:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    bucket, key = S3Hook.parse_s3_url(image)
-    answer = (
-        S3Hook(aws_conn_id=aws_conn_id)
-        .get_conn()
-        .get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{PROBE_BYTES - 1}")
-    )
-    with contextlib.closing(answer["Body"]) as body:
-        return bytes(body.read(PROBE_BYTES))
-
-
-def _http_head(image: str, policy: DownloadPolicy) -> bytes:
-    head = bytearray()
-    with httpx.Client(follow_redirects=False) as http:
-        chunks = download_chunks(image, http, policy)
-        try:
-            for chunk in chunks:
-                head += chunk
-                if len(head) >= PROBE_BYTES:
-                    break
-        finally:
-            chunks.close()  # type: ignore[attr-defined]
-    return bytes(head[:PROBE_BYTES])
 
 
 @dataclass(frozen=True)
@@ -554,13 +447,3 @@ def write_text_atomically(uri: str, text: str, *, conn_id: str | None = None) ->
     return StoredOutput(
         uri=storage_uri(uri), bytes=len(data), sha256=inspector.sha256(), width=None, height=None, format=None
     )
-
-
-def list_s3_images(prefix_uri: str, *, aws_conn_id: str | None) -> list[str]:
-    """The image objects under an ``s3://bucket/prefix``, as ``s3://`` URIs in key order."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    bucket, prefix = S3Hook.parse_s3_url(prefix_uri if "/" in prefix_uri[5:] else prefix_uri + "/")
-    keys = S3Hook(aws_conn_id=aws_conn_id).list_keys(bucket_name=bucket, prefix=prefix) or []
-    images = [key for key in keys if key.lower().endswith((".jpg", ".jpeg", ".png", ".gif", ".webp"))]
-    return [f"s3://{bucket}/{key}" for key in sorted(images)]

@@ -9,8 +9,9 @@ from urllib.parse import urlsplit
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.settings import ClientSettings
 from airflow_vibedream.downloads import DownloadPolicy, is_non_public_host
+from airflow_vibedream.inputs import probe_input
 from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
-from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, StoredOutput, persist_outputs, probe_input
+from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, StoredOutput, persist_outputs
 
 
 def download_policy(settings: ClientSettings) -> DownloadPolicy:

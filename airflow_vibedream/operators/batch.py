@@ -28,6 +28,7 @@ from airflow_vibedream.errors import (
     VibeDreamValidationError,
 )
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
+from airflow_vibedream.inputs import list_s3_images, presign_seconds, resolve_image, validate_image_source
 from airflow_vibedream.lifecycle.batch import (
     FAILED,
     PENDING,
@@ -60,15 +61,7 @@ from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, Submiss
 from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
 from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
 from airflow_vibedream.links import VibeDreamGalleryLink, VibeDreamManifestLink
-from airflow_vibedream.storage import (
-    DEFAULT_OUTPUT_NAME,
-    list_s3_images,
-    presign_seconds,
-    resolve_image,
-    validate_image_source,
-    validate_name_template,
-    write_text_atomically,
-)
+from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, validate_name_template, write_text_atomically
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger
 
 if TYPE_CHECKING:

@@ -26,6 +26,7 @@ from airflow_vibedream.constants import (
 from airflow_vibedream.downloads import DownloadPolicy
 from airflow_vibedream.errors import VibeDreamPredictionFailedError, VibeDreamValidationError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
+from airflow_vibedream.inputs import presign_seconds, resolve_image, validate_image_source
 from airflow_vibedream.lifecycle.events import log_unavailable, prediction_from_event
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.job import SingleJob
@@ -37,13 +38,7 @@ from airflow_vibedream.lifecycle.validation import choice, is_templated, positiv
 from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
 from airflow_vibedream.links import VibeDreamOutputLink
 from airflow_vibedream.operators.lineage import input_image_of, lineage_for, output_asset
-from airflow_vibedream.storage import (
-    DEFAULT_OUTPUT_NAME,
-    presign_seconds,
-    resolve_image,
-    validate_image_source,
-    validate_name_template,
-)
+from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, validate_name_template
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
 
 if TYPE_CHECKING:

@@ -21,6 +21,7 @@ from airflow_vibedream.operators.batch import XCOM_SUBMISSIONS, VibeDreamBatchUp
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger
 from tests.conftest import TEST_KEY, MotoS3, emulator_stats
 from tests.helpers import FakeStateStore, FakeTI
+from tests.integration.emulated import fire
 
 
 def batch(
@@ -251,16 +252,6 @@ def test_without_task_state_store_the_ids_cross_the_deferral_in_xcom(
 ) -> None:
     """Airflow < 3.3: the resumed task must still know which prediction belongs to which image."""
     import asyncio
-
-    from airflow_vibedream.hooks.shared import aclose_shared_async_clients
-
-    async def fire(trigger: VibeDreamBatchTrigger) -> dict[str, Any]:
-        try:
-            async for event in trigger.run():
-                return dict(event.payload)
-            raise AssertionError("no event")
-        finally:
-            await aclose_shared_async_clients()
 
     ti = FakeTI()
     operator = batch(vibedream_conn, tmp_path, deferrable=True)

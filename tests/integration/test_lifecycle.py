@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, AirflowTaskTimeout
 from airflow.sdk.execution_time.timeout import timeout
@@ -18,31 +17,9 @@ from airflow_vibedream.lifecycle.batch import SubmitsStopped
 from airflow_vibedream.lifecycle.job import STATE_KEY
 from airflow_vibedream.lifecycle.store import SubmissionRecord
 from airflow_vibedream.operators.batch import VibeDreamBatchUpscaleOperator
-from airflow_vibedream.operators.vibedream import VibeDreamUpscaleImageOperator
 from tests.conftest import emulator_stats
 from tests.helpers import FakeStateStore, FakeTI
-
-
-def faults(emulator: EmulatorServer, *rules: dict[str, Any]) -> None:
-    httpx.post(f"{emulator.base_url}/_emulator/faults", json={"rules": list(rules)}).raise_for_status()
-
-
-def jobs(emulator: EmulatorServer) -> int:
-    return int(emulator_stats(emulator.base_url).get("accepted_submissions", 0))
-
-
-def upscale(emulator: EmulatorServer, tmp_path: Path, **kwargs: Any) -> VibeDreamUpscaleImageOperator:
-    values: dict[str, Any] = {
-        "task_id": "upscale",
-        "image": f"{emulator.base_url}/samples/64x48.png",
-        "target_resolution": "2k",
-        "output_format": "png",
-        "output_path": str(tmp_path),
-        "poll_interval": 0.1,
-        "deferrable": False,
-        **kwargs,
-    }
-    return VibeDreamUpscaleImageOperator(**values)
+from tests.integration.emulated import faults, jobs, upscale
 
 
 def batch(

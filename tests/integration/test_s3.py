@@ -16,8 +16,9 @@ from airflow_vibedream.downloads import DownloadPolicy
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.emulator.imaging import sample_image
 from airflow_vibedream.errors import OutputStorageError
+from airflow_vibedream.inputs import resolve_image
 from airflow_vibedream.operators.vibedream import VibeDreamUpscaleImageOperator
-from airflow_vibedream.storage import persist_outputs, resolve_image
+from airflow_vibedream.storage import persist_outputs
 from tests.conftest import MotoS3
 from tests.helpers import FakeTI
 

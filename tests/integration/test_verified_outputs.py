@@ -14,7 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferred
 from PIL import Image
@@ -24,16 +23,10 @@ from airflow_vibedream.operators.batch import VibeDreamBatchUpscaleOperator
 from airflow_vibedream.operators.vibedream import VibeDreamUpscaleImageOperator
 from tests.conftest import emulator_stats
 from tests.helpers import FakeTI
+from tests.integration.emulated import faults, fire, jobs
+from tests.integration.emulated import upscale as emulated_upscale
 
 ALL_CHECKS = ["complete", "decodes", "format", "long_edge", "aspect"]
-
-
-def faults(emulator: EmulatorServer, *rules: dict[str, Any]) -> None:
-    httpx.post(f"{emulator.base_url}/_emulator/faults", json={"rules": list(rules)}).raise_for_status()
-
-
-def jobs(emulator: EmulatorServer) -> int:
-    return int(emulator_stats(emulator.base_url).get("accepted_submissions", 0))
 
 
 def stored_images(folder: Path) -> list[Path]:
@@ -41,35 +34,14 @@ def stored_images(folder: Path) -> list[Path]:
 
 
 def upscale(emulator: EmulatorServer, tmp_path: Path, **kwargs: Any) -> VibeDreamUpscaleImageOperator:
-    values: dict[str, Any] = {
-        "task_id": "upscale",
-        "image": f"{emulator.base_url}/samples/64x48.png",
-        "target_resolution": "2k",
-        "output_format": "png",
-        "output_path": str(tmp_path),
-        "poll_interval": 0.1,
-        "deferrable": False,
-        "retries": 2,
-        **kwargs,
-    }
-    return VibeDreamUpscaleImageOperator(**values)
+    return emulated_upscale(emulator, tmp_path, **{"retries": 2, **kwargs})
 
 
 def run_single(operator: VibeDreamUpscaleImageOperator, deferrable: bool) -> dict[str, Any]:
     """``execute`` and, when deferrable, the trigger's event and ``execute_complete``."""
-    from airflow_vibedream.hooks.shared import aclose_shared_async_clients
-
     ti = FakeTI()
     if not deferrable:
         return operator.execute({"ti": ti})
-
-    async def fire(trigger: Any) -> dict[str, Any]:
-        try:
-            async for event in trigger.run():
-                return dict(event.payload)
-            raise AssertionError("no event")
-        finally:
-            await aclose_shared_async_clients()
 
     with pytest.raises(TaskDeferred) as info:
         operator.execute({"ti": ti})

@@ -15,6 +15,7 @@ import respx
 
 from airflow_vibedream.downloads import DownloadPolicy, first_gone_output
 from airflow_vibedream.errors import OutputStorageError, VibeDreamValidationError
+from airflow_vibedream.inputs import validate_image_source
 from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,
     _decoded_chunks,
@@ -23,7 +24,6 @@ from airflow_vibedream.storage import (
     persist_outputs,
     safe_segment,
     storage_uri,
-    validate_image_source,
     validate_name_template,
 )
 
