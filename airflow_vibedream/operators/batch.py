@@ -168,6 +168,8 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         self.max_cost_cents = max_cost_cents
         self.cost_cents_per_image = cost_cents_per_image
         self._submitter: BatchSubmitter | None = None
+        #: Input header facts read before each submit of this try, by image.
+        self._input_facts: dict[str, ImageFacts] = {}
 
     @cached_property
     def hook(self) -> VibeDreamHook:
@@ -208,23 +210,34 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             for index, image in enumerate(self.image_list())
         ]
 
+    @cached_property
+    def _download_policy(self) -> DownloadPolicy:
+        """The connection's download bounds, worked out once per try (it resolves the API's host)."""
+        return download_policy(self.hook.get_client().settings)
+
     def _payload(self, item: BatchImage) -> dict[str, Any]:
         # An input the API would not accept is refused before its submit: that line is not_submitted.
-        input_facts(
-            item.image, aws_conn_id=self.aws_conn_id, policy=download_policy(self.hook.get_client().settings)
+        # Its size is kept for the outputs' aspect check, so a try that waits in the worker reads
+        # each input's header once.
+        self._input_facts[item.image] = input_facts(
+            item.image, aws_conn_id=self.aws_conn_id, policy=self._download_policy
         )
         expires = presign_seconds(self.timeout, self.retries)
         image = resolve_image(item.image, aws_conn_id=self.aws_conn_id, expires_in=expires)
         return UpscaleRequest(**{**item.spec.asked, "image": image}).to_payload()
 
     def _expectation(self, item: BatchImage, policy: DownloadPolicy) -> Expectation:
-        """What this image's outputs must be (its input's size read again from its header; when it
-        cannot be read any more, the aspect ratio is not checked and the line's checks say so)."""
-        try:
-            facts: ImageFacts | None = input_facts(item.image, aws_conn_id=self.aws_conn_id, policy=policy)
-        except VibeDreamValidationError as exc:
-            self.log.warning("VibeDream batch: the aspect ratio of %s is not checked: %s", item.image, exc)
-            facts = None
+        """What this image's outputs must be: its input's size as read before its submit in this
+        process, else read again from its header (after a deferral or a retry); when it cannot be
+        read any more, the aspect ratio is not checked and the line's checks say so."""
+        facts = self._input_facts.get(item.image)
+        if facts is None:
+            try:
+                facts = input_facts(item.image, aws_conn_id=self.aws_conn_id, policy=policy)
+            except VibeDreamValidationError as exc:
+                self.log.warning(
+                    "VibeDream batch: the aspect ratio of %s is not checked: %s", item.image, exc
+                )
         return Expectation.for_upscale(self.target_resolution, self.output_format, facts)
 
     def _store(self, context: Context) -> SubmissionStore:
@@ -426,7 +439,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             self.output_path, self.output_name_template, self.output_conn_id or self.aws_conn_id
         )
         not_submitted: dict[str, str] = getattr(self, "_not_submitted", {})
-        policy = download_policy(client.settings)
+        policy = self._download_policy
 
         def line(item: BatchImage) -> dict[str, Any]:
             record = records.get(item.key)
