@@ -1,17 +1,38 @@
 """One prediction's lifecycle: reconnect to the recorded job if it was made for this very input,
-else submit and record the new id before anything else can happen."""
+reuse what the ledger says was already upscaled from the same bytes, else claim the image in the
+ledger, submit, and record the new id before anything else can happen."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.sync import VibeDreamClient
 from airflow_vibedream.downloads import first_gone_output
-from airflow_vibedream.errors import VibeDreamNotFoundError
+from airflow_vibedream.errors import (
+    VibeDreamError,
+    VibeDreamNotFoundError,
+    VibeDreamSubmissionStateUnknownError,
+)
 from airflow_vibedream.lifecycle.fingerprint import JobSpec, what_changed
+from airflow_vibedream.lifecycle.identity import ContentIdentity
+from airflow_vibedream.lifecycle.ledger import (
+    COMPLETED,
+    NEW,
+    RECONNECT,
+    REUSE,
+    SUBMITTED,
+    Ledger,
+    LedgerEntry,
+    TaskRef,
+    decide,
+    new_entry,
+    unknown_message,
+)
 from airflow_vibedream.lifecycle.outputs import download_policy
 from airflow_vibedream.lifecycle.store import SubmissionRecord, SubmissionStore
 
@@ -20,6 +41,24 @@ if TYPE_CHECKING:
 
 #: The task_state_store key. Renaming it would make in-flight retries forget their prediction.
 STATE_KEY = "vibedream_prediction"
+#: The longest to wait for another task's claimed submit to record its id, seconds.
+CLAIM_WAIT = 30.0
+
+
+@dataclass(frozen=True)
+class LedgerUse:
+    """How a task uses the ledger.
+
+    :param ledger: the ledger beside the outputs.
+    :param identity: reads the input's content identity (called only when the ledger is consulted).
+    :param reuse: reuse another task's completed outputs (False: a deliberate re-run pays).
+    :param resubmit_unknown: submit again an image whose earlier submit's outcome is unknown.
+    """
+
+    ledger: Ledger
+    identity: Callable[[], ContentIdentity]
+    reuse: bool = True
+    resubmit_unknown: bool = False
 
 
 class SingleJob:
@@ -30,11 +69,22 @@ class SingleJob:
     :param durable: record the submission and reconnect to it on a later try.
     """
 
-    def __init__(self, context: Context, log: logging.Logger | Any, *, durable: bool) -> None:
+    def __init__(
+        self,
+        context: Context,
+        log: logging.Logger | Any,
+        *,
+        durable: bool,
+        ledger: LedgerUse | None = None,
+    ) -> None:
         self.log = log
         self.durable = durable
         self.store = SubmissionStore(context)
-        if durable:
+        self.ledger = ledger
+        self.task = TaskRef.of(context["ti"])
+        #: The ledger entry of this try's job (None: no ledger, or not decided yet).
+        self.entry: LedgerEntry | None = None
+        if durable and ledger is None:
             self.store.warn_if_not_durable(log)
 
     def start(
@@ -44,10 +94,107 @@ class SingleJob:
         payload: Callable[[], Mapping[str, Any]],
         *,
         wait_at_most: float | None = None,
+    ) -> Prediction | LedgerEntry:
+        """The recorded prediction if it can serve ``spec``; else, with a ledger, the completed entry
+        to reuse or the job it records; else a new one (``payload`` is built only then: presigning
+        an ``s3://`` input is not needed to reconnect)."""
+        recorded = self.reconnect(client, spec)
+        if recorded is not None or self.ledger is None:
+            return recorded or self.submit(client, spec, payload(), wait_at_most=wait_at_most)
+        return self._through_ledger(self.ledger, client, spec, payload, wait_at_most)
+
+    def _through_ledger(
+        self,
+        use: LedgerUse,
+        client: VibeDreamClient,
+        spec: JobSpec,
+        payload: Callable[[], Mapping[str, Any]],
+        wait_at_most: float | None,
+    ) -> Prediction | LedgerEntry:
+        intent = new_entry(spec.model_id, spec.asked, use.identity(), self.task)
+        entry = use.ledger.read(intent.key)
+        for _ in range(2):  # a second time only after losing a race for the claim
+            outcome = self._decide(use, client, spec, entry)
+            if outcome is not None:
+                return outcome
+            body = payload()  # an input the API would not accept is refused before the claim
+            if entry is None:
+                entry = use.ledger.claim(intent)
+                if entry is not None:  # another task claimed it a moment ago: follow its job
+                    self.log.info(
+                        "VibeDream: %s is being submitted by another task; following it", spec.asked
+                    )
+                    entry = self._await_id(use.ledger, entry)
+                    continue
+            else:
+                use.ledger.write(intent)  # ours now: the earlier job failed, is gone, or a re-run pays
+            return self._submit_claimed(use.ledger, intent, client, spec, body, wait_at_most)
+        raise AssertionError("unreachable: a lost claim is followed, never claimed twice")
+
+    def _decide(
+        self, use: LedgerUse, client: VibeDreamClient, spec: JobSpec, entry: LedgerEntry | None
+    ) -> Prediction | LedgerEntry | None:
+        """What the ledger's entry gives: the entry to reuse, the job to follow, or None (submit)."""
+        intact = (
+            entry is not None and entry.state == COMPLETED and use.ledger.outputs_intact([entry])[entry.key]
+        )
+        decision = decide(
+            entry, self.task, reuse=use.reuse, resubmit_unknown=use.resubmit_unknown, outputs_intact=intact
+        )
+        if decision.kind == REUSE and entry is not None:
+            self.entry = entry
+            self.log.info(
+                "VibeDream: %s was already upscaled from the same bytes (prediction %s, by %s/%s): reusing "
+                "its stored outputs, nothing paid",
+                entry.input,
+                entry.prediction_id,
+                entry.task.dag_id,
+                entry.task.run_id,
+            )
+            return entry
+        if decision.kind == RECONNECT and entry is not None and entry.prediction_id:
+            prediction = self._adopt(client, entry.prediction_id, entry.cost_cents, "the ledger")
+            if prediction is not None:
+                self.entry = entry
+                if self.durable:  # the fast path for this task's next try (Airflow 3.3+)
+                    self.store.set(
+                        STATE_KEY,
+                        SubmissionRecord(spec.fingerprint, dict(spec.asked), prediction.id, entry.cost_cents),
+                    )
+                return prediction
+            return None
+        if decision.kind == NEW:
+            return None
+        assert entry is not None
+        raise VibeDreamSubmissionStateUnknownError(unknown_message(entry, use.ledger.entry_uri(entry.key)))
+
+    def _await_id(self, ledger: Ledger, entry: LedgerEntry) -> LedgerEntry:
+        """Another task's fresh claim: wait (bounded) for it to record its job's id."""
+        deadline = time.monotonic() + CLAIM_WAIT
+        while not entry.prediction_id and time.monotonic() < deadline:
+            time.sleep(0.5)
+            entry = ledger.read(entry.key) or entry
+        return entry
+
+    def _submit_claimed(
+        self,
+        ledger: Ledger,
+        intent: LedgerEntry,
+        client: VibeDreamClient,
+        spec: JobSpec,
+        body: Mapping[str, Any],
+        wait_at_most: float | None,
     ) -> Prediction:
-        """The recorded prediction if it can serve ``spec``, else a new one (``payload`` is built
-        only then: presigning an ``s3://`` input is not needed to reconnect)."""
-        return self.reconnect(client, spec) or self.submit(client, spec, payload(), wait_at_most=wait_at_most)
+        try:
+            submitted = self.submit(client, spec, body, wait_at_most=wait_at_most)
+        except VibeDreamSubmissionStateUnknownError:
+            raise  # the intent stays: the job may exist, it is never sent again automatically
+        except VibeDreamError:
+            ledger.delete(intent.key)  # surely no job (refused, rate limited, never sent)
+            raise
+        self.entry = intent.moved_to(SUBMITTED, prediction_id=submitted.id, cost_cents=submitted.cost_cents)
+        ledger.write(self.entry)
+        return submitted
 
     def reconnect(self, client: VibeDreamClient, spec: JobSpec) -> Prediction | None:
         """The prediction an earlier try recorded, if it was made for this input and still serves."""
@@ -61,11 +208,17 @@ class SingleJob:
                 what_changed(record.asked, spec.asked),
             )
             return None
+        return self._adopt(client, record.prediction_id, record.cost_cents, "an earlier try")
+
+    def _adopt(
+        self, client: VibeDreamClient, prediction_id: str, cost_cents: int | None, source: str
+    ) -> Prediction | None:
+        """A recorded job, if it still serves (running, or succeeded with outputs still fetchable)."""
         try:
-            prediction = client.get_prediction(record.prediction_id).with_cost(record.cost_cents)
+            prediction = client.get_prediction(prediction_id).with_cost(cost_cents)
         except VibeDreamNotFoundError:
             self.log.warning(
-                "Stored VibeDream prediction %s no longer exists: submitting anew", record.prediction_id
+                "Stored VibeDream prediction %s no longer exists: submitting anew", prediction_id
             )
             return None
         if prediction.failed:
@@ -85,8 +238,9 @@ class SingleJob:
             )
             return None
         self.log.info(
-            "Reconnected to VibeDream prediction %s from an earlier try (status %s): not submitting again",
+            "Reconnected to VibeDream prediction %s from %s (status %s): not submitting again",
             prediction.id,
+            source,
             prediction.status,
         )
         return prediction

@@ -29,7 +29,9 @@ from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.inputs import presign_seconds, resolve_image, validate_image_source
 from airflow_vibedream.lifecycle.events import log_unavailable, prediction_from_event
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
-from airflow_vibedream.lifecycle.job import SingleJob
+from airflow_vibedream.lifecycle.identity import identity_of
+from airflow_vibedream.lifecycle.job import LedgerUse, SingleJob
+from airflow_vibedream.lifecycle.ledger import Ledger, LedgerEntry
 from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy, input_facts
 from airflow_vibedream.lifecycle.records import RESULT_XCOM_KEY, image_record
 from airflow_vibedream.lifecycle.rules import permanent_errors_fail_the_task
@@ -52,6 +54,9 @@ XCOM_COST_CENTS = "cost_cents"
 #: XCom key of the input's (width, height, format), read from its header before the submit: the
 #: outputs are verified against it when the try resumes after deferring.
 XCOM_INPUT_FACTS = "vibedream_input_facts"
+#: XCom key of this try's ledger entry key, for ``execute_complete`` (which writes the entry only
+#: if it records this very prediction: an XCom value is not trusted to name another entry).
+XCOM_LEDGER_KEY = "vibedream_ledger_key"
 
 
 class VibeDreamGenerateOperator(BaseOperator):
@@ -79,6 +84,12 @@ class VibeDreamGenerateOperator(BaseOperator):
         if it failed) instead of paying for a second job.
     :param aws_conn_id: the AWS connection for ``s3://`` inputs (presigned) and ``s3://`` outputs.
     :param output_conn_id: the connection of ``output_path``'s store, if not ``aws_conn_id``.
+    :param reuse_outputs: with ``output_path`` and an ``image`` input: an image already upscaled
+        from the same bytes with the same request (by any task, run or DAG writing to the same
+        ``output_path``), whose stored outputs are intact, is not submitted again; the result says
+        ``"reused": True`` and costs 0 (see the ledger in the docs). False: a deliberate re-run pays.
+    :param resubmit_unknown: submit again an image whose earlier submit's outcome is unknown (it
+        may exist and be billed); by default such an image fails the task and is never resent.
     """
 
     template_fields: Sequence[str] = ("model_id", "input", "output_path", "vibedream_conn_id")
@@ -100,10 +111,15 @@ class VibeDreamGenerateOperator(BaseOperator):
         durable: bool = True,
         aws_conn_id: str | None = "aws_default",
         output_conn_id: str | None = None,
+        reuse_outputs: bool = True,
+        resubmit_unknown: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.durable = durable
+        self.reuse_outputs = validate_bool("reuse_outputs", reuse_outputs)
+        self.resubmit_unknown = validate_bool("resubmit_unknown", resubmit_unknown)
+        self._ledger_entry: LedgerEntry | None = None
         self.aws_conn_id = aws_conn_id
         self.output_conn_id = output_conn_id
         self._lineage: tuple[str | None, list[str], list[dict[str, Any]]] = (None, [], [])
@@ -145,14 +161,38 @@ class VibeDreamGenerateOperator(BaseOperator):
         value = self.input.get("output_format") if isinstance(self.input, Mapping) else None
         return value if isinstance(value, str) else None
 
+    def ledger_use(self, spec: JobSpec) -> LedgerUse | None:
+        """The ledger beside ``output_path``, for an ask with an ``image`` (whose bytes identify it)."""
+        image = spec.asked.get("image")
+        if not self.output_path or not isinstance(image, str):
+            self.log.info(
+                "VibeDream ledger not used (%s): a new run of this task pays again for the same input",
+                "no output_path" if not self.output_path else "the input has no image",
+            )
+            return None
+        return LedgerUse(
+            Ledger(self.output_path, self.output_conn_id or self.aws_conn_id),
+            identity=lambda: identity_of(
+                image, aws_conn_id=self.aws_conn_id, policy=download_policy(self.hook.get_client().settings)
+            ),
+            reuse=self.reuse_outputs,
+            resubmit_unknown=self.resubmit_unknown,
+        )
+
     # -- the task ---------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
         with permanent_errors_fail_the_task():
             spec = self.job_spec()  # every rendered value checked before any request
             client = self.hook.get_client()
-            job = SingleJob(context, self.log, durable=self.durable)
-            prediction = job.start(client, spec, lambda: self.payload(spec), wait_at_most=self.timeout)
+            job = SingleJob(context, self.log, durable=self.durable, ledger=self.ledger_use(spec))
+            started = job.start(client, spec, lambda: self.payload(spec), wait_at_most=self.timeout)
+            if isinstance(started, LedgerEntry):
+                return self._reused(context, spec, started)
+            prediction = started
+            self._ledger_entry = job.entry
+            if job.entry is not None:
+                context["ti"].xcom_push(key=XCOM_LEDGER_KEY, value=job.entry.key)
             # XCom is cleared at each try; push again so downstream tasks and execute_complete see it.
             context["ti"].xcom_push(key=XCOM_PREDICTION_ID, value=prediction.id)
             context["ti"].xcom_push(key=XCOM_COST_CENTS, value=prediction.cost_cents)
@@ -196,6 +236,48 @@ class VibeDreamGenerateOperator(BaseOperator):
             prediction = prediction_from_event(event, lambda pid: self.hook.get_client().get_prediction(pid))
             return self._finish(context, prediction.with_cost(cost_cents))
 
+    def _reused(self, context: Context, spec: JobSpec, entry: LedgerEntry) -> dict[str, Any]:
+        """The result of an image the ledger says was already upscaled: its stored outputs, cost 0."""
+        files: list[dict[str, Any]] = [
+            {"uri": out.uri, "bytes": out.bytes, "sha256": out.sha256, "reused": True}
+            for out in entry.outputs
+        ]
+        result: dict[str, Any] = {
+            "id": entry.prediction_id,
+            "model_id": entry.model_id,
+            "status": "completed",
+            "outputs": [out.uri for out in entry.outputs],
+            "error": None,
+            "created_at": None,
+            "completed_at": None,
+            "cost_cents": 0,
+            "files": files,
+            "reused": True,
+        }
+        context["ti"].xcom_push(key=XCOM_PREDICTION_ID, value=entry.prediction_id)
+        context["ti"].xcom_push(key=XCOM_COST_CENTS, value=0)
+        self._lineage = (self.lineage_input(), list(result["outputs"]), files)
+        context["ti"].xcom_push(
+            key=RESULT_XCOM_KEY, value=image_record(prediction=result, asked=spec.asked, files=list(files))
+        )
+        return result
+
+    def _record_completed(self, context: Context, prediction: Prediction, stored: list[Any]) -> None:
+        """The ledger entry of this job, completed with its stored outputs (only the entry that
+        records this very prediction: the key read back from XCom is checked, not trusted)."""
+        spec = self.job_spec()
+        use = self.ledger_use(spec) if self.output_path else None
+        if use is None or not stored:
+            return
+        entry = self._ledger_entry
+        if entry is None:
+            ti = context["ti"]
+            key = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_LEDGER_KEY, map_indexes=ti.map_index)
+            entry = use.ledger.read(key) if isinstance(key, str) and len(key) == 64 else None
+        if entry is None or entry.prediction_id != prediction.id:
+            return
+        use.ledger.write(use.ledger.completed(entry, stored))
+
     def _finish(self, context: Context, prediction: Prediction) -> dict[str, Any]:
         if not prediction.succeeded:
             raise VibeDreamPredictionFailedError.of(prediction.id, prediction.error)
@@ -223,6 +305,7 @@ class VibeDreamGenerateOperator(BaseOperator):
                 )
             result["outputs"] = [item.uri for item in stored]
             result["files"] = [item.to_dict() for item in stored]
+            self._record_completed(context, prediction, stored)
         self._lineage = (self.lineage_input(), list(result["outputs"] or []), list(result.get("files") or []))
         # For the gallery and the "VibeDream output" link: small, and never the presigned input.
         context["ti"].xcom_push(

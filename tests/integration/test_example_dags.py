@@ -15,6 +15,7 @@ from PIL import Image
 
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.emulator.imaging import sample_image
+from airflow_vibedream.lifecycle.ledger import LEDGER_DIR
 from tests.conftest import TEST_KEY, MotoS3, connection_json, emulator_stats
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_dags"
@@ -36,7 +37,7 @@ def load_dag(path: Path) -> DAG:
 def local_images(output_dir: Path) -> list[tuple[int, int]]:
     sizes = []
     for path in output_dir.rglob("*"):
-        if path.is_file() and path.suffix != ".jsonl":
+        if path.is_file() and path.suffix != ".jsonl" and LEDGER_DIR not in path.parts:
             with Image.open(path) as image:
                 sizes.append(image.size)
     return sizes
@@ -47,6 +48,7 @@ def s3_images(s3: MotoS3, prefix: str) -> list[tuple[int, int]]:
     return [
         Image.open(io.BytesIO(client.get_object(Bucket=s3.bucket, Key=key)["Body"].read())).size
         for key in s3.keys(prefix)
+        if f"/{LEDGER_DIR}/" not in key
     ]
 
 

@@ -78,6 +78,8 @@ def test_a_completed_prediction_whose_outputs_expired_is_submitted_anew(
 ) -> None:
     store = FakeStateStore()
     first = upscale(vibedream_conn, tmp_path).execute({"ti": FakeTI(), "task_state_store": store})
+    # Its stored copy is gone too (else the ledger reuses it: tests/integration/test_ledger.py).
+    Path(first["outputs"][0].removeprefix("file://")).unlink()
     faults(vibedream_conn, {"route": "output", "kind": "status", "status": 410, "times": 1})
     second = upscale(vibedream_conn, tmp_path).execute({"ti": FakeTI(), "task_state_store": store})
     assert second["id"] != first["id"] and second["status"] == "completed"

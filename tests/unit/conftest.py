@@ -19,3 +19,17 @@ def input_probe(request: pytest.FixtureRequest) -> Iterator[mock.MagicMock | Non
         return
     with mock.patch("airflow_vibedream.lifecycle.outputs.probe_input", return_value=INPUT_FACTS) as probe:
         yield probe
+
+
+@pytest.fixture(autouse=True)
+def no_ledger() -> Iterator[None]:
+    """The ledger reads the input and writes beside the outputs: the integration tests drive it
+    (tests/integration/test_ledger.py); its parts are unit-tested on their own."""
+    from airflow_vibedream.operators.batch import VibeDreamBatchUpscaleOperator
+    from airflow_vibedream.operators.vibedream import VibeDreamGenerateOperator
+
+    with (
+        mock.patch.object(VibeDreamGenerateOperator, "ledger_use", return_value=None),
+        mock.patch.object(VibeDreamBatchUpscaleOperator, "ledger_use", return_value=None, create=True),
+    ):
+        yield

@@ -1,0 +1,404 @@
+"""The ledger: pay once per image, ever. Small JSON documents beside the outputs, under
+``<output_path>/_vibedream_ledger/``, that outlive task instances, DAG runs, database resets and
+Airflow upgrades (and exist on Airflow 3.1 and 3.2, which have no ``task_state_store``).
+
+- ``entries/<key>.json``: one image-and-ask (the key: :func:`.identity.ledger_key`). Created
+  atomically as an *intent* before its paid POST (the claim: two tasks reaching the same new image
+  make one job), then ``submitted`` (id, cost) and, for single-image tasks, ``completed`` (outputs).
+- ``groups/<group>.json``: a batch's ids and costs as they return, for the intents it claimed as
+  one group (one document per group, rewritten at most every second, not one write per image).
+- ``pages/<page>.jsonl``: a finished batch's completed images, one entry per line, so the next batch
+  over the same images finds them all with a listing and a few reads.
+
+An intent whose id never got recorded means *submission state unknown*: the job may exist and be
+billed. It is never sent again automatically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from airflow_vibedream.lifecycle.identity import ContentIdentity, decisive_ask, ledger_key
+from airflow_vibedream.lifecycle.ledger_store import LedgerStore, intact, open_store, stored_facts
+from airflow_vibedream.storage import StoredOutput, storage_uri
+
+log = logging.getLogger(__name__)
+
+#: The reserved folder under ``output_path``.
+LEDGER_DIR = "_vibedream_ledger"
+
+State = Literal["intent", "submitted", "completed"]
+INTENT: State = "intent"
+SUBMITTED: State = "submitted"
+COMPLETED: State = "completed"
+
+#: Reads of entries and outputs at once (each is one small request).
+LOOKUP_THREADS = 16
+
+
+class TaskRef(BaseModel):
+    """The task instance that wrote an entry (for people, and to let a retry of the same task
+    instance reconnect to its own job even when reuse is off)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+    try_number: int | None = None
+
+    @classmethod
+    def of(cls, ti: Any) -> TaskRef:
+        map_index = getattr(ti, "map_index", -1)
+        return cls(
+            dag_id=str(ti.dag_id),
+            run_id=str(ti.run_id),
+            task_id=str(ti.task_id),
+            map_index=-1 if map_index is None else int(map_index),
+            try_number=getattr(ti, "try_number", None),
+        )
+
+    def same_instance(self, other: TaskRef) -> bool:
+        return (self.dag_id, self.run_id, self.task_id, self.map_index) == (
+            other.dag_id,
+            other.run_id,
+            other.task_id,
+            other.map_index,
+        )
+
+
+class LedgerOutput(BaseModel):
+    """One stored output: where, how big, and its hash (SHA-256; S3's ETag for ``s3://``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    uri: str
+    bytes: int
+    sha256: str
+    etag: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+
+    def facts(self) -> dict[str, Any]:
+        return self.model_dump(include={"bytes", "sha256", "etag"}, exclude_none=True)
+
+
+class LedgerEntry(BaseModel):
+    """One image-and-ask.
+
+    :param key: SHA-256 of the model, the decisive ask and the input's content identity.
+    :param state: ``intent`` (about to POST), ``submitted`` (id known) or ``completed`` (outputs stored).
+    :param model_id: the model.
+    :param ask: what decides the output besides the input (resolution, format...).
+    :param input: the input as named when the entry was written.
+    :param identity: the input's content identity (kind, value, size[, version]).
+    :param prediction_id: the job's id, once known.
+    :param cost_cents: the submit's cost, once known.
+    :param group: the batch group whose document carries the id (batch intents).
+    :param outputs: the stored outputs (completed).
+    :param task: who wrote it.
+    :param updated_at: when (UTC, ISO 8601).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: int = 1
+    key: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    state: State
+    model_id: str
+    ask: dict[str, Any]
+    input: str
+    identity: dict[str, Any]
+    prediction_id: str | None = None
+    cost_cents: int | None = None
+    group: str | None = None
+    outputs: list[LedgerOutput] = []
+    task: TaskRef
+    updated_at: str = ""
+
+    def moved_to(self, state: State, **changes: Any) -> LedgerEntry:
+        return self.model_copy(update={"state": state, "updated_at": _now(), **changes})
+
+    def dumps(self) -> bytes:
+        return (self.model_dump_json(exclude_none=True) + "\n").encode()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_entry(
+    model_id: str,
+    asked: Mapping[str, Any],
+    identity: ContentIdentity,
+    task: TaskRef,
+    *,
+    group: str | None = None,
+) -> LedgerEntry:
+    """The intent for one image-and-ask, written before its POST."""
+    return LedgerEntry(
+        key=ledger_key(model_id, asked, identity),
+        state=INTENT,
+        model_id=model_id,
+        ask=decisive_ask(asked),
+        input=str(asked.get("image", "")),
+        identity=identity.to_json(),
+        group=group,
+        task=task,
+        updated_at=_now(),
+    )
+
+
+def _parse(data: bytes | None) -> LedgerEntry | None:
+    if data is None:
+        return None
+    try:
+        return LedgerEntry.model_validate_json(data)
+    except ValidationError as exc:
+        # A document nobody can read proves nothing: treat the image as new, and say so.
+        log.warning("Unreadable VibeDream ledger entry ignored: %s", exc.errors()[:1])
+        return None
+
+
+# -- what to do with an entry -------------------------------------------------------------------------
+
+NEW = "new"
+REUSE = "reuse"
+RECONNECT = "reconnect"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the ledger says about one image before its submit.
+
+    :param kind: ``new`` (claim and submit), ``reuse`` (completed, outputs intact: nothing to pay),
+        ``reconnect`` (a job exists: wait for it / fetch it), ``unknown`` (an intent with no id).
+    :param entry: the entry it was decided on (None for ``new`` with no entry).
+    """
+
+    kind: str
+    entry: LedgerEntry | None = None
+
+
+def decide(
+    entry: LedgerEntry | None,
+    me: TaskRef,
+    *,
+    reuse: bool,
+    resubmit_unknown: bool,
+    outputs_intact: bool,
+) -> Decision:
+    """The ledger's rule, for single images and batches alike."""
+    if entry is None:
+        return Decision(NEW)
+    own = entry.task.same_instance(me)  # a retry or a clear of the very task that wrote it
+    if not (reuse or own):
+        return Decision(NEW, entry)  # a deliberate re-run pays
+    if entry.state == COMPLETED and outputs_intact:
+        return Decision(REUSE, entry)
+    if entry.prediction_id:
+        return Decision(RECONNECT, entry)
+    return Decision(NEW if resubmit_unknown else UNKNOWN, entry)
+
+
+def unknown_message(entry: LedgerEntry, entry_uri: str) -> str:
+    who = f"{entry.task.dag_id}/{entry.task.run_id}/{entry.task.task_id}"
+    return (
+        f"VibeDream submission state unknown for {entry.input}: {who} recorded its intent to submit at "
+        f"{entry.updated_at} but never recorded a prediction id (killed while the submit was in flight, "
+        "or its answer was lost). The job may exist and be billed, so it is NOT sent again. Check the "
+        f"VibeDream dashboard; to submit it again, delete {entry_uri} or set resubmit_unknown=True"
+    )
+
+
+# -- the ledger -------------------------------------------------------------------------------------
+
+
+class Ledger:
+    """The ledger of one ``output_path``.
+
+    :param output_path: the operator's ``output_path`` (the ledger lives in its ``_vibedream_ledger/``).
+    :param conn_id: the connection of that store (as for the outputs).
+    """
+
+    def __init__(self, output_path: str, conn_id: str | None) -> None:
+        self.root_uri = f"{storage_uri(output_path).rstrip('/')}/{LEDGER_DIR}"
+        self.conn_id = conn_id
+        self.store: LedgerStore = open_store(self.root_uri, conn_id)
+
+    def entry_uri(self, key: str) -> str:
+        return f"{self.root_uri}/entries/{key}.json"
+
+    # -- single entries --
+
+    def read(self, key: str) -> LedgerEntry | None:
+        """The entry, with a batch intent's id filled in from its group document when there."""
+        entry = _parse(self.store.read(f"entries/{key}.json"))
+        if entry is not None and entry.state == INTENT and entry.group:
+            found = self.group_ids(entry.group).get(key)
+            if found:
+                entry = entry.moved_to(SUBMITTED, prediction_id=found[0], cost_cents=found[1])
+        return entry
+
+    def claim(self, entry: LedgerEntry) -> LedgerEntry | None:
+        """Create ``entry`` (an intent) if no entry has its key; else the entry that is there."""
+        if self.store.create(f"entries/{entry.key}.json", entry.dumps()):
+            return None
+        return self.read(entry.key) or entry  # unreadable: someone else's claim, treat as theirs
+
+    def write(self, entry: LedgerEntry) -> None:
+        self.store.put(f"entries/{entry.key}.json", entry.dumps())
+
+    def delete(self, key: str) -> None:
+        """Withdraw an intent whose submit surely made no job."""
+        self.store.delete(f"entries/{key}.json")
+
+    def outputs_intact(self, entries: Iterable[LedgerEntry]) -> dict[str, bool]:
+        """For each completed entry: are all its outputs still there with the recorded size and hash?"""
+        completed = [entry for entry in entries if entry.state == COMPLETED and entry.outputs]
+        now = stored_facts([out.uri for entry in completed for out in entry.outputs], self.conn_id)
+        return {
+            entry.key: all(intact(out.facts(), now.get(out.uri)) for out in entry.outputs)
+            for entry in completed
+        }
+
+    def completed(self, entry: LedgerEntry, stored: list[StoredOutput]) -> LedgerEntry:
+        """The entry with its stored outputs (and their S3 ETags, read with one listing per folder)."""
+        now = stored_facts([item.uri for item in stored if item.uri.startswith("s3://")], self.conn_id)
+        outputs = [
+            LedgerOutput(
+                uri=item.uri,
+                bytes=item.bytes,
+                sha256=item.sha256,
+                etag=now.get(item.uri, {}).get("etag"),
+                width=item.width,
+                height=item.height,
+                format=item.format,
+            )
+            for item in stored
+        ]
+        return entry.moved_to(COMPLETED, outputs=outputs)
+
+    # -- batches --
+
+    def group_ids(self, group: str) -> dict[str, tuple[str, int | None]]:
+        data = self.store.read(f"groups/{group}.json")
+        try:
+            doc = json.loads(data) if data else {}
+            return {
+                key: (str(value["prediction_id"]), value.get("cost_cents"))
+                for key, value in (doc.get("predictions") or {}).items()
+                if isinstance(value, dict) and isinstance(value.get("prediction_id"), str)
+            }
+        except (ValueError, AttributeError):
+            log.warning("Unreadable VibeDream ledger group %s ignored", group)
+            return {}
+
+    def lookup(self, keys: Iterable[str]) -> dict[str, LedgerEntry]:
+        """The entries of many keys: one listing of ``entries/``, the completed pages (a few reads),
+        and a read only for the keys with an entry that no page settles."""
+        wanted = set(keys)
+        present = {name.removesuffix(".json") for name in self.store.names("entries")} & wanted
+        found: dict[str, LedgerEntry] = {}
+        for name in sorted(self.store.names("pages")):
+            for line in (self.store.read(f"pages/{name}") or b"").splitlines():
+                entry = _parse(line)
+                if (
+                    entry is not None
+                    and entry.key in wanted
+                    and entry.updated_at >= getattr(found.get(entry.key), "updated_at", "")
+                ):
+                    found[entry.key] = entry
+        intact_now = self.outputs_intact(found.values())
+        to_read = [key for key in present if not intact_now.get(key)]
+        groups: dict[str, dict[str, tuple[str, int | None]]] = {}
+        lock = threading.Lock()
+
+        def read_one(key: str) -> LedgerEntry | None:
+            entry = _parse(self.store.read(f"entries/{key}.json"))
+            if entry is None or entry.state != INTENT or not entry.group:
+                return entry
+            with lock:
+                ids = groups.get(entry.group)
+            if ids is None:
+                ids = self.group_ids(entry.group)
+                with lock:
+                    groups[entry.group] = ids
+            if key in ids:
+                return entry.moved_to(SUBMITTED, prediction_id=ids[key][0], cost_cents=ids[key][1])
+            return entry
+
+        with ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="vibedream-ledger") as pool:
+            for key, entry in zip(to_read, pool.map(read_one, to_read), strict=True):
+                if entry is not None:  # the entry itself says more than a page whose outputs changed
+                    found[key] = entry
+        return found
+
+    def claim_many(self, entries: list[LedgerEntry]) -> dict[str, LedgerEntry | None]:
+        """Claim a group's intents at once (in parallel): ``{key: None}`` when claimed, else the
+        entry another task holds."""
+        with ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="vibedream-ledger") as pool:
+            return dict(zip((e.key for e in entries), pool.map(self.claim, entries), strict=True))
+
+    def write_many(self, entries: list[LedgerEntry]) -> None:
+        with ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="vibedream-ledger") as pool:
+            list(pool.map(self.write, entries))
+
+    def write_page(self, entries: list[LedgerEntry]) -> None:
+        """A finished batch's completed entries, in one document."""
+        if entries:
+            name = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}.jsonl"
+            self.store.put(f"pages/{name}", b"".join(entry.dumps() for entry in entries))
+
+
+class GroupJournal:
+    """A batch group's ids and costs as they return, in one document rewritten at most every
+    ``every`` seconds (and at :meth:`flush`): the intents name the group, so a later try finds each
+    id without one write per image.
+
+    :param ledger: the ledger.
+    :param task: who writes it.
+    :param every: the longest an id waits for its write, seconds.
+    """
+
+    def __init__(self, ledger: Ledger, task: TaskRef, every: float = 1.0) -> None:
+        self.ledger = ledger
+        self.name = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+        self.task = task
+        self.every = every
+        self._ids: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._dirty = False
+
+    def add(self, key: str, prediction_id: str, cost_cents: int | None) -> None:
+        with self._lock:
+            self._ids[key] = {"prediction_id": prediction_id, "cost_cents": cost_cents}
+            self._dirty = True
+            due = time.monotonic() - self._last >= self.every
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._dirty:
+                return
+            doc = {"group": self.name, "task": self.task.model_dump(), "predictions": dict(self._ids)}
+            self._dirty = False
+            self._last = time.monotonic()
+            # Written under the lock: two flushes never race, and the last one holds every id.
+            self.ledger.store.put(f"groups/{self.name}.json", json.dumps(doc).encode())
