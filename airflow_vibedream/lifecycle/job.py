@@ -84,6 +84,7 @@ class SingleJob:
         self.task = TaskRef.of(context["ti"])
         #: The ledger entry of this try's job (None: no ledger, or not decided yet).
         self.entry: LedgerEntry | None = None
+        self._rejected: set[str] = set()
         if durable and ledger is None:
             self.store.warn_if_not_durable(log)
 
@@ -213,7 +214,12 @@ class SingleJob:
     def _adopt(
         self, client: VibeDreamClient, prediction_id: str, cost_cents: int | None, source: str
     ) -> Prediction | None:
-        """A recorded job, if it still serves (running, or succeeded with outputs still fetchable)."""
+        """A recorded job, if it still serves (running, or succeeded with outputs still fetchable).
+        A job found wanting is not asked about twice in one try (the store and the ledger may both
+        name it)."""
+        if prediction_id in self._rejected:
+            return None
+        self._rejected.add(prediction_id)  # until it proves it serves, below
         try:
             prediction = client.get_prediction(prediction_id).with_cost(cost_cents)
         except VibeDreamNotFoundError:
@@ -237,6 +243,7 @@ class SingleJob:
                 gone[1],
             )
             return None
+        self._rejected.discard(prediction_id)
         self.log.info(
             "Reconnected to VibeDream prediction %s from %s (status %s): not submitting again",
             prediction.id,
