@@ -120,11 +120,20 @@ def _http_head(image: str, policy: DownloadPolicy) -> bytes:
     return bytes(head[:PROBE_BYTES])
 
 
-def list_s3_images(prefix_uri: str, *, aws_conn_id: str | None) -> list[str]:
-    """The image objects under an ``s3://bucket/prefix``, as ``s3://`` URIs in key order."""
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
+
+
+def list_s3_images(prefix_uri: str, *, aws_conn_id: str | None) -> list[tuple[str, str, int]]:
+    """The image objects under an ``s3://bucket/prefix``: ``(s3:// URI, ETag, size)`` in key order
+    (the listing carries each object's ETag and size: the ledger identifies them without a HEAD)."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     bucket, prefix = S3Hook.parse_s3_url(prefix_uri if "/" in prefix_uri[5:] else prefix_uri + "/")
-    keys = S3Hook(aws_conn_id=aws_conn_id).list_keys(bucket_name=bucket, prefix=prefix) or []
-    images = [key for key in keys if key.lower().endswith((".jpg", ".jpeg", ".png", ".gif", ".webp"))]
-    return [f"s3://{bucket}/{key}" for key in sorted(images)]
+    client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
+    found = [
+        (f"s3://{bucket}/{item['Key']}", str(item["ETag"]), int(item["Size"]))
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for item in page.get("Contents", [])
+        if item["Key"].lower().endswith(IMAGE_SUFFIXES)
+    ]
+    return sorted(found)

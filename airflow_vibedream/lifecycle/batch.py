@@ -24,6 +24,7 @@ from airflow_vibedream.errors import (
     VibeDreamSubmissionStateUnknownError,
 )
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
+from airflow_vibedream.lifecycle.identity import ContentIdentity
 from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
 
 #: task_state_store key of one image's record.
@@ -37,11 +38,29 @@ class BatchImage:
     :param index: its position in the rendered list.
     :param image: the image as the user named it.
     :param spec: what is asked for it.
+    :param identity: its content identity, when the ledger is used.
+    :param ledger_key: its ledger key, when the ledger is used.
     """
 
     index: int
     image: str
     spec: JobSpec
+    identity: ContentIdentity | None = None
+    ledger_key: str | None = None
+
+    def record(
+        self, prediction_id: str | None, cost_cents: int | None = None, **more: Any
+    ) -> SubmissionRecord:
+        """This image's submission record."""
+        return SubmissionRecord(
+            self.spec.fingerprint,
+            dict(self.spec.asked),
+            prediction_id,
+            cost_cents,
+            ledger_key=self.ledger_key,
+            identity=self.identity.to_json() if self.identity else None,
+            **more,
+        )
 
     @property
     def key(self) -> str:
@@ -100,6 +119,8 @@ class BatchSubmitter:
     :param max_concurrency: submits in flight at once.
     :param requests_per_minute: submit rate limit (None: none).
     :param request_timeout: the longest to wait for in-flight submits when interrupted, seconds.
+    :param on_submitted: called with each image and its prediction as its id returns (the ledger's
+        group journal).
     """
 
     def __init__(
@@ -112,7 +133,9 @@ class BatchSubmitter:
         max_concurrency: int,
         requests_per_minute: float | None,
         request_timeout: float,
+        on_submitted: Callable[[BatchImage, Prediction], None] | None = None,
     ) -> None:
+        self.on_submitted = on_submitted
         self.client = client
         self.store = store
         self.log = log
@@ -199,16 +222,14 @@ class BatchSubmitter:
             # Surely no job (refused, rate limited, never sent): a retry may send it.
             result.errors[item.key] = str(exc)
             return
-        record = SubmissionRecord(
-            item.spec.fingerprint, dict(item.spec.asked), prediction.id, prediction.cost_cents
-        )
+        record = item.record(prediction.id, prediction.cost_cents)
         self.store.set(item.key, record)
         result.records[item.key] = record
+        if self.on_submitted is not None:
+            self.on_submitted(item, prediction)
 
     def _record_unknown(self, item: BatchImage, reason: str, result: SubmitResult) -> None:
-        record = SubmissionRecord(
-            item.spec.fingerprint, dict(item.spec.asked), None, state=UNKNOWN, error=reason
-        )
+        record = item.record(None, state=UNKNOWN, error=reason)
         self.store.set(item.key, record)
         result.records[item.key] = record
 

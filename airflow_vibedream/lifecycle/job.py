@@ -21,6 +21,7 @@ from airflow_vibedream.errors import (
 from airflow_vibedream.lifecycle.fingerprint import JobSpec, what_changed
 from airflow_vibedream.lifecycle.identity import ContentIdentity
 from airflow_vibedream.lifecycle.ledger import (
+    CLAIM_WAIT,
     COMPLETED,
     NEW,
     RECONNECT,
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
 
 #: The task_state_store key. Renaming it would make in-flight retries forget their prediction.
 STATE_KEY = "vibedream_prediction"
-#: The longest to wait for another task's claimed submit to record its id, seconds.
-CLAIM_WAIT = 30.0
 
 
 @dataclass(frozen=True)
@@ -167,6 +166,10 @@ class SingleJob:
         if decision.kind == NEW:
             return None
         assert entry is not None
+        if entry.is_fresh_intent():  # being submitted by another task right now: follow it
+            followed = self._await_id(use.ledger, entry)
+            if followed.prediction_id:
+                return self._decide(use, client, spec, followed)
         raise VibeDreamSubmissionStateUnknownError(unknown_message(entry, use.ledger.entry_uri(entry.key)))
 
     def _await_id(self, ledger: Ledger, entry: LedgerEntry) -> LedgerEntry:

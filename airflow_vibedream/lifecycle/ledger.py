@@ -45,6 +45,8 @@ COMPLETED: State = "completed"
 
 #: Reads of entries and outputs at once (each is one small request).
 LOOKUP_THREADS = 16
+#: The longest to wait for another task's fresh claim to record its job's id, seconds.
+CLAIM_WAIT = 30.0
 
 
 class TaskRef(BaseModel):
@@ -128,6 +130,17 @@ class LedgerEntry(BaseModel):
     outputs: list[LedgerOutput] = []
     task: TaskRef
     updated_at: str = ""
+
+    def is_fresh_intent(self) -> bool:
+        """An intent with no id written in the last :data:`CLAIM_WAIT` seconds: another task is
+        most likely submitting it right now (follow it), not one that died mid-submit (unknown)."""
+        if self.state != INTENT or self.prediction_id:
+            return False
+        try:
+            written = datetime.fromisoformat(self.updated_at)
+        except ValueError:
+            return False
+        return (datetime.now(timezone.utc) - written).total_seconds() < CLAIM_WAIT
 
     def moved_to(self, state: State, **changes: Any) -> LedgerEntry:
         return self.model_copy(update={"state": state, "updated_at": _now(), **changes})
@@ -278,20 +291,30 @@ class Ledger:
 
     def completed(self, entry: LedgerEntry, stored: list[StoredOutput]) -> LedgerEntry:
         """The entry with its stored outputs (and their S3 ETags, read with one listing per folder)."""
-        now = stored_facts([item.uri for item in stored if item.uri.startswith("s3://")], self.conn_id)
-        outputs = [
-            LedgerOutput(
-                uri=item.uri,
-                bytes=item.bytes,
-                sha256=item.sha256,
-                etag=now.get(item.uri, {}).get("etag"),
-                width=item.width,
-                height=item.height,
-                format=item.format,
+        return self.completed_many([(entry, stored)])[0]
+
+    def completed_many(self, pairs: list[tuple[LedgerEntry, list[StoredOutput]]]) -> list[LedgerEntry]:
+        """Many entries completed at once: one listing per output folder for all of them."""
+        uris = [item.uri for _, stored in pairs for item in stored if item.uri.startswith("s3://")]
+        now = stored_facts(uris, self.conn_id)
+        return [
+            entry.moved_to(
+                COMPLETED,
+                outputs=[
+                    LedgerOutput(
+                        uri=item.uri,
+                        bytes=item.bytes,
+                        sha256=item.sha256,
+                        etag=now.get(item.uri, {}).get("etag"),
+                        width=item.width,
+                        height=item.height,
+                        format=item.format,
+                    )
+                    for item in stored
+                ],
             )
-            for item in stored
+            for entry, stored in pairs
         ]
-        return entry.moved_to(COMPLETED, outputs=outputs)
 
     # -- batches --
 

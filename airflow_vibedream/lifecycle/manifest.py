@@ -14,6 +14,8 @@ from airflow_vibedream.storage import safe_segment, storage_uri
 STATUS_UNKNOWN = "submission_state_unknown"
 STATUS_NOT_SUBMITTED = "not_submitted"
 STATUS_TIMEOUT = "timeout"
+#: Already upscaled from the same bytes with the same request (the ledger): nothing paid.
+STATUS_REUSED = "reused"
 #: A complete output that is not what was asked (format, size, aspect): never stored, never retried.
 STATUS_INVALID_OUTPUT = "invalid_output"
 

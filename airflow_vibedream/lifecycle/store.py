@@ -29,6 +29,8 @@ class SubmissionRecord:
     :param cost_cents: the submit answer's cost (poll answers do not repeat it).
     :param state: ``submitted`` or ``unknown``.
     :param error: why the state is unknown.
+    :param ledger_key: the image's ledger key, when the ledger is used (see :mod:`.ledger`).
+    :param identity: the input's content identity the key was made from.
     """
 
     fingerprint: str
@@ -37,9 +39,11 @@ class SubmissionRecord:
     cost_cents: int | None = None
     state: str = SUBMITTED
     error: str | None = None
+    ledger_key: str | None = None
+    identity: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        value = {
             "fingerprint": self.fingerprint,
             "asked": self.asked,
             "prediction_id": self.prediction_id,
@@ -47,6 +51,9 @@ class SubmissionRecord:
             "state": self.state,
             "error": self.error,
         }
+        if self.ledger_key:
+            value.update(ledger_key=self.ledger_key, identity=self.identity)
+        return value
 
     @classmethod
     def from_json(cls, value: Any) -> SubmissionRecord | None:
@@ -63,6 +70,8 @@ class SubmissionRecord:
             cost_cents=cost if isinstance(cost, int) and not isinstance(cost, bool) else None,
             state=UNKNOWN if value.get("state") == UNKNOWN else SUBMITTED,
             error=value.get("error") if isinstance(value.get("error"), str) else None,
+            ledger_key=value.get("ledger_key") if isinstance(value.get("ledger_key"), str) else None,
+            identity=dict(value["identity"]) if isinstance(value.get("identity"), dict) else None,
         )
 
 

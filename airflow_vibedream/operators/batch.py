@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator, conf
 
-from airflow_vibedream.client.request import UpscaleRequest
+from airflow_vibedream.client.request import UpscaleRequest, validate_bool
 from airflow_vibedream.client.sync import VibeDreamClient
 from airflow_vibedream.constants import (
     DEFAULT_POLL_INTERVAL,
@@ -34,8 +35,10 @@ from airflow_vibedream.lifecycle.batch import (
     PENDING,
     BatchImage,
     BatchSubmitter,
+    SubmitResult,
     poll_outcome,
 )
+from airflow_vibedream.lifecycle.batch_ledger import GROUP_SIZE, BatchLedger
 from airflow_vibedream.lifecycle.events import (
     EVENT_SUCCESS,
     EVENT_TIMEOUT,
@@ -44,9 +47,12 @@ from airflow_vibedream.lifecycle.events import (
     log_unavailable,
 )
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
+from airflow_vibedream.lifecycle.identity import ContentIdentity, identity_of, s3_identity
+from airflow_vibedream.lifecycle.ledger import Ledger, LedgerEntry, TaskRef
 from airflow_vibedream.lifecycle.manifest import (
     STATUS_INVALID_OUTPUT,
     STATUS_NOT_SUBMITTED,
+    STATUS_REUSED,
     STATUS_TIMEOUT,
     STATUS_UNKNOWN,
     line_before_download,
@@ -61,7 +67,12 @@ from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, Submiss
 from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
 from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
 from airflow_vibedream.links import VibeDreamGalleryLink, VibeDreamManifestLink
-from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, validate_name_template, write_text_atomically
+from airflow_vibedream.storage import (
+    DEFAULT_OUTPUT_NAME,
+    StoredOutput,
+    validate_name_template,
+    write_text_atomically,
+)
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger
 
 if TYPE_CHECKING:
@@ -76,12 +87,16 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     """Upscales many images in one task: bounded, rate-limited submits, then one deferral to one
     trigger that polls them all, then a JSONL manifest next to the outputs.
 
-    Returns a small summary: ``{"total", "completed", "failed", "unknown", "total_cost_cents",
-    "manifest"}``. Each manifest line: ``{"input", "prediction_id", "status", "outputs", "error",
-    "cost_cents"}``. Every prediction id is recorded in ``task_state_store`` (Airflow 3.3+) the moment
-    its submit returns, keyed by the fingerprint of its request: a retry or a clear reuses each
-    image's own job (never another image's) and submits only what was not submitted. An image whose
-    submit outcome is unknown (an answer lost after sending) is never resubmitted automatically: it
+    Returns a small summary: ``{"total", "completed", "reused", "failed", "unknown",
+    "total_cost_cents", "manifest"}``. Each manifest line: ``{"input", "prediction_id", "status",
+    "outputs", "error", "cost_cents"}``. Pay once per image, ever: the ledger beside the outputs
+    (``<output_path>/_vibedream_ledger/``) records an intent before each submit and every id as it
+    returns; an image already upscaled from the same bytes with the same resolution and format (by
+    any run, task or DAG writing to the same ``output_path``) whose stored outputs are intact is not
+    submitted: its line says ``reused`` and costs 0. Every prediction id is also recorded in
+    ``task_state_store`` (Airflow 3.3+), keyed by the fingerprint of its request: a retry or a clear
+    reuses each image's own job (never another image's). An image whose submit outcome is unknown
+    (an answer lost after sending, a task killed mid-submit) is never resubmitted automatically: it
     is listed as ``submission_state_unknown`` in the manifest and in the task's error.
 
     :param images: image URLs / ``s3://`` objects (a list, or a templated XCom/JSON list).
@@ -105,6 +120,9 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         plus ``cost_cents_per_image`` for each image still to submit.
     :param cost_cents_per_image: the estimate's price of one image (the vendor: "from $0.02/run").
     :param progress_interval: seconds between ``done/total, failed`` lines in the task (or trigger) log.
+    :param reuse_outputs: reuse images the ledger says are done (False: a deliberate re-run pays).
+    :param resubmit_unknown: submit again images whose earlier submit's outcome is unknown (they may
+        exist and be billed); by default they are listed, never resent.
     """
 
     template_fields: Sequence[str] = (
@@ -137,9 +155,13 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         max_cost_cents: float | None = None,
         cost_cents_per_image: float = 2,
         progress_interval: float = 30.0,
+        reuse_outputs: bool = True,
+        resubmit_unknown: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.reuse_outputs = validate_bool("reuse_outputs", reuse_outputs)
+        self.resubmit_unknown = validate_bool("resubmit_unknown", resubmit_unknown)
         # Checked here, at parse time, the same way as every other operator's parameters.
         non_negative(max_cost_cents, "max_cost_cents", allow_none=True)
         non_negative(cost_cents_per_image, "cost_cents_per_image")
@@ -170,6 +192,11 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         self._submitter: BatchSubmitter | None = None
         #: Input header facts read before each submit of this try, by image.
         self._input_facts: dict[str, ImageFacts] = {}
+        #: The identities of a prefix's images, from its listing.
+        self._listed: dict[str, ContentIdentity] = {}
+        #: Images the ledger says are done, by image key.
+        self._reused: dict[str, LedgerEntry] = {}
+        self._not_submitted: dict[str, str] = {}
 
     @cached_property
     def hook(self) -> VibeDreamHook:
@@ -182,7 +209,9 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         choice("target_resolution", self.target_resolution, TARGET_RESOLUTIONS)
         choice("output_format", self.output_format, OUTPUT_FORMATS)
         if self.s3_prefix is not None:
-            return list_s3_images(self.s3_prefix, aws_conn_id=self.aws_conn_id)
+            listed = list_s3_images(self.s3_prefix, aws_conn_id=self.aws_conn_id)
+            self._listed = {uri: s3_identity(etag, size) for uri, etag, size in listed}
+            return [uri for uri, _, _ in listed]
         images = json.loads(self.images) if isinstance(self.images, str) else self.images
         if not isinstance(images, list):
             raise VibeDreamValidationError(
@@ -243,6 +272,19 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     def _store(self, context: Context) -> SubmissionStore:
         return SubmissionStore(context, handover_key=XCOM_SUBMISSIONS)
 
+    def ledger_use(self, context: Context) -> BatchLedger:
+        """The ledger beside ``output_path``."""
+        return BatchLedger(
+            Ledger(self.output_path, self.output_conn_id or self.aws_conn_id),
+            TaskRef.of(context["ti"]),
+            self.log,
+            reuse=self.reuse_outputs,
+            resubmit_unknown=self.resubmit_unknown,
+        )
+
+    def _identity_of(self, image: str) -> ContentIdentity:
+        return identity_of(image, aws_conn_id=self.aws_conn_id, policy=self._download_policy)
+
     # -- the task ----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -251,7 +293,8 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         self.log.info("VibeDream batch of %d images", len(items))
         store = self._store(context)
         client = self.hook.get_client()
-        records = self._submit_all(store, client, items)
+        ledger = self.ledger_use(context)
+        records = self._submit_all(store, client, items, ledger)
         ids = sorted({r.prediction_id for r in records.values() if r.prediction_id})
         progress = self._progress(items, records, jobs=len(ids))
         context["ti"].xcom_push(key=PROGRESS_XCOM_KEY, value=progress.to_json())
@@ -281,7 +324,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                     key=PROGRESS_XCOM_KEY, value=progress.advanced(done=done, failed=failed).to_json()
                 ),
             )
-        return self._finish(context, items, records, outcome)
+        return self._finish(context, items, records, outcome, ledger)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         items = self.batch_images()
@@ -292,7 +335,12 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                 raise error_from_event(event, prediction_id="batch")
         outcome = {pid: (FAILED, error) for pid, error in (event.get("failed") or {}).items()}
         outcome.update({pid: (PENDING, None) for pid in event.get("pending") or []})
-        return self._finish(context, items, records, outcome)
+        ledger = self.ledger_use(context)
+        if ledger is not None:  # the images reused before the deferral: found again the same way
+            unsettled = [item for item in {i.key: i for i in items}.values() if item.key not in records]
+            identified, _ = ledger.identify(unsettled, self._listed, self._identity_of)
+            self._reused = ledger.sort(identified).reused
+        return self._finish(context, items, records, outcome, ledger)
 
     def on_kill(self) -> None:
         # Called from Airflow's SIGTERM handler: only set a flag; the submit loop winds down itself.
@@ -365,10 +413,15 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     # -- submits, resumable ------------------------------------------------------------------------
 
     def _submit_all(
-        self, store: SubmissionStore, client: VibeDreamClient, items: list[BatchImage]
+        self,
+        store: SubmissionStore,
+        client: VibeDreamClient,
+        items: list[BatchImage],
+        ledger: BatchLedger | None,
     ) -> dict[str, SubmissionRecord]:
         """Every image's record: reused from an earlier try when made for the same request, else
-        submitted now. Identical requests in one batch share one job."""
+        what the ledger knows of it, else submitted now. Identical requests in one batch share one
+        job."""
         unique = list({item.key: item for item in items}.values())
         records: dict[str, SubmissionRecord] = {}
         for item in unique:
@@ -389,6 +442,14 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                 len(items) - len(unique),
             )
         todo = [item for item in unique if item.key not in records]
+        taken_elsewhere: dict[str, tuple[BatchImage, LedgerEntry]] = {}
+        if ledger is not None and todo:
+            identified, self._not_submitted = ledger.identify(todo, self._listed, self._identity_of)
+            sorted_ = ledger.sort(identified)
+            self._reused = sorted_.reused
+            records.update(sorted_.records)
+            todo = sorted_.todo
+            taken_elsewhere = dict(sorted_.held)
         self._check_budget(len(todo), records)
         self._submitter = BatchSubmitter(
             client=client,
@@ -398,11 +459,37 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             max_concurrency=self.max_concurrency,
             requests_per_minute=self.requests_per_minute,
             request_timeout=client.settings.timeout,
+            on_submitted=ledger.submitted if ledger is not None else None,
         )
-        result = self._submitter.submit_all(todo)
-        self._not_submitted = result.errors
-        records.update(result.records)
+        if ledger is None:
+            self._took(self._submitter.submit_all(todo), records)
+            return records
+        # The same bytes under several names in one batch: one job, shared.
+        leaders = {item.ledger_key: item for item in reversed(todo)}
+        followers = [item for item in todo if leaders[item.ledger_key] is not item]
+        todo = [item for item in todo if leaders[item.ledger_key] is item]
+        for start in range(0, len(todo), GROUP_SIZE):
+            # Intents of a group at once, then its POSTs; ids journalled as they return.
+            claimed, held = ledger.claim(todo[start : start + GROUP_SIZE])
+            taken_elsewhere.update(held)
+            try:
+                result = self._submitter.submit_all(claimed)
+            finally:
+                ledger.journal.flush()
+            ledger.withdraw([item for item in claimed if item.key in result.errors])
+            self._took(result, records)
+        records.update(ledger.follow(taken_elsewhere))
+        for item in followers:
+            leader = leaders[item.ledger_key].key
+            if leader in records:  # its cost is counted once, on the leader's line
+                records[item.key] = dataclasses.replace(records[leader], cost_cents=0)
+            elif leader in self._not_submitted:
+                self._not_submitted[item.key] = self._not_submitted[leader]
         return records
+
+    def _took(self, result: SubmitResult, records: dict[str, SubmissionRecord]) -> None:
+        self._not_submitted.update(result.errors)
+        records.update(result.records)
 
     def _check_budget(self, to_submit: int, records: dict[str, SubmissionRecord]) -> None:
         """Refuse the batch, before any submit, when its estimated cost is over ``max_cost_cents``."""
@@ -432,16 +519,27 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         items: list[BatchImage],
         records: dict[str, SubmissionRecord],
         outcome: dict[str, tuple[str, str | None]],
+        ledger: BatchLedger | None = None,
     ) -> dict[str, Any]:
         client = self.hook.get_client()
         ti = context["ti"]
         target = OutputTarget(
             self.output_path, self.output_name_template, self.output_conn_id or self.aws_conn_id
         )
-        not_submitted: dict[str, str] = getattr(self, "_not_submitted", {})
+        not_submitted = self._not_submitted
         policy = self._download_policy
+        stored_by_key: dict[str, list[StoredOutput]] = {}
 
         def line(item: BatchImage) -> dict[str, Any]:
+            if (reused := self._reused.get(item.key)) is not None:
+                return {
+                    "input": item.image,
+                    "prediction_id": reused.prediction_id,
+                    "status": STATUS_REUSED,
+                    "outputs": [out.uri for out in reused.outputs],
+                    "error": None,
+                    "cost_cents": 0,
+                }
             record = records.get(item.key)
             base, to_fetch = line_before_download(item.image, record, outcome, not_submitted.get(item.key))
             if not to_fetch or record is None or record.prediction_id is None:
@@ -453,6 +551,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                 stored = target.store(
                     prediction, ti, self.output_format, policy, self._expectation(item, policy)
                 )
+                stored_by_key[item.key] = stored
                 return {
                     **base,
                     "status": "completed",
@@ -477,6 +576,22 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         unique = list({item.key: item for item in items}.values())
         with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="vibedream-download") as pool:
             by_key = dict(zip((item.key for item in unique), pool.map(line, unique), strict=True))
+        if ledger is not None:
+            ledger.record_completed(
+                [
+                    (item, records[item.key], stored_by_key[item.key])
+                    for item in unique
+                    if item.key in stored_by_key
+                ]
+            )
+            # A job that failed for good is forgotten: the next run submits its image anew.
+            ledger.forget(
+                [
+                    records[key]
+                    for key, value in by_key.items()
+                    if value["status"] == "failed" and not value.get("retryable") and key in records
+                ]
+            )
         lines = [{**by_key[item.key], "input": item.image} for item in items]
         manifest = manifest_uri(self.output_path, ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
         retryable = any(
@@ -489,11 +604,13 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             manifest, "".join(json.dumps(item) + "\n" for item in lines), conn_id=target.conn_id
         )
         completed = sum(1 for item in lines if item["status"] == "completed")
+        reused = sum(1 for item in lines if item["status"] == STATUS_REUSED)
         unknown = [item["input"] for item in lines if item["status"] == STATUS_UNKNOWN]
         summary = {
             "total": len(lines),
             "completed": completed,
-            "failed": len(lines) - completed,
+            "reused": reused,
+            "failed": len(lines) - completed - reused,
             "unknown": len(unknown),
             "total_cost_cents": sum(r.cost_cents or 0 for r in records.values()),
             "manifest": manifest,
@@ -506,7 +623,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                 done=len(jobs) - sum(1 for state, _ in outcome.values() if state == PENDING),
                 failed=sum(1 for state, _ in outcome.values() if state == FAILED),
             )
-            .finished(completed_images=completed, manifest=manifest)
+            .finished(completed_images=completed + reused, manifest=manifest)
         )
         ti.xcom_push(key=PROGRESS_XCOM_KEY, value=final.to_json())
         if self.fail_on_error and summary["failed"]:

@@ -5,6 +5,7 @@ whose submit outcome is unknown is never resent unless asked."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,19 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException
 
 from airflow_vibedream.emulator import EmulatorServer
+from airflow_vibedream.emulator.imaging import sample_image
 from airflow_vibedream.errors import VibeDreamSubmissionStateUnknownError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.lifecycle.identity import identity_of
 from airflow_vibedream.lifecycle.ledger import LEDGER_DIR, Ledger, TaskRef, new_entry
 from airflow_vibedream.lifecycle.outputs import download_policy
+from airflow_vibedream.operators.batch import VibeDreamBatchUpscaleOperator
+from tests.conftest import MotoS3
 from tests.helpers import FakeTI
 from tests.integration.emulated import jobs, upscale
+
+#: An intent written this long ago is not another task's submit in progress: its state is unknown.
+LONG_AGO = "2026-01-01T00:00:00+00:00"
 
 
 def run(task: Any, run_id: str = "manual__1", task_id: str = "upscale") -> dict[str, Any]:
@@ -90,7 +97,7 @@ def test_an_intent_with_no_id_is_never_resent_unless_asked(
     intent = new_entry(
         spec.model_id, spec.asked, identity_of(image, aws_conn_id=None, policy=policy), TaskRef.of(FakeTI())
     )
-    assert ledger.claim(intent) is None
+    assert ledger.claim(intent.model_copy(update={"updated_at": LONG_AGO})) is None
     with pytest.raises(AirflowFailException, match="resubmit_unknown=True") as raised:
         run(upscale(vibedream_conn, tmp_path), "run2")
     assert ledger.entry_uri(intent.key) in str(raised.value)
@@ -123,3 +130,126 @@ def test_without_output_path_there_is_no_ledger(
     run(upscale(vibedream_conn, tmp_path, output_path=None), "run2")
     assert jobs(vibedream_conn) == 2
     assert "ledger not used (no output_path)" in capsys.readouterr().out + caplog.text
+
+
+# -- batches over a growing S3 prefix (moto's server mode) -------------------------------------------
+
+
+def put_images(s3: MotoS3, prefix: str, start: int, count: int, *, seed: int = 0) -> None:
+    for i in range(start, start + count):
+        data = sample_image(40 + i, 30 + seed, "PNG")
+        s3.client().put_object(Bucket=s3.bucket, Key=f"{prefix}/in/img{i:03d}.png", Body=data)
+
+
+def s3_batch(s3: MotoS3, prefix: str, **kwargs: Any) -> VibeDreamBatchUpscaleOperator:
+    values: dict[str, Any] = {
+        "task_id": "batch",
+        "s3_prefix": f"s3://{s3.bucket}/{prefix}/in/",
+        "target_resolution": "2k",
+        "output_format": "jpeg",
+        "output_path": f"s3://{s3.bucket}/{prefix}/out",
+        "max_concurrency": 4,
+        "poll_interval": 0.1,
+        "deferrable": False,
+        **kwargs,
+    }
+    return VibeDreamBatchUpscaleOperator(**values)
+
+
+def s3_lines(s3: MotoS3, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    key = summary["manifest"].removeprefix(f"s3://{s3.bucket}/")
+    body = s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read().decode()
+    return [json.loads(line) for line in body.splitlines()]
+
+
+def test_a_daily_batch_over_a_growing_prefix_pays_for_new_images_only(
+    vibedream_conn: EmulatorServer, moto_s3: MotoS3
+) -> None:
+    prefix = "daily"
+    put_images(moto_s3, prefix, 0, 4)
+    day1 = run(s3_batch(moto_s3, prefix), "scheduled__day1")
+    assert (day1["completed"], day1["reused"], jobs(vibedream_conn)) == (4, 0, 4)
+    first_ids = {line["input"]: line["prediction_id"] for line in s3_lines(moto_s3, day1)}
+
+    put_images(moto_s3, prefix, 4, 2)
+    day2 = run(s3_batch(moto_s3, prefix), "scheduled__day2")
+    assert (day2["completed"], day2["reused"], jobs(vibedream_conn)) == (2, 4, 6)
+    lines = {line["input"]: line for line in s3_lines(moto_s3, day2)}
+    for image, prediction_id in first_ids.items():
+        assert lines[image]["status"] == "reused" and lines[image]["prediction_id"] == prediction_id
+        assert lines[image]["cost_cents"] == 0 and lines[image]["outputs"]
+
+    day3 = run(s3_batch(moto_s3, prefix), "scheduled__day3")
+    assert (day3["reused"], day3["total_cost_cents"], jobs(vibedream_conn)) == (6, 0, 6)
+
+    # Other bytes under the same name are a new image; the same bytes under another name are not.
+    put_images(moto_s3, prefix, 0, 1, seed=7)
+    moto_s3.client().copy_object(
+        Bucket=moto_s3.bucket,
+        Key=f"{prefix}/in/copy-of-img001.png",
+        CopySource={"Bucket": moto_s3.bucket, "Key": f"{prefix}/in/img001.png"},
+    )
+    day4 = run(s3_batch(moto_s3, prefix), "scheduled__day4")
+    assert (day4["completed"], day4["reused"], jobs(vibedream_conn)) == (1, 6, 7)
+
+    # Another resolution is another output (the copy shares its original's job); a re-run that
+    # asks to pay does.
+    other = run(s3_batch(moto_s3, prefix, target_resolution="4k"), "scheduled__day5")
+    assert (other["completed"], other["total_cost_cents"], jobs(vibedream_conn)) == (7, 12, 13)
+    forced = run(s3_batch(moto_s3, prefix, reuse_outputs=False), "scheduled__day6")
+    assert forced["completed"] == 7 and jobs(vibedream_conn) == 19
+
+
+def test_a_batch_reuses_what_a_single_image_task_stored_and_lists_unknown_states(
+    vibedream_conn: EmulatorServer, moto_s3: MotoS3
+) -> None:
+    prefix = "mixed"
+    put_images(moto_s3, prefix, 0, 3)
+    images = [f"s3://{moto_s3.bucket}/{prefix}/in/img{i:03d}.png" for i in range(3)]
+    single = run(
+        upscale(
+            vibedream_conn,
+            Path("unused"),
+            image=images[0],
+            output_format="jpeg",
+            output_path=f"s3://{moto_s3.bucket}/{prefix}/out",
+        ),
+        "single_run",
+    )
+    assert jobs(vibedream_conn) == 1 and single["outputs"][0].startswith("s3://")
+    # A task killed while the submit of images[1] was in flight left its intent and nothing else.
+    task = s3_batch(moto_s3, prefix, images=images, s3_prefix=None)
+    [item] = [i for i in task.batch_images() if i.image == images[1]]
+    ledger = Ledger(f"s3://{moto_s3.bucket}/{prefix}/out", "aws_default")
+    identity = identity_of(
+        images[1], aws_conn_id="aws_default", policy=download_policy(VibeDreamHook().get_client().settings)
+    )
+    intent = new_entry(item.spec.model_id, item.spec.asked, identity, TaskRef.of(FakeTI()))
+    assert ledger.claim(intent.model_copy(update={"updated_at": LONG_AGO})) is None
+
+    with pytest.raises(AirflowFailException, match="Submission state unknown"):
+        run(s3_batch(moto_s3, prefix, images=images, s3_prefix=None), "batch_run")
+    assert jobs(vibedream_conn) == 2  # images[2] only
+    statuses = {
+        line["input"]: line["status"]
+        for line in s3_lines(moto_s3, {"manifest": manifest_of(moto_s3, prefix, "batch_run")})
+    }
+    assert statuses == {images[0]: "reused", images[1]: "submission_state_unknown", images[2]: "completed"}
+
+    again = run(s3_batch(moto_s3, prefix, images=images, s3_prefix=None, resubmit_unknown=True), "batch_run2")
+    assert (again["reused"], again["completed"], jobs(vibedream_conn)) == (2, 1, 3)
+
+
+def manifest_of(s3: MotoS3, prefix: str, run_id: str) -> str:
+    return f"s3://{s3.bucket}/{prefix}/out/dag/{run_id}/upscale/manifest.jsonl"
+
+
+def test_two_batches_racing_for_the_same_new_images_make_one_job_each(
+    vibedream_conn: EmulatorServer, moto_s3: MotoS3
+) -> None:
+    prefix = "race"
+    put_images(moto_s3, prefix, 0, 6)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda run_id: run(s3_batch(moto_s3, prefix), run_id), ["race_a", "race_b"]))
+    assert jobs(vibedream_conn) == 6
+    assert sum(r["completed"] for r in results) >= 6 and all(r["failed"] == 0 for r in results)
