@@ -157,7 +157,9 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
         if not authorized(request):
             return unauthorized()
         fault = state.faults.pick("submit", kinds=(*ANSWER_KINDS, "slow"))
-        await apply_delay(fault)
+        held = fault is not None and fault.kind == "slow" and fault.after_create
+        if not held:
+            await apply_delay(fault)
         if fault is not None and is_answer_fault(fault) and not fault.after_create:
             return fault_response(fault)
         if not is_upscaler(model_id):
@@ -170,6 +172,8 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
         if problem is not None or payload is None:
             return problem or error(400, "invalid request")
         prediction = state.submit(model_id, payload)
+        if held:  # the job exists and its answer is held: a client killed now never learns its id
+            await apply_delay(fault)
         if fault is not None and is_answer_fault(fault):  # after_create: the job exists, the answer is lost
             return fault_response(fault)
         if not payload["enable_sync_mode"]:

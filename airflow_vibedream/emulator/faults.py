@@ -75,7 +75,8 @@ class FaultRule:
     :param status: the HTTP status of a ``status`` fault.
     :param retry_after: seconds to send as a ``Retry-After`` header (and ``retry_after`` body field).
     :param after_create: on ``submit``, create the job first and fail afterwards: the client cannot
-        know whether the job exists (the double-billing trap).
+        know whether the job exists (the double-billing trap); with ``slow``, create the job and
+        then hold its answer for ``delay`` seconds (a task killed meanwhile never reads its id).
     :param delay: seconds of a ``slow`` fault.
     :param after_bytes: for a ``drop`` on ``output``: send this many real bytes of the file first
         (an interrupted download, not an empty one).

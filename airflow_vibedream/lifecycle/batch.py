@@ -159,7 +159,8 @@ class BatchSubmitter:
         return self.client.submit(item.spec.model_id, body)
 
     def submit_all(self, todo: list[BatchImage]) -> SubmitResult:
-        result = SubmitResult({}, {})
+        #: What this call produced so far: still readable when it raises (interrupted).
+        self.result = result = SubmitResult({}, {})
         if not todo:
             return result
         pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="vibedream-submit")

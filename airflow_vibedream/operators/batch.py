@@ -474,6 +474,12 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             taken_elsewhere.update(held)
             try:
                 result = self._submitter.submit_all(claimed)
+            except BaseException:
+                # Interrupted: the images never sent (or surely refused) are new again; those in
+                # flight keep their intent (state unknown), those with an id are journalled.
+                recorded = self._submitter.result.records
+                ledger.withdraw([item for item in claimed if item.key not in recorded])
+                raise
             finally:
                 ledger.journal.flush()
             ledger.withdraw([item for item in claimed if item.key in result.errors])
