@@ -405,7 +405,7 @@ class GroupJournal:
         self.every = every
         self._ids: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._last = 0.0
+        self._last = float("-inf")  # the first id is written at once
         self._dirty = False
 
     def add(self, key: str, prediction_id: str, cost_cents: int | None) -> None:
