@@ -57,8 +57,11 @@ test: $(STAMP) $(LOWEST_STAMP) browser package
 	$(PY) -m pytest -ra
 	@echo "== the same unit and integration tests on the lowest supported Airflow ($(LOWEST_AIRFLOW)) =="
 	$(LOWEST_VENV)/bin/python -m pytest -ra -m "not e2e" -p no:cacheprovider tests/unit tests/integration
-	@echo "== the extra links and the gallery in a real Airflow $(LOWEST_AIRFLOW) =="
-	$(LOWEST_VENV)/bin/python -m pytest -ra -p no:cacheprovider tests/e2e/test_extra_links.py
+	@echo "== in a real Airflow $(LOWEST_AIRFLOW): the extra links and the gallery, the ledger, crash safety =="
+	$(LOWEST_VENV)/bin/python -m pytest -ra -p no:cacheprovider tests/e2e/test_extra_links.py \
+	  tests/e2e/test_ledger_e2e.py \
+	  tests/e2e/test_crash_safety.py::test_a_triggerer_killed_mid_wait_is_replaced_without_resubmitting \
+	  tests/e2e/test_crash_safety.py::test_b_worker_killed_after_submit_retries_and_reconnects
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

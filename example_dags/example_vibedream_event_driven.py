@@ -10,11 +10,13 @@ Then point this DAG at them (environment of the scheduler, dag-processor, trigge
     VIBEDREAM_EXAMPLE_SQS_QUEUE=https://sqs.eu-west-1.amazonaws.com/123456789012/uploads
     VIBEDREAM_EXAMPLE_OUTPUT=s3://my-bucket/upscaled/
 
-Each object is upscaled once: the watcher deletes a message once it became an asset event, and
-each image's task remembers its job, so a retry never pays twice. Several uploads that land before
-the scheduler creates a run are handled by one run (one mapped task per object). Messages that name
-no new image (S3 sends one ``s3:TestEvent`` when notifications are configured) start a run that
-upscales nothing.
+Each image is paid for once, even though delivery is at-least-once: SQS may deliver a message
+twice, a second watcher may see it, and an image may be uploaded again with the same bytes. The
+ledger beside the outputs (``<output>/_vibedream_ledger/``) knows every image already upscaled from
+the same bytes: such a task reuses the stored output (``"reused": true``, cost 0) instead of
+submitting, and a retry reconnects to its own job. Several uploads that land before the scheduler
+creates a run are handled by one run (one mapped task per object). Messages that name no new image
+(S3 sends one ``s3:TestEvent`` when notifications are configured) start a run that upscales nothing.
 """
 
 from __future__ import annotations

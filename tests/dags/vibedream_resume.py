@@ -1,4 +1,6 @@
-"""Test DAGs for crash-safety: retried upscales (deferred and in-worker) and many deferred upscales."""
+"""Test DAGs for crash-safety: retried upscales (deferred and in-worker, storing into the run's
+``output`` folder: on Airflow 3.1 and 3.2 the ledger there is what a retry reconnects through) and
+many deferred upscales."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from airflow_vibedream.operators.vibedream import VibeDreamUpscaleImageOperator
 
 COMMON = {
     "image": "{{ dag_run.conf['image'] }}",
+    "output_path": "{{ dag_run.conf['output'] }}",
     "target_resolution": "2k",
     "output_format": "jpeg",
     "poll_interval": 1,

@@ -1,6 +1,8 @@
 """Never double-bill, never hang, never leak, in a real Airflow:
 (a) kill -9 the triggerer while the task is deferred; a new triggerer finishes it: 1 submission.
-(b) kill -9 the worker's task process after the submit; the retry reconnects: 1 submission.
+(b) kill -9 the worker's task process after the submit; the retry reconnects: 1 submission
+    (through task_state_store on 3.3+, through the ledger beside the outputs on 3.1 and 3.2: (a)
+    and (b) also run on the lowest supported Airflow).
 (c) two triggerers on PostgreSQL run 20 deferred tasks: all succeed, 0 duplicate submissions.
 (d) afterwards, every log file and a dump of the metadata database hold the API key 0 times."""
 
@@ -89,7 +91,10 @@ def test_a_triggerer_killed_mid_wait_is_replaced_without_resubmitting(
     dag_id = "vibedream_resume_deferred"
     sqlite_cluster.wait_for_dag(dag_id)
     reset(emulator)
-    run_id = sqlite_cluster.trigger(dag_id, {"image": f"{emulator.base_url}/samples/640x480.png"})
+    run_id = sqlite_cluster.trigger(
+        dag_id,
+        {"image": f"{emulator.base_url}/samples/640x480.png", "output": str(sqlite_cluster.home / "out-a")},
+    )
     wait_for(
         lambda: upscale_ti(sqlite_cluster, dag_id, run_id).get("triggerer_job"),
         timeout=180,
@@ -113,7 +118,10 @@ def test_b_worker_killed_after_submit_retries_and_reconnects(
     dag_id = "vibedream_resume_worker"
     sqlite_cluster.wait_for_dag(dag_id)
     reset(emulator)
-    run_id = sqlite_cluster.trigger(dag_id, {"image": f"{emulator.base_url}/samples/640x480.png"})
+    run_id = sqlite_cluster.trigger(
+        dag_id,
+        {"image": f"{emulator.base_url}/samples/640x480.png", "output": str(sqlite_cluster.home / "out-b")},
+    )
     wait_for(lambda: stats(emulator).get("accepted_submissions") == 1, timeout=180, what="the submit")
     running = wait_for(
         lambda: (

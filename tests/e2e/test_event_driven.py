@@ -1,11 +1,14 @@
 """Upscale as images land, in a real Airflow: the example DAG ``example_vibedream_event_driven``
 against a moto server (S3 + SQS). Uploads under ``incoming/`` send object-created events to the SQS
 queue; the example's AssetWatcher turns each into an asset event; each asset event runs the DAG.
-Three uploads (one after another) give three runs, three outputs, three jobs: nothing twice."""
+Three uploads (one after another) give three runs, three outputs, three jobs: nothing twice. Then
+at-least-once delivery: the same event delivered twice more, and one image uploaded again with
+the same bytes, start runs that cost nothing (the ledger beside the outputs)."""
 
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,7 +150,9 @@ def test_three_uploads_three_runs_three_outputs(
     for run in finished:  # one object per run, one mapped upscale
         assert len(cluster.task_instances(DAG_ID, run["dag_run_id"], "upscale")) == 1
     outputs = sorted(
-        item["Key"] for item in s3.list_objects_v2(Bucket=BUCKET, Prefix="upscaled/").get("Contents", [])
+        item["Key"]
+        for item in s3.list_objects_v2(Bucket=BUCKET, Prefix="upscaled/").get("Contents", [])
+        if "/_vibedream_ledger/" not in item["Key"]
     )
     assert len(outputs) == 3, outputs
     for key in outputs:
@@ -155,3 +160,49 @@ def test_three_uploads_three_runs_three_outputs(
         assert max(image.size) == 2048
     assert emulator_stats(emulator.base_url)["accepted_submissions"] == 3
     assert queue_depth(server, queue_url) == 0  # every message consumed, none left to replay
+
+
+def test_a_duplicate_event_or_an_identical_upload_costs_nothing(
+    cluster: AirflowCluster, aws: tuple[MotoS3, str], emulator: EmulatorProcess
+) -> None:
+    server, queue_url = aws
+    jobs_before = emulator_stats(emulator.base_url)["accepted_submissions"]
+    runs_before = len(runs(cluster))
+    # The event of "photo 1" delivered again, twice (as SQS may), as S3 wrote it.
+    event = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": BUCKET}, "object": {"key": "incoming/photo+1.png"}},
+            }
+        ]
+    }
+    for _ in range(2):
+        sqs_of(server).send_message(QueueUrl=queue_url, MessageBody=json.dumps(event))
+    wait_for(
+        lambda: (
+            len(found := runs(cluster)) > runs_before
+            and all(run["state"] in ("success", "failed") for run in found)
+            and queue_depth(server, queue_url) == 0
+        ),
+        timeout=180,
+        what="the runs of the duplicate events",
+    )
+    # "photo 2" uploaded again with the same bytes.
+    s3 = server.client()
+    same = s3.get_object(Bucket=BUCKET, Key="incoming/photo 2.png")["Body"].read()
+    runs_before = len(runs(cluster))
+    s3.put_object(Bucket=BUCKET, Key="incoming/photo 2.png", Body=same)
+    wait_for(
+        lambda: (
+            len(found := runs(cluster)) > runs_before
+            and all(run["state"] in ("success", "failed") for run in found)
+        ),
+        timeout=180,
+        what="the run of the identical upload",
+    )
+    finished = runs(cluster)
+    assert {run["state"] for run in finished} == {"success"}, finished
+    assert emulator_stats(emulator.base_url)["accepted_submissions"] == jobs_before
+    reused = [cluster.xcom_mapped(DAG_ID, run["dag_run_id"], "upscale", 0) for run in finished[3:]]
+    assert reused and all(result["reused"] is True and result["cost_cents"] == 0 for result in reused)
