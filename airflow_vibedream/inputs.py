@@ -14,6 +14,7 @@ from PIL import Image
 from airflow_vibedream.client.request import validate_http_url
 from airflow_vibedream.downloads import DownloadPolicy, download_chunks
 from airflow_vibedream.errors import OutputStorageError, VibeDreamValidationError
+from airflow_vibedream.s3 import s3_client, split_s3_uri
 
 #: SigV4 presigned URLs live at most seven days.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
@@ -47,17 +48,15 @@ def resolve_image(image: str, *, aws_conn_id: str | None, expires_in: float) -> 
     (made with the amazon provider's S3Hook), valid for ``expires_in`` seconds (capped at 7 days)."""
     if not image.startswith("s3://"):
         return image
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    bucket, key = S3Hook.parse_s3_url(image)
-    url = S3Hook(aws_conn_id=aws_conn_id).generate_presigned_url(
-        "get_object",
-        params={"Bucket": bucket, "Key": key},
-        expires_in=int(min(MAX_PRESIGN_SECONDS, max(60, expires_in))),
+    bucket, key = split_s3_uri(image)
+    url = s3_client(aws_conn_id).generate_presigned_url(
+        ClientMethod="get_object",
+        Params={"Bucket": bucket, "Key": key},
+        ExpiresIn=int(min(MAX_PRESIGN_SECONDS, max(60, expires_in))),
     )
     if not url:
         raise OutputStorageError(f"Could not presign {image} with connection {aws_conn_id!r}")
-    return url
+    return str(url)
 
 
 #: The input formats the API accepts ("Accepted: JPEG, PNG, GIF, WebP"), as Pillow names them.
@@ -94,14 +93,8 @@ def _sniff(head: bytes) -> str:
 
 
 def _s3_head(image: str, aws_conn_id: str | None) -> bytes:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    bucket, key = S3Hook.parse_s3_url(image)
-    answer = (
-        S3Hook(aws_conn_id=aws_conn_id)
-        .get_conn()
-        .get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{PROBE_BYTES - 1}")
-    )
+    bucket, key = split_s3_uri(image)
+    answer = s3_client(aws_conn_id).get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{PROBE_BYTES - 1}")
     with contextlib.closing(answer["Body"]) as body:
         return bytes(body.read(PROBE_BYTES))
 
@@ -126,10 +119,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 def list_s3_images(prefix_uri: str, *, aws_conn_id: str | None) -> list[tuple[str, str, int]]:
     """The image objects under an ``s3://bucket/prefix``: ``(s3:// URI, ETag, size)`` in key order
     (the listing carries each object's ETag and size: the ledger identifies them without a HEAD)."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    bucket, prefix = S3Hook.parse_s3_url(prefix_uri if "/" in prefix_uri[5:] else prefix_uri + "/")
-    client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
+    bucket, prefix = split_s3_uri(prefix_uri if "/" in prefix_uri[5:] else prefix_uri + "/")
+    client = s3_client(aws_conn_id)
     found = [
         (f"s3://{bucket}/{item['Key']}", str(item["ETag"]), int(item["Size"]))
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)

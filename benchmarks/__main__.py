@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from benchmarks import airflow_scale, docs, outage, persist, triggers
+from benchmarks import airflow_scale, docs, ledger, outage, persist, triggers
 
 BENCHMARKS = {
     "persist": persist.main,
     "triggers": triggers.main,
     "outage": outage.main,
     "airflow_scale": airflow_scale.main,
+    "ledger": ledger.main,
 }
 #: Not a benchmark: rewrites docs/benchmarks.md's tables from the results (run after any of them).
 TOOLS = {"docs": docs.main}

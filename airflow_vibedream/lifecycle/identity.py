@@ -22,6 +22,7 @@ import httpx
 
 from airflow_vibedream.downloads import DownloadPolicy, download_chunks
 from airflow_vibedream.errors import VibeDreamValidationError
+from airflow_vibedream.s3 import s3_client, split_s3_uri
 
 #: Request flags that change how the answer is delivered, not which image comes out.
 DELIVERY_ONLY = ("enable_sync_mode", "enable_base64_output")
@@ -59,10 +60,8 @@ def identity_of(image: str, *, aws_conn_id: str | None, policy: DownloadPolicy) 
     refused, naming the field, when it cannot be read: nothing is paid for an unreadable image."""
     try:
         if image.startswith("s3://"):
-            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-            bucket, key = S3Hook.parse_s3_url(image)
-            head = S3Hook(aws_conn_id=aws_conn_id).get_conn().head_object(Bucket=bucket, Key=key)
+            bucket, key = split_s3_uri(image)
+            head = s3_client(aws_conn_id).head_object(Bucket=bucket, Key=key)
             return s3_identity(head["ETag"], head["ContentLength"], head.get("VersionId"))
         digest = hashlib.sha256()
         size = 0

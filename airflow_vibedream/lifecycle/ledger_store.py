@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from airflow_vibedream.s3 import s3_client, split_s3_uri
 from airflow_vibedream.storage import as_storage_path, storage_uri
 
 
@@ -88,11 +89,9 @@ class S3Store:
     atomic_create = True
 
     def __init__(self, root_uri: str, conn_id: str | None) -> None:
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        self.bucket, prefix = S3Hook.parse_s3_url(root_uri.rstrip("/") + "/")
+        self.bucket, prefix = split_s3_uri(root_uri.rstrip("/") + "/")
         self.prefix = prefix.rstrip("/") + "/"
-        self.client = S3Hook(aws_conn_id=conn_id).get_conn()
+        self.client = s3_client(conn_id)
 
     def read(self, name: str) -> bytes | None:
         try:
@@ -193,11 +192,9 @@ def stored_facts(uris: Iterable[str], conn_id: str | None) -> dict[str, dict[str
             if path.exists():
                 facts[uri] = {"bytes": int(path.stat()["size"])}
     if by_folder:
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        client = S3Hook(aws_conn_id=conn_id).get_conn()
+        client = s3_client(conn_id)
         for folder, wanted in by_folder.items():
-            bucket, prefix = S3Hook.parse_s3_url(folder + "/")
+            bucket, prefix = split_s3_uri(folder + "/")
             wanted_set = set(wanted)
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
