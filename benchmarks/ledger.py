@@ -114,7 +114,7 @@ def main() -> dict[str, Any]:
                     lambda i: s3.put_object(
                         Bucket=BUCKET,
                         Key=f"in/img{i:05d}.png",
-                        Body=sample_image(32 + i % 64, 24 + i % 48, "PNG"),
+                        Body=sample_image(32 + i % 100, 24 + i // 100, "PNG"),
                     ),
                     range(IMAGES),
                 )

@@ -99,8 +99,13 @@ class SingleJob:
         to reuse or the job it records; else a new one (``payload`` is built only then: presigning
         an ``s3://`` input is not needed to reconnect)."""
         recorded = self.reconnect(client, spec)
-        if recorded is not None or self.ledger is None:
+        if self.ledger is None:
             return recorded or self.submit(client, spec, payload(), wait_at_most=wait_at_most)
+        if recorded is not None:  # the fast path; the ledger's entry of that job is completed later
+            intent = new_entry(spec.model_id, spec.asked, self.ledger.identity(), self.task)
+            entry = self.ledger.ledger.read(intent.key)
+            self.entry = entry if entry is not None and entry.prediction_id == recorded.id else None
+            return recorded
         return self._through_ledger(self.ledger, client, spec, payload, wait_at_most)
 
     def _through_ledger(

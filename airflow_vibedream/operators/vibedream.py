@@ -265,18 +265,18 @@ class VibeDreamGenerateOperator(BaseOperator):
     def _record_completed(self, context: Context, prediction: Prediction, stored: list[Any]) -> None:
         """The ledger entry of this job, completed with its stored outputs (only the entry that
         records this very prediction: the key read back from XCom is checked, not trusted)."""
-        spec = self.job_spec()
-        use = self.ledger_use(spec) if self.output_path else None
-        if use is None or not stored:
-            return
         entry = self._ledger_entry
-        if entry is None:
+        if not self.output_path or not stored:
+            return
+        ledger = Ledger(self.output_path, self.output_conn_id or self.aws_conn_id)
+        if entry is None:  # resumed after deferring: this try's key, from XCom
             ti = context["ti"]
             key = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_LEDGER_KEY, map_indexes=ti.map_index)
-            entry = use.ledger.read(key) if isinstance(key, str) and len(key) == 64 else None
-        if entry is None or entry.prediction_id != prediction.id:
-            return
-        use.ledger.write(use.ledger.completed(entry, stored))
+            if not (isinstance(key, str) and len(key) == 64):
+                return  # no ledger for this task (no image input, or it is turned off)
+            entry = ledger.read(key)
+        if entry is not None and entry.prediction_id == prediction.id:
+            ledger.write(ledger.completed(entry, stored))
 
     def _finish(self, context: Context, prediction: Prediction) -> dict[str, Any]:
         if not prediction.succeeded:

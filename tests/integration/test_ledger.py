@@ -253,3 +253,20 @@ def test_two_batches_racing_for_the_same_new_images_make_one_job_each(
         results = list(pool.map(lambda run_id: run(s3_batch(moto_s3, prefix), run_id), ["race_a", "race_b"]))
     assert jobs(vibedream_conn) == 6
     assert sum(r["completed"] for r in results) >= 6 and all(r["failed"] == 0 for r in results)
+
+
+def test_a_retry_that_reconnects_through_task_state_store_completes_the_ledger_entry(
+    vibedream_conn: EmulatorServer, tmp_path: Path
+) -> None:
+    from tests.helpers import FakeStateStore
+
+    store = FakeStateStore()
+    first = upscale(vibedream_conn, tmp_path).execute({"ti": FakeTI(), "task_state_store": store})
+    ledger = Ledger(str(tmp_path), None)
+    [entry] = entries(tmp_path)
+    # As if the first try died after its submit: the entry never got its outputs.
+    ledger.write(ledger.read(entry["key"]).model_copy(update={"state": "submitted", "outputs": []}))  # type: ignore[union-attr]
+    again = upscale(vibedream_conn, tmp_path).execute({"ti": FakeTI(), "task_state_store": store})
+    assert again["id"] == first["id"] and jobs(vibedream_conn) == 1
+    [entry] = entries(tmp_path)
+    assert entry["state"] == "completed" and entry["outputs"][0]["uri"] == again["outputs"][0]
