@@ -17,6 +17,8 @@ from typing import Any
 
 #: Seconds a client is reused.
 CLIENT_TTL = 300.0
+#: Connections a shared client keeps open at least (botocore's default is 10).
+MIN_POOL_CONNECTIONS = 64
 
 _lock = threading.Lock()
 _clients: dict[tuple[str | None, str | None], tuple[float, Any]] = {}
@@ -25,6 +27,7 @@ _clients: dict[tuple[str | None, str | None], tuple[float, Any]] = {}
 def s3_client(aws_conn_id: str | None) -> Any:
     """The boto3 S3 client of ``aws_conn_id`` (the amazon provider's S3Hook makes it)."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from botocore.config import Config
 
     key = (aws_conn_id, os.environ.get(f"AIRFLOW_CONN_{(aws_conn_id or '').upper()}"))
     now = time.monotonic()
@@ -32,7 +35,11 @@ def s3_client(aws_conn_id: str | None) -> Any:
         cached = _clients.get(key)
     if cached is not None and now - cached[0] < CLIENT_TTL:
         return cached[1]
-    client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
+    # One client serves every thread of a batch (16 at once for the ledger's reads): a pool of 64
+    # connections, or the connection's own larger one (its extra's config_kwargs are kept).
+    own = S3Hook(aws_conn_id=aws_conn_id).config
+    pool = Config(max_pool_connections=max(own.max_pool_connections or 0, MIN_POOL_CONNECTIONS))
+    client = S3Hook(aws_conn_id=aws_conn_id, config=own.merge(pool)).get_conn()
     with _lock:
         _clients[key] = (now, client)
     return client
