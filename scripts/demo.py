@@ -19,6 +19,7 @@ from PIL import Image
 
 from airflow_vibedream.constants import TARGET_RESOLUTIONS
 from airflow_vibedream.emulator.process import EmulatorProcess
+from airflow_vibedream.lifecycle.ledger import LEDGER_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_KEY = "demo-key"
@@ -74,7 +75,10 @@ def main() -> int:
             print(f"demo: airflow dags test example_vibedream_upscale -c '{json.dumps(conf)}'", flush=True)
             before = set(output_dir.rglob("*")) if output_dir.exists() else set()
             run([airflow, "dags", "test", "example_vibedream_upscale", "-c", json.dumps(conf)], env, log)
-        new_images = sorted(p for p in output_dir.rglob("*") if p.is_file() and p not in before)
+        # The pay-once ledger's JSON documents live beside the images; only images are checked here.
+        new_images = sorted(
+            p for p in output_dir.rglob("*") if p.is_file() and p not in before and LEDGER_DIR not in p.parts
+        )
         if not new_images:
             raise SystemExit(f"demo: the DAG succeeded but wrote no image under {output_dir}; log: {log}")
         expected = TARGET_RESOLUTIONS[args.target_resolution]

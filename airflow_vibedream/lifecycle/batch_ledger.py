@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from airflow_vibedream.client.models import Prediction
-from airflow_vibedream.lifecycle.batch import BatchImage
+from airflow_vibedream.lifecycle.batch import BatchImage, BatchSubmitter, SubmitResult
 from airflow_vibedream.lifecycle.identity import ContentIdentity, decisive_ask, ledger_key
 from airflow_vibedream.lifecycle.ledger import (
     CLAIM_WAIT,
@@ -76,6 +76,10 @@ class BatchLedger:
         self.journal = GroupJournal(ledger, task)
         #: Images whose entry exists but is to be replaced (their earlier job failed, or a re-run pays).
         self._replace: set[str] = set()
+        #: Images another task claimed while this one was claiming, to follow.
+        self._held: dict[str, tuple[BatchImage, LedgerEntry]] = {}
+        #: Images that share their bytes with an earlier one of the batch (image key -> that one's key).
+        self._followers: dict[str, str] = {}
 
     # -- identify and sort -------------------------------------------------------------------------
 
@@ -168,8 +172,10 @@ class BatchLedger:
         return claimed, {item.key: (item, held[item.ledger_key]) for item in group if item.ledger_key in held}
 
     def follow(self, held: dict[str, tuple[BatchImage, LedgerEntry]]) -> dict[str, SubmissionRecord]:
-        """Records for the images another task claimed: its job once it records the id (waiting a
-        bounded time), else an unknown state."""
+        """Records for the images another task claimed (found so by :meth:`sort`, ``held``, or
+        while claiming): its job once it records the id (waiting a bounded time), else an unknown
+        state."""
+        held = {**held, **self._held}
         entries = self._await_ids({key: entry for key, (_, entry) in held.items()})
         records = {}
         for key, (item, _) in held.items():
@@ -180,6 +186,10 @@ class BatchLedger:
                 records[key] = item.record(
                     None, state=RECORD_UNKNOWN, error=unknown_message(other, self.ledger.entry_uri(other.key))
                 )
+        # Same bytes as an image another task holds: that image's job, shared too.
+        for key, leader in self._followers.items():
+            if leader in records:
+                records[key] = replace(records[leader], cost_cents=0)
         return records
 
     def _await_ids(self, held: dict[str, LedgerEntry]) -> dict[str, LedgerEntry]:
@@ -192,6 +202,40 @@ class BatchLedger:
                 for key, entry in held.items()
             }
         return held
+
+    def submit(self, todo: list[BatchImage], submitter: BatchSubmitter) -> SubmitResult:
+        """Submit ``todo`` a group at a time: the group's intents at once, then its POSTs, the ids
+        journalled as they return. The same bytes under several names in one batch make one job,
+        shared (its cost counted once, on the first image's line)."""
+        leaders = {item.ledger_key: item for item in reversed(todo)}
+        unique = [item for item in todo if leaders[item.ledger_key] is item]
+        done = SubmitResult({}, {})
+        for start in range(0, len(unique), GROUP_SIZE):
+            claimed, held = self.claim(unique[start : start + GROUP_SIZE])
+            self._held.update(held)
+            try:
+                result = submitter.submit_all(claimed)
+            except BaseException:
+                # Interrupted: the images never sent (or surely refused) are new again; those in
+                # flight keep their intent (state unknown), those with an id are journalled.
+                self.withdraw([item for item in claimed if item.key not in submitter.result.records])
+                raise
+            finally:
+                self.journal.flush()
+            self.withdraw([item for item in claimed if item.key in result.errors])
+            done.records.update(result.records)
+            done.errors.update(result.errors)
+        for item in todo:
+            leader = leaders[item.ledger_key].key
+            if item.key == leader:
+                continue
+            if leader in done.records:
+                done.records[item.key] = replace(done.records[leader], cost_cents=0)
+            elif leader in done.errors:
+                done.errors[item.key] = done.errors[leader]
+            else:  # its leader was claimed by another task: resolved with it by :meth:`follow`
+                self._followers[item.key] = leader
+        return done
 
     def submitted(self, item: BatchImage, prediction: Prediction) -> None:
         if item.ledger_key:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +37,7 @@ from airflow_vibedream.lifecycle.batch import (
     SubmitResult,
     poll_outcome,
 )
-from airflow_vibedream.lifecycle.batch_ledger import GROUP_SIZE, BatchLedger
+from airflow_vibedream.lifecycle.batch_ledger import BatchLedger
 from airflow_vibedream.lifecycle.events import (
     EVENT_SUCCESS,
     EVENT_TIMEOUT,
@@ -463,34 +462,9 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         )
         if ledger is None:
             self._took(self._submitter.submit_all(todo), records)
-            return records
-        # The same bytes under several names in one batch: one job, shared.
-        leaders = {item.ledger_key: item for item in reversed(todo)}
-        followers = [item for item in todo if leaders[item.ledger_key] is not item]
-        todo = [item for item in todo if leaders[item.ledger_key] is item]
-        for start in range(0, len(todo), GROUP_SIZE):
-            # Intents of a group at once, then its POSTs; ids journalled as they return.
-            claimed, held = ledger.claim(todo[start : start + GROUP_SIZE])
-            taken_elsewhere.update(held)
-            try:
-                result = self._submitter.submit_all(claimed)
-            except BaseException:
-                # Interrupted: the images never sent (or surely refused) are new again; those in
-                # flight keep their intent (state unknown), those with an id are journalled.
-                recorded = self._submitter.result.records
-                ledger.withdraw([item for item in claimed if item.key not in recorded])
-                raise
-            finally:
-                ledger.journal.flush()
-            ledger.withdraw([item for item in claimed if item.key in result.errors])
-            self._took(result, records)
-        records.update(ledger.follow(taken_elsewhere))
-        for item in followers:
-            leader = leaders[item.ledger_key].key
-            if leader in records:  # its cost is counted once, on the leader's line
-                records[item.key] = dataclasses.replace(records[leader], cost_cents=0)
-            elif leader in self._not_submitted:
-                self._not_submitted[item.key] = self._not_submitted[leader]
+        else:
+            self._took(ledger.submit(todo, self._submitter), records)
+            records.update(ledger.follow(taken_elsewhere))
         return records
 
     def _took(self, result: SubmitResult, records: dict[str, SubmissionRecord]) -> None:

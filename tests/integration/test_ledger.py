@@ -270,3 +270,29 @@ def test_a_retry_that_reconnects_through_task_state_store_completes_the_ledger_e
     assert again["id"] == first["id"] and jobs(vibedream_conn) == 1
     [entry] = entries(tmp_path)
     assert entry["state"] == "completed" and entry["outputs"][0]["uri"] == again["outputs"][0]
+
+
+def test_a_copy_of_an_image_another_task_claims_mid_batch_shares_that_tasks_job(
+    vibedream_conn: EmulatorServer, moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = "copies"
+    put_images(moto_s3, prefix, 0, 1)
+    moto_s3.client().copy_object(
+        Bucket=moto_s3.bucket,
+        Key=f"{prefix}/in/copy.png",
+        CopySource={"Bucket": moto_s3.bucket, "Key": f"{prefix}/in/img000.png"},
+    )
+    first = run(s3_batch(moto_s3, prefix), "first")
+    assert (first["completed"], jobs(vibedream_conn)) == (2, 1)
+    # The other task's claim lands between this batch's lookup and its own claim.
+    monkeypatch.setattr(Ledger, "lookup", lambda self, keys: {})
+    second = run(s3_batch(moto_s3, prefix), "second")
+    assert jobs(vibedream_conn) == 1
+    lines = s3_lines(moto_s3, second)
+    assert len(lines) == 2 and {line["prediction_id"] for line in lines} == {first_id(moto_s3, first)}
+    assert second["failed"] == 0 and second["total_cost_cents"] == 0
+
+
+def first_id(s3: MotoS3, summary: dict[str, Any]) -> str:
+    [prediction_id] = {line["prediction_id"] for line in s3_lines(s3, summary)}
+    return prediction_id
