@@ -43,6 +43,18 @@ WORKLOADS = {
         "jobs 5-60 s, 2% of 5-10 min",
         ["--processing-seconds", "5", "--processing-seconds-max", "60", "--tail-share", "0.02"],
     ),
+    # An API across the internet: every poll answered after 100 ms (benchmarks/far_api.py).
+    "F": (
+        "jobs 5-30 s, every poll answered after 100 ms",
+        [
+            "--processing-seconds",
+            "5",
+            "--processing-seconds-max",
+            "30",
+            "--fault",
+            '{"route": "poll", "kind": "slow", "delay": 0.1}',
+        ],
+    ),
 }
 SELECTED = tuple(os.environ.get("VIBEDREAM_BENCH_WORKLOADS", "A,B").split(","))
 #: Sizes per workload, when not all: ``VIBEDREAM_BENCH_SIZES_B=1000`` (B's tail makes each run >= 10 min).
@@ -201,11 +213,14 @@ async def measure(kind: str, count: int, base_url: str, emulator_pid: int) -> di
     lags: list[float] = []
     stop = asyncio.Event()
 
+    windows: list[int] = []  # the poll window's size, sampled with the loop lag (provider only)
+
     async def watch_loop() -> None:
         while not stop.is_set():
             before = time.perf_counter()
             await asyncio.sleep(0.05)
             lags.append(time.perf_counter() - before - 0.05)
+            windows.extend(poll_windows())
 
     delays: list[float] = []
     short_delays: list[float] = []  # jobs under a minute: the detection goal is theirs
@@ -267,9 +282,20 @@ async def measure(kind: str, count: int, base_url: str, emulator_pid: int) -> di
         "loop_lag_p99_ms": 1000 * percentile(lags, 0.99),
         "gc_full_collections": len(pauses.full),
         "gc_full_pause_max_ms": 1000 * max(pauses.full, default=0.0),
+        "poll_window_p50": percentile([float(w) for w in windows], 0.5),
+        "poll_window_max": max(windows, default=0),
         "emulator_cpu_seconds": emulator_cpu,
         "emulator_cpu_share": emulator_cpu / wall,
     }
+
+
+def poll_windows() -> list[int]:
+    """The size of each poll scheduler's window now (none for a provider without one)."""
+    try:
+        from airflow_vibedream.client.poller import _SCHEDULERS
+    except ImportError:
+        return []
+    return [scheduler.window.size for scheduler in list(_SCHEDULERS.values()) if hasattr(scheduler, "window")]
 
 
 def sizes_of(workload: str) -> tuple[int, ...]:

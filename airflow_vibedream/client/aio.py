@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -113,9 +113,13 @@ class AsyncVibeDreamClient:
         import aiohttp
         from httpx_aiohttp import AiohttpTransport
 
-        # Sized and verified as httpx would: certifi roots, 100 connections, 5 s idle keep-alive.
+        # Verified as httpx would (certifi roots), 5 s idle keep-alive; room for every poll the
+        # poll window may have in flight, and a few more for submits and downloads beside them.
+        connections = max(100, settings.max_polls_in_flight + 16)
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=5.0, ssl=httpx.create_ssl_context())
+            connector=aiohttp.TCPConnector(
+                limit=connections, keepalive_timeout=5.0, ssl=httpx.create_ssl_context()
+            )
         )
         # Redirects are followed by httpx, which drops the Authorization header when a redirect
         # leaves the API's origin, so the key never reaches another host.
@@ -194,16 +198,20 @@ class AsyncVibeDreamClient:
         deadline: float | None,
         resume_within: float,
         on_unavailable: OutageReport | None = None,
+        on_transient: Callable[[VibeDreamError], None] | None = None,
     ) -> Prediction:
         """Poll once, riding out transient failures until ``deadline`` (then
         :class:`VibeDreamTimeoutError`) through this loop's shared outage gate.
 
         :param resume_within: seconds over which pollers held back by an outage resume (their poll interval).
         :param on_unavailable: called with (seconds unavailable, last error) at most every 30 s.
+        :param on_transient: called with every transient failure (429, 5xx, network) before its retry.
         """
         self._users += 1  # held across an outage's waits, so a retirement waits for it
         try:
-            return await self._poll_patiently(prediction_id, deadline, resume_within, on_unavailable)
+            return await self._poll_patiently(
+                prediction_id, deadline, resume_within, on_unavailable, on_transient
+            )
         finally:
             self._release()
 
@@ -213,6 +221,7 @@ class AsyncVibeDreamClient:
         deadline: float | None,
         resume_within: float,
         on_unavailable: OutageReport | None,
+        on_transient: Callable[[VibeDreamError], None] | None = None,
     ) -> Prediction:
         return await poll_patiently_async(
             lambda: self.get_prediction(prediction_id, retry=False),
@@ -222,6 +231,7 @@ class AsyncVibeDreamClient:
             policy=self.settings.retry,
             resume_within=resume_within,
             on_unavailable=on_unavailable,
+            on_transient=on_transient,
         )
 
     async def aclose(self) -> None:

@@ -309,9 +309,11 @@ async def poll_patiently_async(
     policy: RetryPolicy,
     resume_within: float,
     on_unavailable: OutageReport | None = None,
+    on_transient: Callable[[VibeDreamError], None] | None = None,
 ) -> T:
     """``poll()`` until it answers: transient failures are retried until ``deadline`` (then
-    :class:`VibeDreamTimeoutError`), through ``gate``; any other error is raised at once."""
+    :class:`VibeDreamTimeoutError`), through ``gate``; any other error is raised at once.
+    ``on_transient`` hears of each transient failure (the poll window shrinks on them)."""
     patience: _Patience | None = None  # made on the first failure: nearly every poll needs none
     while True:
         if deadline is not None and time.time() >= deadline:
@@ -329,6 +331,8 @@ async def poll_patiently_async(
                 gate.released(probe)
                 raise
             gate.failed(exc, probe)
+            if on_transient is not None:
+                on_transient(exc)
             patience = patience or _Patience(prediction_id, deadline, policy, on_unavailable)
             await asyncio.sleep(patience.after_failure(exc, gate.core))
             continue

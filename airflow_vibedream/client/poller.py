@@ -5,12 +5,14 @@ A waiting trigger awaits one future; the scheduler keeps a heap of due times, se
 through a bounded set of workers (one connection pool, one outage gate: :mod:`.gate`), and resolves
 each future once with the terminal answer, or with the error that ended the wait. So ten thousand
 waiting tasks cost ten thousand heap entries and futures, not ten thousand timers, retry wrappers
-and sleeping coroutines; and the polls of a loop never exceed ``workers`` at a time however many
-come due together.
+and sleeping coroutines. How many polls are in flight at once follows the API
+(:class:`~airflow_vibedream.waiting.window.PollWindow`): more while due polls wait and the API
+answers fast and clean, fewer when it answers with errors or slower than it did, never more than
+the connection's ``max_polls_in_flight`` however many come due together.
 
 Fairness: the heap pops the earliest due poll first, so a job is polled when its own schedule says
-(a later-added or faster-polled job never overtakes it); while the workers are all busy, due polls
-wait in due order. When to poll comes from :class:`.durations.LearnedSchedule`.
+(a later-added or faster-polled job never overtakes it); while the window is full, due polls wait
+in due order. When to poll comes from :class:`.durations.LearnedSchedule`.
 
 A trigger that is cancelled (task cleared, triggerer shutting down) leaves nothing: its entry is
 dropped (eagerly once dead entries are half the heap), and a scheduler with nothing left to watch
@@ -31,13 +33,11 @@ from airflow_vibedream.client.calls import deadline_reached
 from airflow_vibedream.client.durations import DURATIONS, DurationModel, LearnedSchedule
 from airflow_vibedream.client.models import Prediction, iso_seconds
 from airflow_vibedream.client.schedule import elapsed_since
+from airflow_vibedream.waiting.window import PollWindow
 
 if TYPE_CHECKING:
     from airflow_vibedream.client.aio import AsyncVibeDreamClient
     from airflow_vibedream.client.gate import OutageReport
-
-#: Polls in flight at once per scheduler (the aiohttp pool holds 100 connections).
-WORKERS = 64
 
 
 class Watch:
@@ -78,8 +78,9 @@ class Watch:
 class PollScheduler:
     """Polls every watched prediction of one connection on one event loop.
 
-    :param client: returns the client to poll with (asked before every poll: a rotated key counts).
-    :param workers: polls in flight at once.
+    :param client: returns the client to poll with (asked before every poll: a rotated key counts;
+        its ``settings.max_polls_in_flight`` bounds the window).
+    :param window: how many polls may be in flight (adaptive; see :mod:`airflow_vibedream.waiting.window`).
     :param schedule: when to poll.
     :param durations: where durations are learned (the process's model by default).
     :param on_idle: called when nothing is left to watch (the registry forgets the scheduler).
@@ -89,13 +90,13 @@ class PollScheduler:
         self,
         client: Callable[[], Awaitable[AsyncVibeDreamClient]],
         *,
-        workers: int = WORKERS,
+        window: PollWindow | None = None,
         schedule: LearnedSchedule | None = None,
         durations: DurationModel | None = None,
         on_idle: Callable[[PollScheduler], None] | None = None,
     ) -> None:
         self._client = client
-        self._workers = workers
+        self.window = window or PollWindow()
         self.schedule = schedule or LearnedSchedule()
         self.durations = durations if durations is not None else DURATIONS
         self._on_idle = on_idle
@@ -106,6 +107,8 @@ class PollScheduler:
         self._dead = 0  # heap entries whose watch is done (cancelled): dropped lazily
         self._ready: asyncio.Queue[Watch | None] = asyncio.Queue()
         self._idle_workers = 0
+        self._in_flight = 0
+        self._generation = 0  # bumped when stopped: a cancelled worker's last count is not this one's
         self._wakeup: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._dispatcher: asyncio.Task[None] | None = None
@@ -184,10 +187,7 @@ class PollScheduler:
 
     def _start(self) -> None:
         self._dispatcher = self._loop.create_task(self._dispatch(), name="vibedream-poll-scheduler")
-        self._pool = [
-            self._loop.create_task(self._work(), name="vibedream-poller") for _ in range(self._workers)
-        ]
-        self._idle_workers = self._workers
+        self._pool, self._idle_workers, self._in_flight = [], 0, 0
 
     def _stop(self) -> None:
         for task in (self._dispatcher, *self._pool):
@@ -196,6 +196,7 @@ class PollScheduler:
         if self._timer is not None:
             self._timer.cancel()
         self._dispatcher, self._pool, self._timer, self._wakeup = None, [], None, None
+        self._generation += 1
         self._heap.clear()
         self._dead = 0
         self._ready = asyncio.Queue()
@@ -237,14 +238,24 @@ class PollScheduler:
                 heapq.heappop(heap)
                 watch.future.set_exception(deadline_reached(watch.prediction_id, watch.deadline))
                 continue
-            if self._idle_workers == 0:
-                await self._sleep(None)  # a worker that finishes wakes us
+            if self._in_flight >= self.window.size:
+                await self._sleep(None)  # a poll that comes back wakes us
                 continue
             heapq.heappop(heap)
+            if self._idle_workers == 0:  # the pool grows with the window (idle workers cost ~1 KiB)
+                self._pool.append(self._loop.create_task(self._work(), name="vibedream-poller"))
+                self._idle_workers += 1
             self._idle_workers -= 1
+            self._in_flight += 1
             self._ready.put_nowait(watch)
 
+    def _backlogged(self) -> bool:
+        """Polls are due and wait for a slot."""
+        heap = self._heap
+        return bool(heap) and heap[0][0] <= self._loop.time()
+
     async def _work(self) -> None:
+        generation = self._generation
         while True:
             watch = await self._ready.get()
             if watch is None:
@@ -252,20 +263,25 @@ class PollScheduler:
             try:
                 await self._poll(watch)
             finally:
-                self._idle_workers += 1
-                self._wake()
+                if generation == self._generation:
+                    self._idle_workers += 1
+                    self._in_flight -= 1
+                    self._wake()
 
     async def _poll(self, watch: Watch) -> None:
         if watch.future.done():
             return
+        sent = self._loop.time()
         try:
             client = await self._client()
+            self.window.ceiling = client.settings.max_polls_in_flight
             self.polls += 1
             prediction = await client.poll_patiently(
                 watch.prediction_id,
                 deadline=watch.deadline,
                 resume_within=watch.interval,
                 on_unavailable=watch.on_unavailable,
+                on_transient=self._congested,
             )
         except asyncio.CancelledError:
             raise
@@ -273,11 +289,12 @@ class PollScheduler:
             if not watch.future.done():
                 watch.future.set_exception(exc)
             return
+        now = self._loop.time()
+        self.window.answered(now - sent, now, saturated=self._backlogged())
         if watch.future.done():  # cancelled while the poll was out
             return
         if watch.observe is not None:
             watch.observe(prediction)
-        now = self._loop.time()
         if prediction.is_terminal:
             self._learn(watch.kind, prediction)
             watch.future.set_result(prediction)
@@ -285,6 +302,10 @@ class PollScheduler:
         if watch.created is None:
             watch.created = now - elapsed_since(prediction.created_at, now)
         self._push(now + self._delay(watch, now), watch)
+
+    def _congested(self, exc: BaseException) -> None:
+        """A poll met a 429, a 5xx or a network failure (and is retried): fewer polls in flight."""
+        self.window.failed(now=self._loop.time())
 
     def _learn(self, kind: str, prediction: Prediction) -> None:
         created, completed = iso_seconds(prediction.created_at), iso_seconds(prediction.completed_at)

@@ -137,6 +137,8 @@ class ClientSettings:
     :param download_timeout: seconds one output's download may take in all.
     :param allow_private_outputs: download outputs from loopback, private or link-local addresses
         even when the API itself is not on one.
+    :param max_polls_in_flight: the most status polls a triggerer (one event loop) keeps in flight
+        to this API at once; below it the number follows the API's answers and round-trip time.
     """
 
     api_key: str = field(repr=False)
@@ -149,6 +151,7 @@ class ClientSettings:
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
     download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
     allow_private_outputs: bool = False
+    max_polls_in_flight: int = 512
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key.strip():
@@ -174,7 +177,7 @@ class ClientSettings:
                 or value <= 0
             ):
                 raise VibeDreamConfigError(f"{name} must be a finite number of seconds > 0; got {value!r}")
-        for name in ("max_response_bytes", "max_output_bytes"):
+        for name in ("max_response_bytes", "max_output_bytes", "max_polls_in_flight"):
             value = getattr(self, name)
             if type(value) is not int or value <= 0:
                 raise VibeDreamConfigError(f"{name} must be a whole number > 0; got {value!r}")

@@ -106,6 +106,9 @@ def settings_from_connection(
         ),
         download_timeout=_extra_number(extra, "download_timeout", ClientSettings.download_timeout),
         allow_private_outputs=_extra_bool(extra, "allow_private_outputs"),
+        max_polls_in_flight=_extra_number(
+            extra, "max_polls_in_flight", ClientSettings.max_polls_in_flight, whole=True
+        ),
     )
 
 

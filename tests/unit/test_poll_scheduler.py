@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ class FakeJobs:
         self.polls: dict[str, int] = dict.fromkeys(finish_at, 0)
         self.seen_done_at: dict[str, float] = {}
         self.refuse: set[str] = set()
+        self.settings = SimpleNamespace(max_polls_in_flight=512)
 
     async def client(self) -> FakeJobs:
         return self
@@ -60,7 +62,8 @@ async def test_a_finishing_job_is_seen_within_its_interval_however_many_others_w
     now = time.time()
     finish = {f"busy-{n}": now + 3600 for n in range(2000)} | {"quick": now + 0.3}
     jobs = FakeJobs(finish, created=now)
-    scheduler = scheduler_for(jobs, workers=8)
+    jobs.settings.max_polls_in_flight = 8
+    scheduler = scheduler_for(jobs)
     interval = 0.1
     waits = {
         pid: asyncio.ensure_future(scheduler.wait(pid, interval=interval, deadline=None, kind="k"))
@@ -69,7 +72,7 @@ async def test_a_finishing_job_is_seen_within_its_interval_however_many_others_w
     answer = await asyncio.wait_for(waits["quick"], timeout=30)
     assert answer.status == "completed"
     # Seen within one interval (plus the loop's own latency) of finishing, though 2000 others are
-    # polled every interval by only 8 workers.
+    # polled every interval with at most 8 polls in flight.
     assert jobs.seen_done_at["quick"] - finish["quick"] < interval + 0.5
     for task in waits.values():
         task.cancel()
