@@ -292,7 +292,7 @@ async def measure(kind: str, count: int, base_url: str, emulator_pid: int) -> di
 def poll_windows() -> list[int]:
     """The size of each poll scheduler's window now (none for a provider without one)."""
     try:
-        from airflow_vibedream.client.poller import _SCHEDULERS
+        from airflow_vibedream.waiting.scheduler import _SCHEDULERS
     except ImportError:
         return []
     return [scheduler.window.size for scheduler in list(_SCHEDULERS.values()) if hasattr(scheduler, "window")]

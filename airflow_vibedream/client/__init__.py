@@ -7,9 +7,11 @@ benchmarks all use it. One concept per module:
 - :mod:`~airflow_vibedream.client.calls`: building a call and mapping its answer to a result or error;
 - :mod:`~airflow_vibedream.client.sync` and :mod:`~airflow_vibedream.client.aio`: the two clients;
 - :mod:`~airflow_vibedream.client.schedule`: when to poll (the fixed schedule);
-- :mod:`~airflow_vibedream.client.gate`: the outage gate (one per API per loop or process);
-- :mod:`~airflow_vibedream.client.poller`: the per-loop poll scheduler the triggers wait on;
-- :mod:`~airflow_vibedream.client.durations`: learned job durations and the schedule they give.
+- :mod:`~airflow_vibedream.client.gate`: the outage gate (one per API per loop or process) and the
+  patient poll through it.
+
+How the triggers wait (the poll scheduler, the learned durations, the poll window, the gate's
+decisions) is in :mod:`airflow_vibedream.waiting`.
 
 Errors live in :mod:`airflow_vibedream.errors` and are imported from there.
 """

@@ -11,7 +11,6 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_vibedream.client.aio import AsyncVibeDreamClient
 from airflow_vibedream.client.models import Prediction
-from airflow_vibedream.client.poller import loop_scheduler
 from airflow_vibedream.client.schedule import StatusTracker
 from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
 from airflow_vibedream.errors import VibeDreamAuthError, VibeDreamError, VibeDreamTimeoutError
@@ -33,6 +32,7 @@ from airflow_vibedream.lifecycle.events import (
 )
 from airflow_vibedream.lifecycle.progress import PUBLISH_EVERY, ProgressPublisher
 from airflow_vibedream.lifecycle.settle import settle
+from airflow_vibedream.waiting.scheduler import loop_scheduler
 
 
 class KeyRotation:
@@ -71,7 +71,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
     :param end_time: epoch seconds after which a ``timeout`` event fires; None waits forever.
     :param duration_kind: what kind of job this is (e.g. ``image-upscaler:4k``): the triggerer learns
         how long jobs of a kind take and polls them where they finish (see
-        :mod:`airflow_vibedream.client.durations`). None: ``default``.
+        :mod:`airflow_vibedream.waiting.durations`). None: ``default``.
     :param created_at: the job's creation, epoch seconds, if the operator knows it (the first poll
         can then wait until jobs of its kind start finishing).
     :param fire_not_before: epoch seconds before which the event is held back, so that the deferral

@@ -28,8 +28,9 @@ def no_settle_time(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def nothing_learned_yet(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with a triggerer that has seen no job finish: the poll scheduler's learned
-    durations are process-wide (client/durations.py), so without this a test's poll count would
+    durations are process-wide (waiting/durations.py), so without this a test's poll count would
     depend on the jobs earlier tests happened to wait for (a learned schedule skips early polls)."""
-    from airflow_vibedream.client import durations, poller
+    from airflow_vibedream.waiting import durations
+    from airflow_vibedream.waiting import scheduler as poller
 
     monkeypatch.setattr(poller, "DURATIONS", durations.DurationModel())

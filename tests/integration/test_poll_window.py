@@ -8,11 +8,11 @@ import asyncio
 import pytest
 
 from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
-from airflow_vibedream.client.poller import loop_scheduler
 from airflow_vibedream.emulator import EmulatorConfig, EmulatorServer
 from airflow_vibedream.emulator.faults import FaultRule
 from airflow_vibedream.hooks.shared import aclose_shared_async_clients
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
+from airflow_vibedream.waiting.scheduler import loop_scheduler
 from airflow_vibedream.waiting.window import START
 from tests.conftest import TEST_KEY, connection_json
 from tests.helpers import async_until

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_vibedream.client.gate import CLOSED, HALF_OPEN, OPEN, GateCore
 from airflow_vibedream.errors import VibeDreamRateLimitedError, VibeDreamServerError
+from airflow_vibedream.waiting.gate_core import CLOSED, HALF_OPEN, OPEN, GateCore
 
 
 class Clock:

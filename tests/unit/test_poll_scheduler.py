@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from airflow_vibedream.client import poller
-from airflow_vibedream.client.durations import DurationModel, LearnedSchedule
 from airflow_vibedream.client.models import Prediction
-from airflow_vibedream.client.poller import PollScheduler, loop_scheduler
 from airflow_vibedream.errors import VibeDreamAuthError, VibeDreamTimeoutError
+from airflow_vibedream.waiting import scheduler as poller
+from airflow_vibedream.waiting.durations import DurationModel, LearnedSchedule
+from airflow_vibedream.waiting.scheduler import PollScheduler, loop_scheduler
 from tests.helpers import async_until
 
 

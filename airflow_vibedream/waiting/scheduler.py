@@ -30,9 +30,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from airflow_vibedream.client.calls import deadline_reached
-from airflow_vibedream.client.durations import DURATIONS, DurationModel, LearnedSchedule
 from airflow_vibedream.client.models import Prediction, iso_seconds
 from airflow_vibedream.client.schedule import elapsed_since
+from airflow_vibedream.waiting.durations import DURATIONS, DurationModel, LearnedSchedule
 from airflow_vibedream.waiting.window import PollWindow
 
 if TYPE_CHECKING:
