@@ -43,6 +43,8 @@ WORKLOADS = {
         "jobs 5-60 s, 2% of 5-10 min",
         ["--processing-seconds", "5", "--processing-seconds-max", "60", "--tail-share", "0.02"],
     ),
+    # Jobs of one length: the CPU of a poll, side by side with the floor (benchmarks/poll_cost.py).
+    "C": ("jobs of 20 s", ["--processing-seconds", "20"]),
     # An API across the internet: every poll answered after 100 ms (benchmarks/far_api.py).
     "F": (
         "jobs 5-30 s, every poll answered after 100 ms",
@@ -81,6 +83,26 @@ async def peer_style_wait(base_url: str, prediction_id: str) -> dict[str, Any]:
             aiohttp.ClientSession() as session,
             session.get(url, headers={"Authorization": f"Bearer {KEY}"}) as response,
         ):
+            body = await response.json()
+        if body["status"] in ("completed", "failed"):
+            return dict(body)
+        await asyncio.sleep(1.0)
+
+
+_FLOOR: dict[str, Any] = {}
+
+
+async def floor_wait(base_url: str, prediction_id: str) -> dict[str, Any]:
+    """The floor of a poll's cost: one shared keep-alive aiohttp session, a GET and a JSON parse per
+    poll, every second, nothing else (no retries, no checks, no schedule)."""
+    import aiohttp
+
+    session = _FLOOR.get("session")
+    if session is None:
+        session = _FLOOR["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+    url = f"{base_url}/api/v1/predictions/{prediction_id}"
+    while True:
+        async with session.get(url, headers={"Authorization": f"Bearer {KEY}"}) as response:
             body = await response.json()
         if body["status"] in ("completed", "failed"):
             return dict(body)
@@ -176,6 +198,8 @@ async def warm_up(kind: str, base_url: str, prediction_id: str) -> None:
 async def wait_for(kind: str, base_url: str, prediction_id: str, created_at: float) -> dict[str, Any]:
     if kind == "provider":
         return await provider_wait(prediction_id, created_at)
+    if kind == "floor":
+        return await floor_wait(base_url, prediction_id)
     return await peer_style_wait(base_url, prediction_id)
 
 
@@ -262,6 +286,8 @@ async def measure(kind: str, count: int, base_url: str, emulator_pid: int) -> di
         from airflow_vibedream.hooks.shared import aclose_shared_async_clients
 
         await aclose_shared_async_clients()
+    if "session" in _FLOOR:
+        await _FLOOR.pop("session").close()
     return {
         "kind": kind,
         "triggers": count,

@@ -86,7 +86,8 @@ def _is_path_segment(value: Any) -> bool:
         and bool(value)
         and value.strip() == value
         and value not in (".", "..")
-        and not any(sep in value for sep in ("/", "\\"))
+        and "/" not in value
+        and "\\" not in value  # two tests, not a generator: this runs on every poll
     )
 
 

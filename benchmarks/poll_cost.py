@@ -1,0 +1,55 @@
+"""What one poll costs in CPU: the provider's trigger against the floor (one shared keep-alive
+aiohttp session, a GET and a JSON parse per poll, nothing else) and the peer-style trigger (a new
+session per poll), 1,000 waits on one event loop, jobs of 20 s, the same emulator in the same run.
+``VIBEDREAM_BENCH_POLL_COST`` sets the number of waits.
+
+Goal (issue 21): the provider's CPU per poll <= 1.2x the floor's.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import machine, write_result
+from benchmarks.triggers import run_child, verdict
+
+WAITS = int(os.environ.get("VIBEDREAM_BENCH_POLL_COST", "1000"))
+KINDS = ("provider", "floor", "peer")
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    runs = {r["kind"]: r for r in results}
+    floor = runs["floor"]["cpu_ms_per_poll"]
+    rows = [
+        f"| {r['kind']} | {r['finished']}/{r['triggers']} | {r['cpu_ms_per_poll']:.3f} ms "
+        f"| {r['cpu_ms_per_poll'] / floor:.2f}x | {r['polls_per_prediction']:.1f} "
+        f"| {r['cpu_ms_per_prediction']:.2f} ms |"
+        for r in results
+    ]
+    ratio = runs["provider"]["cpu_ms_per_poll"] / floor
+    return "\n".join(
+        [
+            f"### CPU per poll: {WAITS:,} waits on one event loop, jobs of 20 s",
+            "",
+            "| trigger | finished | CPU per poll | vs the floor | polls per prediction "
+            "| CPU per prediction |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"- the provider's poll: **{ratio:.2f}x** the floor (goal <= 1.2x: {verdict(ratio <= 1.2)})",
+        ]
+    )
+
+
+def main() -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="vibedream-bench-poll-cost-"))
+    results = [run_child(kind, WAITS, "C", work) for kind in KINDS]
+    write_result("poll_cost", {"runs": results, "machine": machine()}, table(results))
+    return {"runs": results}
+
+
+if __name__ == "__main__":
+    main()
