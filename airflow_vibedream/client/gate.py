@@ -178,21 +178,20 @@ def worth_waiting_for(policy: RetryPolicy, exc: VibeDreamError) -> bool:
 
 @dataclass
 class _Patience:
-    """One poller's retry state: its backoff, its deadline, and when it last said the API is down."""
+    """One poller's retry state after its first transient failure: its backoff, and when it last said
+    the API is down. Made on the first failure only: nearly every poll needs none."""
 
-    prediction_id: str
     deadline: float | None
     policy: RetryPolicy
     on_unavailable: OutageReport | None
+    on_transient: Callable[[VibeDreamError], None] | None
     attempt: int = 0
     last_report: float | None = None
 
-    def check_deadline(self) -> None:
-        if self.deadline is not None and time.time() >= self.deadline:
-            raise deadline_reached(self.prediction_id, self.deadline)
-
     def after_failure(self, exc: VibeDreamError, core: GateCore) -> float:
         """The pause before this poller tries again (capped by its deadline); reports the outage."""
+        if self.on_transient is not None:
+            self.on_transient(exc)
         self.attempt += 1
         down = core.unavailable_for()
         now = time.monotonic()
@@ -202,6 +201,33 @@ class _Patience:
             self.last_report = now
             self.on_unavailable(down, exc)
         return _capped(self.policy.backoff(self.attempt, exc), self.deadline) or 0.0
+
+
+# The decisions of a patient poll, shared by the async and the blocking twin below so they cannot
+# drift: the twins differ only in how they wait (await or block).
+
+
+def _check_deadline(prediction_id: str, deadline: float | None) -> None:
+    if deadline is not None and time.time() >= deadline:
+        raise deadline_reached(prediction_id, deadline)
+
+
+def _gives_up(
+    exc: VibeDreamError, gate: AsyncOutageGate | ThreadOutageGate, probe: object | None, policy: RetryPolicy
+) -> bool:
+    """After a failed poll: True when waiting cannot fix it (the caller raises); else the gate
+    counts the failure (and the caller pauses)."""
+    if not worth_waiting_for(policy, exc):
+        gate.released(probe)
+        return True
+    gate.failed(exc, probe)
+    return False
+
+
+def _answered(gate: AsyncOutageGate | ThreadOutageGate, probe: object | None) -> None:
+    # Only a probe or the end of a run of failures changes the gate: the hot path takes no lock.
+    if probe is not None or gate.core.consecutive_failures:
+        gate.succeeded()
 
 
 async def poll_patiently_async(
@@ -218,33 +244,26 @@ async def poll_patiently_async(
     """``poll()`` until it answers: transient failures are retried until ``deadline`` (then
     :class:`VibeDreamTimeoutError`), through ``gate``; any other error is raised at once.
     ``on_transient`` hears of each transient failure (the poll window shrinks on them)."""
-    patience: _Patience | None = None  # made on the first failure: nearly every poll needs none
+    patience: _Patience | None = None
     while True:
-        if deadline is not None and time.time() >= deadline:
-            raise deadline_reached(prediction_id, deadline)
-        if gate.core.state == CLOSED:  # the hot path: no coroutine for the gate while the API answers
-            probe = None
-        else:
+        _check_deadline(prediction_id, deadline)
+        probe = None
+        if gate.core.state != CLOSED:  # the hot path: no coroutine for the gate while the API answers
             allowed, probe = await gate.enter(deadline, resume_within)
             if not allowed:
                 continue  # the deadline came while waiting at the gate
         try:
             answer = await poll()
         except VibeDreamError as exc:
-            if not worth_waiting_for(policy, exc):
-                gate.released(probe)
+            if _gives_up(exc, gate, probe, policy):
                 raise
-            gate.failed(exc, probe)
-            if on_transient is not None:
-                on_transient(exc)
-            patience = patience or _Patience(prediction_id, deadline, policy, on_unavailable)
+            patience = patience or _Patience(deadline, policy, on_unavailable, on_transient)
             await asyncio.sleep(patience.after_failure(exc, gate.core))
             continue
         except BaseException:
             gate.released(probe)
             raise
-        if probe is not None or gate.core.consecutive_failures:
-            gate.succeeded()
+        _answered(gate, probe)
         return answer
 
 
@@ -257,25 +276,27 @@ def poll_patiently(
     policy: RetryPolicy,
     resume_within: float,
     on_unavailable: OutageReport | None = None,
+    on_transient: Callable[[VibeDreamError], None] | None = None,
 ) -> T:
-    """The blocking twin of :func:`poll_patiently_async`."""
-    patience = _Patience(prediction_id, deadline, policy, on_unavailable)
+    """The blocking twin of :func:`poll_patiently_async` (the same decisions, line for line)."""
+    patience: _Patience | None = None
     while True:
-        patience.check_deadline()
-        allowed, probe = gate.enter(deadline, resume_within)
-        if not allowed:
-            continue
+        _check_deadline(prediction_id, deadline)
+        probe = None
+        if gate.core.state != CLOSED:  # a plain read: the gate's lock is taken only to change it
+            allowed, probe = gate.enter(deadline, resume_within)
+            if not allowed:
+                continue
         try:
             answer = poll()
         except VibeDreamError as exc:
-            if not worth_waiting_for(policy, exc):
-                gate.released(probe)
+            if _gives_up(exc, gate, probe, policy):
                 raise
-            gate.failed(exc, probe)
+            patience = patience or _Patience(deadline, policy, on_unavailable, on_transient)
             time.sleep(patience.after_failure(exc, gate.core))
             continue
         except BaseException:
             gate.released(probe)
             raise
-        gate.succeeded()
+        _answered(gate, probe)
         return answer
