@@ -90,7 +90,10 @@ class DistributedAirflow(AirflowCluster):
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
                 "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60",
-                "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "30",
+                # Longer than any task runs before it defers: Redis hands an unacknowledged message
+                # to a worker again after this, and a second copy of a running try fails it (the
+                # batch reads its 500 inputs' bytes for the ledger before it submits: ~10-60 s).
+                "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "180",
             }
         )
 
