@@ -54,7 +54,7 @@ package: $(STAMP)
 	$(WHEEL_VENV)/bin/python scripts/demo.py --output-dir $(WHEEL_VENV)/demo-output
 
 test: $(STAMP) $(LOWEST_STAMP) browser package
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=15
 	@echo "== the same unit and integration tests on the lowest supported Airflow ($(LOWEST_AIRFLOW)) =="
 	$(LOWEST_VENV)/bin/python -m pytest -ra -m "not e2e" -p no:cacheprovider tests/unit tests/integration
 	@echo "== in a real Airflow $(LOWEST_AIRFLOW): the extra links and the gallery, the ledger, crash safety =="

@@ -238,9 +238,11 @@ class VibeDreamGenerateOperator(BaseOperator):
 
     def _reused(self, context: Context, spec: JobSpec, entry: LedgerEntry) -> dict[str, Any]:
         """The result of an image the ledger says was already upscaled: its stored outputs, cost 0."""
+        # The same file facts as a fresh result (pixel size and format as verified when stored), so a
+        # downstream task reads a reused result the way it reads a paid one.
+        facts = {"uri", "bytes", "sha256", "width", "height", "format"}
         files: list[dict[str, Any]] = [
-            {"uri": out.uri, "bytes": out.bytes, "sha256": out.sha256, "reused": True}
-            for out in entry.outputs
+            {**out.model_dump(include=facts), "reused": True} for out in entry.outputs
         ]
         result: dict[str, Any] = {
             "id": entry.prediction_id,

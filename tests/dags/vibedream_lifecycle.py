@@ -52,7 +52,8 @@ with DAG(dag_id="vibedream_lifecycle_batch", schedule=None, start_date=START, ca
         max_concurrency=2,
         poll_interval=0.5,
         deferrable=False,
-        execution_timeout=timedelta(seconds=5),
+        # Long enough for the fast retry on a loaded CI machine, far too short for the slow first try.
+        execution_timeout=timedelta(seconds=12),
         retries=2,
         retry_delay=timedelta(seconds=1),
     )

@@ -89,7 +89,10 @@ class DistributedAirflow(AirflowCluster):
                 # its running tasks stop heartbeating, its reserved messages come back to the queue.
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
-                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60",
+                # Airflow 3.3 also makes this the lifetime of the token sent with each Celery message:
+                # 700 tasks on 8-16 worker slots wait minutes in the queue, and a message older than
+                # its token fails at its worker with "Invalid auth token" (and the try with it).
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "900",
                 # Longer than any task runs before it defers: Redis hands an unacknowledged message
                 # to a worker again after this, and a second copy of a running try fails it (the
                 # batch reads its 500 inputs' bytes for the ledger before it submits: ~10-60 s).

@@ -136,8 +136,10 @@ def test_a_mapped_task_whose_list_changed_gets_each_index_its_own_image(
         result = cluster.xcom_mapped(dag_id, run_id, "upscale", index)
         sizes.append((result["files"][0]["width"], result["files"][0]["height"]))
         assert sizes[-1] == shapes[shape], f"map index {index} got another image's output"
-    assert stats(emulator)["accepted_submissions"] == 6  # every index asked anew: 3 + 3
-    print(f"\nmapped clear: jobs=6, sizes after clear {sizes} for {rotated}")
+        # The ledger (beside the outputs) knows each image by its content, whichever index now holds it.
+        assert result["reused"] is True and result["cost_cents"] == 0
+    assert stats(emulator)["accepted_submissions"] == 3  # the first run's three, none after the clear
+    print(f"\nmapped clear: jobs=3, sizes after clear {sizes} for {rotated}")
 
 
 def test_a_batch_cut_by_its_execution_timeout_is_retried_without_paying_twice(
@@ -145,8 +147,8 @@ def test_a_batch_cut_by_its_execution_timeout_is_retried_without_paying_twice(
 ) -> None:
     dag_id = "vibedream_lifecycle_batch"
     reset(emulator)
-    # Slow submits, two at a time: 30 images take ~10 s, past the 5 s execution_timeout.
-    faults(emulator, {"route": "submit", "kind": "slow", "delay": 0.7})
+    # Slow submits, two at a time: 30 images take ~30 s, past the 12 s execution_timeout.
+    faults(emulator, {"route": "submit", "kind": "slow", "delay": 2.0})
     images = [f"{emulator.base_url}/samples/{32 + i}x24.png" for i in range(30)]
     run_id = cluster.trigger(dag_id, {"images": json.dumps(images), "output": str(module_tmp / "batch")})
     wait_for(
@@ -183,7 +185,10 @@ def test_permanent_failures_fail_without_retry(
     reset(emulator)
     set_variable(cluster, "vibedream_e2e_resolution", "2k")
     faults(emulator, rule)
-    conf = {"image": f"{emulator.base_url}/samples/320x240.png", "output": str(module_tmp / "fail")}
+    # An output path per case: the first case leaves its image in "submission state unknown" in the
+    # ledger beside its outputs, which would (rightly) stop the next case before any request.
+    output = module_tmp / f"fail-{rule['kind']}"
+    conf = {"image": f"{emulator.base_url}/samples/320x240.png", "output": str(output)}
     run_id = cluster.trigger(dag_id, conf)
     try:
         assert cluster.wait_for_run(dag_id, run_id) == "failed"

@@ -53,6 +53,10 @@ def test_a_second_run_reuses_the_stored_outputs_and_pays_nothing(
     assert jobs(vibedream_conn) == 1
     assert second["reused"] is True and second["cost_cents"] == 0
     assert second["id"] == first["id"] and second["outputs"] == first["outputs"]
+    # The file facts a downstream task reads are those of the paid result (pixel size, format, hash).
+    keep = ("uri", "bytes", "sha256", "width", "height", "format")
+    facts = [[{k: f[k] for k in keep} for f in result["files"]] for result in (first, second)]
+    assert facts[0] == facts[1]
 
 
 def test_the_same_bytes_under_another_name_are_the_same_image(
