@@ -501,100 +501,38 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         outcome: dict[str, tuple[str, str | None]],
         ledger: BatchLedger | None = None,
     ) -> dict[str, Any]:
-        client = self.hook.get_client()
+        """Store every finished job's outputs, write the manifest (one line per image), complete the
+        ledger, publish the final progress; fail the task if asked to and something failed."""
         ti = context["ti"]
         target = OutputTarget(
             self.output_path, self.output_name_template, self.output_conn_id or self.aws_conn_id
         )
-        not_submitted = self._not_submitted
-        policy = self._download_policy
+        client = self.hook.get_client()
         stored_by_key: dict[str, list[StoredOutput]] = {}
 
         def line(item: BatchImage) -> dict[str, Any]:
-            if (reused := self._reused.get(item.key)) is not None:
-                return {
-                    "input": item.image,
-                    "prediction_id": reused.prediction_id,
-                    "status": STATUS_REUSED,
-                    "outputs": [out.uri for out in reused.outputs],
-                    "error": None,
-                    "cost_cents": 0,
-                }
-            record = records.get(item.key)
-            base, to_fetch = line_before_download(item.image, record, outcome, not_submitted.get(item.key))
-            if not to_fetch or record is None or record.prediction_id is None:
-                return base
-            try:
-                prediction = client.get_prediction(record.prediction_id)
-                if not prediction.succeeded:
-                    return {**base, "status": prediction.status, "outputs": None, "error": prediction.error}
-                stored = target.store(
-                    prediction, ti, self.output_format, policy, self._expectation(item, policy)
-                )
-                stored_by_key[item.key] = stored
-                return {
-                    **base,
-                    "status": "completed",
-                    "outputs": [s.uri for s in stored],
-                    "error": None,
-                    "checks": list(stored[0].checks) if stored else [],
-                }
-            except InvalidOutputError as exc:  # complete but not what was asked: final, never stored
-                return {**base, "status": STATUS_INVALID_OUTPUT, "outputs": None, "error": str(exc)}
-            except Exception as exc:  # one image's trouble never costs the manifest of the others
-                if not isinstance(exc, VibeDreamError):
-                    self.log.exception("VibeDream batch: storing the outputs of %s failed", item.image)
-                return {
-                    **base,
-                    "status": "failed",
-                    "outputs": None,
-                    "error": str(exc) if isinstance(exc, VibeDreamError) else f"{type(exc).__name__}: {exc}",
-                    "retryable": not is_permanent(exc),  # e.g. a download cut short
-                }
+            return self._manifest_line(
+                item, records.get(item.key), outcome, (client, target, ti), stored_by_key
+            )
 
         # One download per distinct job (repeated images share one), then one manifest line per image.
         unique = list({item.key: item for item in items}.values())
         with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="vibedream-download") as pool:
             by_key = dict(zip((item.key for item in unique), pool.map(line, unique), strict=True))
         if ledger is not None:
-            ledger.record_completed(
-                [
-                    (item, records[item.key], stored_by_key[item.key])
-                    for item in unique
-                    if item.key in stored_by_key
-                ]
-            )
-            # A job that failed for good is forgotten: the next run submits its image anew.
-            ledger.forget(
-                [
-                    records[key]
-                    for key, value in by_key.items()
-                    if value["status"] == "failed" and not value.get("retryable") and key in records
-                ]
-            )
+            _complete_in_ledger(ledger, unique, records, by_key, stored_by_key)
         lines = [{**by_key[item.key], "input": item.image} for item in items]
-        manifest = manifest_uri(self.output_path, ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
         retryable = any(
             item["status"] in (STATUS_NOT_SUBMITTED, STATUS_TIMEOUT) or item.pop("retryable", False)
             for item in lines
         )
         for item in lines:
             item.pop("retryable", None)
+        manifest = manifest_uri(self.output_path, ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
         write_text_atomically(
             manifest, "".join(json.dumps(item) + "\n" for item in lines), conn_id=target.conn_id
         )
-        completed = sum(1 for item in lines if item["status"] == "completed")
-        reused = sum(1 for item in lines if item["status"] == STATUS_REUSED)
-        unknown = [item["input"] for item in lines if item["status"] == STATUS_UNKNOWN]
-        summary = {
-            "total": len(lines),
-            "completed": completed,
-            "reused": reused,
-            "failed": len(lines) - completed - reused,
-            "unknown": len(unknown),
-            "total_cost_cents": sum(r.cost_cents or 0 for r in records.values()),
-            "manifest": manifest,
-        }
+        summary = _summary(lines, records, manifest)
         self.log.info("VibeDream batch finished: %s", summary)
         jobs = {r.prediction_id for r in records.values() if r.prediction_id}
         final = (
@@ -603,19 +541,115 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                 done=len(jobs) - sum(1 for state, _ in outcome.values() if state == PENDING),
                 failed=sum(1 for state, _ in outcome.values() if state == FAILED),
             )
-            .finished(completed_images=completed + reused, manifest=manifest)
+            .finished(completed_images=summary["completed"] + summary["reused"], manifest=manifest)
         )
         ti.xcom_push(key=PROGRESS_XCOM_KEY, value=final.to_json())
         if self.fail_on_error and summary["failed"]:
-            message = f"{summary['failed']} of {summary['total']} images failed; see the manifest {manifest}"
-            if unknown:
-                message += (
-                    ". Submission state unknown (sent, answer lost: they may exist and be billed; NOT "
-                    f"resubmitted, check your VibeDream dashboard): {', '.join(unknown)}"
-                )
-            # Only a retry that can change something is allowed: images never submitted, or cut by the
-            # deadline, or lost to a transient error. Failed predictions and unknown states are final.
-            if retryable:
-                raise AirflowException(message)
-            raise AirflowFailException(message)
+            _fail(summary, [item["input"] for item in lines if item["status"] == STATUS_UNKNOWN], retryable)
         return summary
+
+    def _manifest_line(
+        self,
+        item: BatchImage,
+        record: SubmissionRecord | None,
+        outcome: dict[str, tuple[str, str | None]],
+        storing: tuple[VibeDreamClient, OutputTarget, Any],
+        stored_by_key: dict[str, list[StoredOutput]],
+    ) -> dict[str, Any]:
+        """One image's manifest line: reused, decided before any download, or its outputs stored
+        (and checked against what was asked) now, through ``storing`` (the client, where outputs go,
+        the task instance they are named for). Never raises: one image's trouble is its line's."""
+        if (reused := self._reused.get(item.key)) is not None:
+            return {
+                "input": item.image,
+                "prediction_id": reused.prediction_id,
+                "status": STATUS_REUSED,
+                "outputs": [out.uri for out in reused.outputs],
+                "error": None,
+                "cost_cents": 0,
+            }
+        base, to_fetch = line_before_download(item.image, record, outcome, self._not_submitted.get(item.key))
+        if not to_fetch or record is None or record.prediction_id is None:
+            return base
+        client, target, ti = storing
+        policy = self._download_policy
+        try:
+            prediction = client.get_prediction(record.prediction_id)
+            if not prediction.succeeded:
+                return {**base, "status": prediction.status, "outputs": None, "error": prediction.error}
+            stored = target.store(prediction, ti, self.output_format, policy, self._expectation(item, policy))
+            stored_by_key[item.key] = stored
+            return {
+                **base,
+                "status": "completed",
+                "outputs": [s.uri for s in stored],
+                "error": None,
+                "checks": list(stored[0].checks) if stored else [],
+            }
+        except InvalidOutputError as exc:  # complete but not what was asked: final, never stored
+            return {**base, "status": STATUS_INVALID_OUTPUT, "outputs": None, "error": str(exc)}
+        except Exception as exc:  # one image's trouble never costs the manifest of the others
+            if not isinstance(exc, VibeDreamError):
+                self.log.exception("VibeDream batch: storing the outputs of %s failed", item.image)
+            return {
+                **base,
+                "status": "failed",
+                "outputs": None,
+                "error": str(exc) if isinstance(exc, VibeDreamError) else f"{type(exc).__name__}: {exc}",
+                "retryable": not is_permanent(exc),  # e.g. a download cut short
+            }
+
+
+def _complete_in_ledger(
+    ledger: BatchLedger,
+    unique: list[BatchImage],
+    records: dict[str, SubmissionRecord],
+    by_key: dict[str, dict[str, Any]],
+    stored_by_key: dict[str, list[StoredOutput]],
+) -> None:
+    """The ledger after the outputs were stored: each stored image completed with its outputs; a job
+    that failed for good forgotten, so the next run submits its image anew."""
+    ledger.record_completed(
+        [(item, records[item.key], stored_by_key[item.key]) for item in unique if item.key in stored_by_key]
+    )
+    ledger.forget(
+        [
+            records[key]
+            for key, value in by_key.items()
+            if value["status"] == "failed" and not value.get("retryable") and key in records
+        ]
+    )
+
+
+def _summary(
+    lines: list[dict[str, Any]], records: dict[str, SubmissionRecord], manifest: str
+) -> dict[str, Any]:
+    """The task's return value: counts by outcome, the cost of this batch's jobs, the manifest."""
+    completed = sum(1 for item in lines if item["status"] == "completed")
+    reused = sum(1 for item in lines if item["status"] == STATUS_REUSED)
+    return {
+        "total": len(lines),
+        "completed": completed,
+        "reused": reused,
+        "failed": len(lines) - completed - reused,
+        "unknown": sum(1 for item in lines if item["status"] == STATUS_UNKNOWN),
+        "total_cost_cents": sum(r.cost_cents or 0 for r in records.values()),
+        "manifest": manifest,
+    }
+
+
+def _fail(summary: dict[str, Any], unknown: list[str], retryable: bool) -> None:
+    """Fail the task for the failed images. Only a retry that can change something is allowed: images
+    never submitted, or cut by the deadline, or lost to a transient error. Failed predictions and
+    unknown states are final."""
+    message = (
+        f"{summary['failed']} of {summary['total']} images failed; see the manifest {summary['manifest']}"
+    )
+    if unknown:
+        message += (
+            ". Submission state unknown (sent, answer lost: they may exist and be billed; NOT "
+            f"resubmitted, check your VibeDream dashboard): {', '.join(unknown)}"
+        )
+    if retryable:
+        raise AirflowException(message)
+    raise AirflowFailException(message)

@@ -223,68 +223,35 @@ class VibeDreamBatchTrigger(BaseTrigger):
         yield TriggerEvent(event)
 
     async def _wait(self) -> BatchEvent:
-        total = len(self.prediction_ids)
-        outstanding = set(self.prediction_ids)
-        failed: dict[str, str] = {}
-        started = time.monotonic()
-        hook = VibeDreamHook(self.vibedream_conn_id)
-        keys = KeyRotation(hook, self.log)
-        progress = ProgressPublisher(self.progress, self.log)
-        report = Throttled(lambda seconds, error: log_unavailable(self.log, seconds, error))
-        rotated = asyncio.Event()
-        rotating = asyncio.Lock()
+        return await _BatchWait(self).until_all_over()
 
-        async def one(prediction_id: str) -> None:
-            # Each image is waited for by the loop's one scheduler, with the same cadence as a
-            # single-image trigger's (no polling in rounds): one heap entry per image.
-            retried = False
-            while True:
-                scheduler = loop_scheduler(self.vibedream_conn_id, hook.get_shared_async_client)
-                try:
-                    answer: Prediction | VibeDreamError = await scheduler.wait(
-                        prediction_id,
-                        interval=self.poll_interval,
-                        deadline=self.end_time,
-                        kind=self.duration_kind or "default",
-                        on_unavailable=report,
-                    )
-                except VibeDreamTimeoutError:  # the deadline: this image stays pending
-                    return
-                except VibeDreamAuthError as exc:
-                    async with rotating:  # one connection re-read for the whole batch
-                        if not rotated.is_set():
-                            await keys.after_refusal(await hook.get_shared_async_client(), exc)
-                            rotated.set()
-                        elif retried:
-                            raise
-                    retried = True
-                    continue
-                except VibeDreamError as exc:
-                    answer = exc  # a 404 fails this image only; poll_outcome raises anything else
-                state, error = poll_outcome(answer)
-                outstanding.discard(prediction_id)
-                if state == FAILED:
-                    failed[prediction_id] = error or "failed (no reason given)"
-                done = total - len(outstanding)
-                await progress.publish(
-                    self.task_instance, done=done, failed=len(failed), force=not outstanding
-                )
-                return
+    def _log_progress(self, total: int, pending: int, failures: int, elapsed: float) -> None:
+        self.log.info(
+            "VibeDream batch: %d/%d done, %d failed, %.0fs elapsed", total - pending, total, failures, elapsed
+        )
 
-        async def report_progress() -> None:
-            # The gallery's progress every few seconds (completions alone would leave it stale when
-            # the last jobs finish close together), the log line every progress_interval.
-            last_line = time.monotonic()
-            while True:
-                await asyncio.sleep(min(PUBLISH_EVERY, self.progress_interval))
-                done = total - len(outstanding)
-                await progress.publish(self.task_instance, done=done, failed=len(failed))
-                if time.monotonic() - last_line >= self.progress_interval:
-                    last_line = time.monotonic()
-                    self._log_progress(total, len(outstanding), len(failed), last_line - started)
 
-        reporter = asyncio.ensure_future(report_progress())
-        waits = [asyncio.ensure_future(one(prediction_id)) for prediction_id in sorted(outstanding)]
+class _BatchWait:
+    """One batch trigger's wait: every image through the loop's one poll scheduler, what is still
+    outstanding and what failed, the progress kept current, one key re-read for the whole batch."""
+
+    def __init__(self, trigger: VibeDreamBatchTrigger) -> None:
+        self.trigger = trigger
+        self.total = len(trigger.prediction_ids)
+        self.outstanding = set(trigger.prediction_ids)
+        self.failed: dict[str, str] = {}
+        self.started = time.monotonic()
+        self.hook = VibeDreamHook(trigger.vibedream_conn_id)
+        self.keys = KeyRotation(self.hook, trigger.log)
+        self.progress = ProgressPublisher(trigger.progress, trigger.log)
+        self.report = Throttled(lambda seconds, error: log_unavailable(trigger.log, seconds, error))
+        self.rotated = asyncio.Event()
+        self.rotating = asyncio.Lock()
+
+    async def until_all_over(self) -> BatchEvent:
+        """Wait for every image (or the deadline, or the first error that ends them all): the event."""
+        reporter = asyncio.ensure_future(self.report_progress())
+        waits = [asyncio.ensure_future(self.one(prediction_id)) for prediction_id in sorted(self.outstanding)]
         try:
             # The first error of the batch (a refused key that did not change) ends every wait.
             await asyncio.wait(waits, return_when=asyncio.FIRST_EXCEPTION)
@@ -294,19 +261,76 @@ class VibeDreamBatchTrigger(BaseTrigger):
             for wait in waits:
                 wait.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
+        return self.event(stopped)
+
+    def event(self, stopped: BaseException | None) -> BatchEvent:
+        total, failed, pending, log = self.total, self.failed, sorted(self.outstanding), self.trigger.log
         if isinstance(stopped, VibeDreamError):
-            self.log.error("Stopped waiting for the VibeDream batch: %s", stopped)
-            return batch_event(EVENT_ERROR, total, failed, sorted(outstanding), str(stopped), stopped)
+            log.error("Stopped waiting for the VibeDream batch: %s", stopped)
+            return batch_event(EVENT_ERROR, total, failed, pending, str(stopped), stopped)
         if stopped is not None:
-            self.log.error("Stopped waiting for the VibeDream batch", exc_info=stopped)
+            log.error("Stopped waiting for the VibeDream batch", exc_info=stopped)
             wrapped = as_waiting_error(stopped)
-            return batch_event(EVENT_ERROR, total, failed, sorted(outstanding), str(wrapped), wrapped)
-        self._log_progress(total, len(outstanding), len(failed), time.monotonic() - started)
-        if outstanding:
-            return batch_event(EVENT_TIMEOUT, total, failed, sorted(outstanding), "deadline reached")
+            return batch_event(EVENT_ERROR, total, failed, pending, str(wrapped), wrapped)
+        self.trigger._log_progress(total, len(pending), len(failed), time.monotonic() - self.started)
+        if pending:
+            return batch_event(EVENT_TIMEOUT, total, failed, pending, "deadline reached")
         return batch_event(EVENT_SUCCESS, total, failed, [], f"{total - len(failed)} of {total} completed")
 
-    def _log_progress(self, total: int, pending: int, failures: int, elapsed: float) -> None:
-        self.log.info(
-            "VibeDream batch: %d/%d done, %d failed, %.0fs elapsed", total - pending, total, failures, elapsed
+    async def one(self, prediction_id: str) -> None:
+        """Wait for one image, with the same cadence as a single-image trigger's (no polling in
+        rounds): one heap entry per image."""
+        trigger = self.trigger
+        retried = False
+        while True:
+            scheduler = loop_scheduler(trigger.vibedream_conn_id, self.hook.get_shared_async_client)
+            try:
+                answer: Prediction | VibeDreamError = await scheduler.wait(
+                    prediction_id,
+                    interval=trigger.poll_interval,
+                    deadline=trigger.end_time,
+                    kind=trigger.duration_kind or "default",
+                    on_unavailable=self.report,
+                )
+            except VibeDreamTimeoutError:  # the deadline: this image stays pending
+                return
+            except VibeDreamAuthError as exc:
+                async with self.rotating:  # one connection re-read for the whole batch
+                    if not self.rotated.is_set():
+                        await self.keys.after_refusal(await self.hook.get_shared_async_client(), exc)
+                        self.rotated.set()
+                    elif retried:
+                        raise
+                retried = True
+                continue
+            except VibeDreamError as exc:
+                answer = exc  # a 404 fails this image only; poll_outcome raises anything else
+            await self.over(prediction_id, answer)
+            return
+
+    async def over(self, prediction_id: str, answer: Prediction | VibeDreamError) -> None:
+        state, error = poll_outcome(answer)
+        self.outstanding.discard(prediction_id)
+        if state == FAILED:
+            self.failed[prediction_id] = error or "failed (no reason given)"
+        await self.progress.publish(
+            self.trigger.task_instance,
+            done=self.total - len(self.outstanding),
+            failed=len(self.failed),
+            force=not self.outstanding,
         )
+
+    async def report_progress(self) -> None:
+        """The gallery's progress every few seconds (completions alone would leave it stale when the
+        last jobs finish close together), the log line every progress_interval."""
+        trigger = self.trigger
+        last_line = time.monotonic()
+        while True:
+            await asyncio.sleep(min(PUBLISH_EVERY, trigger.progress_interval))
+            done = self.total - len(self.outstanding)
+            await self.progress.publish(trigger.task_instance, done=done, failed=len(self.failed))
+            if time.monotonic() - last_line >= trigger.progress_interval:
+                last_line = time.monotonic()
+                trigger._log_progress(
+                    self.total, len(self.outstanding), len(self.failed), last_line - self.started
+                )

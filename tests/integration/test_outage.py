@@ -60,7 +60,11 @@ def one_retry(vibedream_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -
 def test_fifty_triggers_ride_out_an_outage_longer_than_their_retry_budget(one_retry: EmulatorServer) -> None:
     vibedream_conn = one_retry
     ids = [submit(vibedream_conn) for _ in range(50)]
-    time.sleep(0.5)  # the jobs finish (0.3 s) before the outage: only the waiting is at stake
+    # The jobs finish before the outage (~0.3 s): only the waiting is at stake.
+    until(
+        lambda: httpx.get(f"{vibedream_conn.base_url}/_emulator/stats").json()["processing"] == 0,
+        what="the 50 jobs to finish",
+    )
     outage(vibedream_conn, 6.0)
     triggers = [VibeDreamPredictionTrigger(pid, poll_interval=0.5, end_time=time.time() + 60) for pid in ids]
     events = asyncio.run(fire_all(triggers))
