@@ -29,12 +29,12 @@ from tests.e2e.test_crash_safety import copy_dags, files_containing
 
 # Every mapped task is two Celery executions (submit, resume) of a few CPU seconds each: on a 2-core
 # machine 200 mapped + 500 batched images took ~980 s (VIBEDREAM_DIST_MAPPED=200
-# VIBEDREAM_DIST_BATCH=500). The default proves the same at a quarter of that: a worker killed while it
-# holds >= 4 running tasks, a triggerer while it holds >= 4 deferred ones, one batch of hundreds.
+# VIBEDREAM_DIST_BATCH=500), 48 + 200 ~340 s. The default proves the same in less: a worker killed
+# while it holds >= 4 running tasks, a triggerer while it holds >= 4 deferred ones, a batch of 120.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
-MAPPED = int(os.environ.get("VIBEDREAM_DIST_MAPPED", "48"))
-BATCH = int(os.environ.get("VIBEDREAM_DIST_BATCH", "200"))
+MAPPED = int(os.environ.get("VIBEDREAM_DIST_MAPPED", "32"))
+BATCH = int(os.environ.get("VIBEDREAM_DIST_BATCH", "120"))
 
 
 @pytest.fixture(scope="module")
