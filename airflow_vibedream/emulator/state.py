@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from airflow_vibedream.emulator.contract import (
     PREDICTION_ROUTE,
@@ -30,6 +31,16 @@ from airflow_vibedream.emulator.imaging import ENCODERS, MEDIA_TYPES, InputImage
 #: Largest input the emulator downloads; the real service has a limit too, and an unbounded read
 #: would let one bad URL exhaust the emulator's memory.
 MAX_INPUT_BYTES = 64 * 1024 * 1024
+
+
+#: Input fetch failures that say the connection failed or dropped, not that the input is bad or slow.
+_DROPPED = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ReadError,
+    httpx.RemoteProtocolError,
+)
 
 
 @dataclass
@@ -236,28 +247,40 @@ class EmulatorState:
         return [f"{self.assets_base_url}/outputs/{prediction.id}/{name}"]
 
     async def _fetch_input(self, url: str) -> bytes:
-        if self._fetcher is None:
-            self._fetcher = httpx.AsyncClient(timeout=self.config.fetch_timeout, follow_redirects=True)
+        # A connection that fails or drops is tried again, as a hosted API's fetcher would: on a
+        # loaded test machine one lost connection must not fail a job the client paid for. A slow
+        # answer is not retried (a hostile input's drip would take three times as long).
         try:
-            async with self._fetcher.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise InputImageError(
-                        f"Failed to fetch the input image from {url}: HTTP {response.status_code}"
-                    )
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_INPUT_BYTES:
-                        raise InputImageError(
-                            f"The input image at {url} is larger than {MAX_INPUT_BYTES} bytes"
-                        )
-                    chunks.append(chunk)
-                return b"".join(chunks)
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(_DROPPED),
+                stop=stop_after_attempt(3),
+                wait=wait_fixed(0.5),
+                reraise=True,
+            ):
+                with attempt:
+                    return await self._fetch_input_once(url)
         except httpx.HTTPError as exc:
             raise InputImageError(
                 f"Failed to fetch the input image from {url}: {type(exc).__name__} {exc}".rstrip()
             ) from exc
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _fetch_input_once(self, url: str) -> bytes:
+        if self._fetcher is None:
+            self._fetcher = httpx.AsyncClient(timeout=self.config.fetch_timeout, follow_redirects=True)
+        async with self._fetcher.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise InputImageError(
+                    f"Failed to fetch the input image from {url}: HTTP {response.status_code}"
+                )
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_INPUT_BYTES:
+                    raise InputImageError(f"The input image at {url} is larger than {MAX_INPUT_BYTES} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
 
     def output_file(self, prediction_id: str, name: str) -> Path | None:
         if prediction_id not in self.predictions or "/" in name or name.startswith("."):

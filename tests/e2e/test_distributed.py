@@ -84,6 +84,15 @@ def broker_texts(airflow: DistributedAirflow) -> list[bytes]:
     return texts
 
 
+def print_unfinished_lines(s3_objects: Any, prefix: str) -> None:
+    """Every manifest line below ``prefix`` that is not ``completed``."""
+    listed = s3_objects.list_objects_v2(Bucket=S3_BUCKET, Prefix=prefix.replace(":", "_").replace("+", "_"))
+    for item in listed.get("Contents", []):
+        if item["Key"].endswith("manifest.jsonl"):
+            body = s3_objects.get_object(Bucket=S3_BUCKET, Key=item["Key"])["Body"].read().decode()
+            print(*(line for line in body.splitlines() if '"completed"' not in line), sep="\n")
+
+
 def served_sha256(emulator: EmulatorProcess, prediction_id: str) -> list[str]:
     """The sha256 of each output the emulator serves for ``prediction_id`` (fetched over the bridge)."""
     prediction = httpx.get(
@@ -140,7 +149,10 @@ def test_mapped_and_batch_survive_a_killed_worker_and_a_killed_triggerer(
     airflow.kill("triggerer-1", signal.SIGKILL)
 
     assert airflow.wait_for_run("vibedream_distributed_mapped", mapped_run, timeout=1200) == "success"
-    assert airflow.wait_for_run("vibedream_distributed_batch", batch_run, timeout=1200) == "success"
+    batch_state = airflow.wait_for_run("vibedream_distributed_batch", batch_run, timeout=1200)
+    if batch_state != "success":  # the manifest says which image failed and why (the S3 server goes)
+        print_unfinished_lines(s3_client(s3), f"batch/vibedream_distributed_batch/{batch_run}")
+    assert batch_state == "success"
     wall = time.monotonic() - started
     mapped = [
         ti
