@@ -250,20 +250,18 @@ class EmulatorState:
         # A connection that fails or drops is tried again, as a hosted API's fetcher would: on a
         # loaded test machine one lost connection must not fail a job the client paid for. A slow
         # answer is not retried (a hostile input's drip would take three times as long).
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_DROPPED),
+            stop=stop_after_attempt(3),
+            wait=wait_fixed(0.5),
+            reraise=True,
+        )
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(_DROPPED),
-                stop=stop_after_attempt(3),
-                wait=wait_fixed(0.5),
-                reraise=True,
-            ):
-                with attempt:
-                    return await self._fetch_input_once(url)
+            return await retrying(self._fetch_input_once, url)
         except httpx.HTTPError as exc:
             raise InputImageError(
                 f"Failed to fetch the input image from {url}: {type(exc).__name__} {exc}".rstrip()
             ) from exc
-        raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def _fetch_input_once(self, url: str) -> bytes:
         if self._fetcher is None:

@@ -512,7 +512,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
 
         def line(item: BatchImage) -> dict[str, Any]:
             return self._manifest_line(
-                item, records.get(item.key), outcome, (client, target, ti), stored_by_key
+                item, records.get(item.key), outcome, client, target, ti, stored_by_key
             )
 
         # One download per distinct job (repeated images share one), then one manifest line per image.
@@ -523,7 +523,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             _complete_in_ledger(ledger, unique, records, by_key, stored_by_key)
         lines = [{**by_key[item.key], "input": item.image} for item in items]
         retryable = any(
-            item["status"] in (STATUS_NOT_SUBMITTED, STATUS_TIMEOUT) or item.pop("retryable", False)
+            item["status"] in (STATUS_NOT_SUBMITTED, STATUS_TIMEOUT) or item.get("retryable", False)
             for item in lines
         )
         for item in lines:
@@ -553,12 +553,14 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         item: BatchImage,
         record: SubmissionRecord | None,
         outcome: dict[str, tuple[str, str | None]],
-        storing: tuple[VibeDreamClient, OutputTarget, Any],
+        client: VibeDreamClient,
+        target: OutputTarget,
+        ti: Any,
         stored_by_key: dict[str, list[StoredOutput]],
     ) -> dict[str, Any]:
         """One image's manifest line: reused, decided before any download, or its outputs stored
-        (and checked against what was asked) now, through ``storing`` (the client, where outputs go,
-        the task instance they are named for). Never raises: one image's trouble is its line's."""
+        (and checked against what was asked) now, named for ``ti``. Never raises: one image's trouble
+        is its line's."""
         if (reused := self._reused.get(item.key)) is not None:
             return {
                 "input": item.image,
@@ -571,7 +573,6 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         base, to_fetch = line_before_download(item.image, record, outcome, self._not_submitted.get(item.key))
         if not to_fetch or record is None or record.prediction_id is None:
             return base
-        client, target, ti = storing
         policy = self._download_policy
         try:
             prediction = client.get_prediction(record.prediction_id)

@@ -225,11 +225,6 @@ class VibeDreamBatchTrigger(BaseTrigger):
     async def _wait(self) -> BatchEvent:
         return await _BatchWait(self).until_all_over()
 
-    def _log_progress(self, total: int, pending: int, failures: int, elapsed: float) -> None:
-        self.log.info(
-            "VibeDream batch: %d/%d done, %d failed, %.0fs elapsed", total - pending, total, failures, elapsed
-        )
-
 
 class _BatchWait:
     """One batch trigger's wait: every image through the loop's one poll scheduler, what is still
@@ -272,7 +267,7 @@ class _BatchWait:
             log.error("Stopped waiting for the VibeDream batch", exc_info=stopped)
             wrapped = as_waiting_error(stopped)
             return batch_event(EVENT_ERROR, total, failed, pending, str(wrapped), wrapped)
-        self.trigger._log_progress(total, len(pending), len(failed), time.monotonic() - self.started)
+        self.log_progress()
         if pending:
             return batch_event(EVENT_TIMEOUT, total, failed, pending, "deadline reached")
         return batch_event(EVENT_SUCCESS, total, failed, [], f"{total - len(failed)} of {total} completed")
@@ -331,6 +326,14 @@ class _BatchWait:
             await self.progress.publish(trigger.task_instance, done=done, failed=len(self.failed))
             if time.monotonic() - last_line >= trigger.progress_interval:
                 last_line = time.monotonic()
-                trigger._log_progress(
-                    self.total, len(self.outstanding), len(self.failed), last_line - self.started
-                )
+                self.log_progress()
+
+    def log_progress(self) -> None:
+        pending, elapsed = len(self.outstanding), time.monotonic() - self.started
+        self.trigger.log.info(
+            "VibeDream batch: %d/%d done, %d failed, %.0fs elapsed",
+            self.total - pending,
+            self.total,
+            len(self.failed),
+            elapsed,
+        )
