@@ -5,13 +5,10 @@ benchmarks all use it. One concept per module:
 - :mod:`~airflow_vibedream.client.models`: what comes back (``Prediction``);
 - :mod:`~airflow_vibedream.client.settings`: client settings and the retry policy;
 - :mod:`~airflow_vibedream.client.calls`: building a call and mapping its answer to a result or error;
-- :mod:`~airflow_vibedream.client.sync` and :mod:`~airflow_vibedream.client.aio`: the two clients;
-- :mod:`~airflow_vibedream.client.schedule`: when to poll (the fixed schedule);
-- :mod:`~airflow_vibedream.client.gate`: the outage gate (one per API per loop or process) and the
-  patient poll through it.
+- :mod:`~airflow_vibedream.client.sync` and :mod:`~airflow_vibedream.client.aio`: the two clients.
 
-How the triggers wait (the poll scheduler, the learned durations, the poll window, the gate's
-decisions) is in :mod:`airflow_vibedream.waiting`.
+Waiting for a prediction (what each answer means, when to poll, the outage gate, the triggerer's
+scheduler and the worker's wait) is :mod:`airflow_vibedream.waiting`, built on these clients.
 
 Errors live in :mod:`airflow_vibedream.errors` and are imported from there.
 """

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +11,6 @@ import httpx
 import tenacity
 
 from airflow_vibedream.client.calls import Api, ApiCall, CappedBody
-from airflow_vibedream.client.gate import OutageReport, loop_gate, poll_patiently_async
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.request import UpscaleRequest
 from airflow_vibedream.client.settings import ClientSettings
@@ -191,48 +190,13 @@ class AsyncVibeDreamClient:
         """Poll a prediction once (transient errors retried per the policy, unless ``retry`` is False)."""
         return await self._call(self._api.get_prediction(prediction_id), fast=True, retry=retry)
 
-    async def poll_patiently(
-        self,
-        prediction_id: str,
-        *,
-        deadline: float | None,
-        resume_within: float,
-        on_unavailable: OutageReport | None = None,
-        on_transient: Callable[[VibeDreamError], None] | None = None,
-    ) -> Prediction:
-        """Poll once, riding out transient failures until ``deadline`` (then
-        :class:`VibeDreamTimeoutError`) through this loop's shared outage gate.
+    def hold(self) -> None:
+        """Mark the client in use across more than one call (a poll riding out an outage), so a
+        retirement (:meth:`retire`) closes it only after :meth:`release`."""
+        self._users += 1
 
-        :param resume_within: seconds over which pollers held back by an outage resume (their poll interval).
-        :param on_unavailable: called with (seconds unavailable, last error) at most every 30 s.
-        :param on_transient: called with every transient failure (429, 5xx, network) before its retry.
-        """
-        self._users += 1  # held across an outage's waits, so a retirement waits for it
-        try:
-            return await self._poll_patiently(
-                prediction_id, deadline, resume_within, on_unavailable, on_transient
-            )
-        finally:
-            self._release()
-
-    async def _poll_patiently(
-        self,
-        prediction_id: str,
-        deadline: float | None,
-        resume_within: float,
-        on_unavailable: OutageReport | None,
-        on_transient: Callable[[VibeDreamError], None] | None = None,
-    ) -> Prediction:
-        return await poll_patiently_async(
-            lambda: self.get_prediction(prediction_id, retry=False),
-            gate=loop_gate(self.settings.base_url),
-            prediction_id=prediction_id,
-            deadline=deadline,
-            policy=self.settings.retry,
-            resume_within=resume_within,
-            on_unavailable=on_unavailable,
-            on_transient=on_transient,
-        )
+    def release(self) -> None:
+        self._release()
 
     async def aclose(self) -> None:
         if self._closed:

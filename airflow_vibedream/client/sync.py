@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import tenacity
 
-from airflow_vibedream.client.calls import Api, ApiCall, CappedBody, deadline_reached
-from airflow_vibedream.client.gate import OutageReport, poll_patiently, process_gate
+from airflow_vibedream.client.calls import Api, ApiCall, CappedBody
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.request import UpscaleRequest
-from airflow_vibedream.client.schedule import StatusTracker, next_sleep
 from airflow_vibedream.client.settings import ClientSettings
 from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL, UPSCALER_MODEL_ID
 from airflow_vibedream.errors import VibeDreamError
+
+if TYPE_CHECKING:
+    from airflow_vibedream.waiting.gate import OutageReport
 
 
 class VibeDreamClient:
@@ -72,49 +73,46 @@ class VibeDreamClient:
         """Poll a prediction once (transient errors retried per the policy, unless ``retry`` is False)."""
         return self._call(self._api.get_prediction(prediction_id), retry=retry)
 
-    def poll_patiently(
-        self,
-        prediction_id: str,
-        *,
-        deadline: float | None,
-        resume_within: float,
-        on_unavailable: OutageReport | None = None,
-    ) -> Prediction:
-        """Poll once, riding out transient failures until ``deadline`` (then
-        :class:`VibeDreamTimeoutError`) through this process's shared outage gate."""
-        return poll_patiently(
-            lambda: self.get_prediction(prediction_id, retry=False),
-            gate=process_gate(self.settings.base_url),
-            prediction_id=prediction_id,
-            deadline=deadline,
-            policy=self.settings.retry,
-            resume_within=resume_within,
-            on_unavailable=on_unavailable,
-        )
-
     def wait_for_prediction(
         self,
         prediction_id: str,
         *,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         deadline: float | None = None,
+        kind: str = "default",
+        created_at: float | None = None,
         on_status_change: Callable[[Prediction, float], None] | None = None,
         on_unavailable: OutageReport | None = None,
+        reread: Callable[[], VibeDreamClient | None] | None = None,
     ) -> Prediction:
         """Poll until the prediction is terminal, riding out outages; raise
         :class:`VibeDreamTimeoutError` at ``deadline`` (epoch seconds). Returns the terminal
-        prediction, failed or not."""
-        tracker = StatusTracker(on_status_change)
-        while True:
-            prediction = self.poll_patiently(
-                prediction_id, deadline=deadline, resume_within=poll_interval, on_unavailable=on_unavailable
-            )
-            tracker.observe(prediction)
-            if prediction.is_terminal:
-                return prediction
-            if deadline is not None and time.time() >= deadline:
-                raise deadline_reached(prediction_id, deadline)
-            time.sleep(next_sleep(poll_interval, deadline))
+        prediction, failed or not. The same decisions as the triggers' wait
+        (:mod:`airflow_vibedream.waiting.decisions`), in the calling thread.
+
+        :param kind: what kind of job (model and resolution): when to poll is learned per kind.
+        :param created_at: the job's creation, epoch seconds, if known.
+        :param reread: after a refused key, a client of the re-read connection if it changed (else
+            None); without it a refusal is final.
+        """
+        # Imported here: the waiting package builds on this client, not the other way round.
+        from airflow_vibedream.waiting.blocking import wait_in_worker
+        from airflow_vibedream.waiting.decisions import PredictionWait
+        from airflow_vibedream.waiting.status import StatusTracker
+
+        wait = PredictionWait(
+            prediction_id, interval=poll_interval, deadline=deadline, kind=kind, created_at=created_at
+        )
+        outcome = wait_in_worker(
+            self,
+            [wait],
+            observe=StatusTracker(on_status_change).observe,
+            on_unavailable=on_unavailable,
+            reread=reread,
+        )[prediction_id]
+        if isinstance(outcome, VibeDreamError):
+            raise outcome
+        return outcome
 
     def close(self) -> None:
         self._http.close()

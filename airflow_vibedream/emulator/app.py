@@ -187,6 +187,7 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
 
     @app.get(PREDICTION_ROUTE)
     async def get_prediction(prediction_id: str, request: Request) -> Response:
+        state.counters["polls"] += 1
         if not authorized(request):
             return unauthorized()
         fault = state.faults.pick("poll", kinds=(*ANSWER_KINDS, "slow"))

@@ -175,6 +175,20 @@ class VibeDreamHook(BaseHook):
         """The blocking client (same as :meth:`get_conn`, under a name that says what it returns)."""
         return self.get_conn()
 
+    def reread_client(self) -> VibeDreamClient | None:
+        """After a refused key: read the connection again; a client of its new settings if they
+        changed (it becomes this hook's client), else None."""
+        settings = self.get_settings()
+        current = self.get_conn()
+        if settings == current.settings:
+            return None
+        self.log.warning(
+            "VibeDream refused the API key; connection %s has new settings since: retrying",
+            self.vibedream_conn_id,
+        )
+        self._client = VibeDreamClient(settings)
+        return self._client
+
     async def get_async_client(self) -> AsyncVibeDreamClient:
         """A new async client of its own; use it as ``async with`` and reuse it for every poll."""
         return AsyncVibeDreamClient.over_aiohttp(await self.aget_settings())

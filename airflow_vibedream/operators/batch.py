@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from functools import cached_property
@@ -24,7 +24,6 @@ from airflow_vibedream.downloads import DownloadPolicy
 from airflow_vibedream.errors import (
     InvalidOutputError,
     VibeDreamError,
-    VibeDreamTimeoutError,
     VibeDreamValidationError,
 )
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
@@ -35,15 +34,13 @@ from airflow_vibedream.lifecycle.batch import (
     BatchImage,
     BatchSubmitter,
     SubmitResult,
-    poll_outcome,
 )
 from airflow_vibedream.lifecycle.batch_ledger import BatchLedger
+from airflow_vibedream.lifecycle.batch_wait import WorkerWait, wait_for_batch_in_worker
 from airflow_vibedream.lifecycle.events import (
     EVENT_SUCCESS,
     EVENT_TIMEOUT,
-    Throttled,
     error_from_event,
-    log_unavailable,
 )
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.identity import ContentIdentity, identity_of, s3_identity
@@ -58,7 +55,6 @@ from airflow_vibedream.lifecycle.manifest import (
     manifest_uri,
 )
 from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy, input_facts
-from airflow_vibedream.lifecycle.progress import PUBLISH_EVERY
 from airflow_vibedream.lifecycle.records import PROGRESS_XCOM_KEY, BatchProgress
 from airflow_vibedream.lifecycle.rules import is_permanent, permanent_errors_fail_the_task
 from airflow_vibedream.lifecycle.settle import fire_not_before
@@ -106,12 +102,14 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     :param output_name_template: each output's name relative to ``output_path`` (as for the
         single-image operators).
     :param output_conn_id: the connection of ``output_path``'s store, if not ``aws_conn_id``.
-    :param max_concurrency: submits (and downloads) in flight at once (the lowest tier allows 2).
+    :param max_concurrency: submits, downloads and (waiting in the worker) polls in flight at once (the
+        lowest tier allows 2).
     :param requests_per_minute: submit rate limit; None for no limit (lowest tier: about 2).
     :param fail_on_error: fail the task, after the manifest is written, if any image failed.
     :param vibedream_conn_id: the VibeDream connection.
     :param aws_conn_id: for ``s3://`` inputs, prefix listing and (by default) outputs.
-    :param poll_interval: seconds between polls of each prediction (in rounds in the worker).
+    :param poll_interval: seconds between polls of each prediction where jobs of its kind finish (per
+        image on the learned schedule, in the triggerer and in the worker alike).
     :param timeout: seconds (or timedelta) the whole batch may take after the submits.
     :param deferrable: wait in the triggerer.
     :param max_cost_cents: refuse, before any submit, a batch whose estimated cost is higher (cents;
@@ -315,13 +313,21 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                 timeout=timedelta(seconds=self.timeout + 60),
             )
         with permanent_errors_fail_the_task():
-            outcome = self._wait_in_worker(
+            outcome = wait_for_batch_in_worker(
                 client,
                 ids,
-                deadline,
+                WorkerWait(
+                    deadline=deadline,
+                    interval=self.poll_interval,
+                    kind=f"{UPSCALER_MODEL_ID}:{self.target_resolution}",
+                    concurrency=self.max_concurrency,
+                    progress_interval=self.progress_interval,
+                ),
+                log=self.log,
                 publish=lambda done, failed: context["ti"].xcom_push(
                     key=PROGRESS_XCOM_KEY, value=progress.advanced(done=done, failed=failed).to_json()
                 ),
+                reread=self.hook.reread_client,
             )
         return self._finish(context, items, records, outcome, ledger)
 
@@ -359,55 +365,6 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             target_resolution=self.target_resolution,
             output_format=self.output_format,
         )
-
-    def _wait_in_worker(
-        self,
-        client: VibeDreamClient,
-        ids: list[str],
-        deadline: float,
-        publish: Callable[[int, int], Any] | None = None,
-    ) -> dict[str, tuple[str, str | None]]:
-        """Poll every prediction until none is pending or the deadline passes; the same reading of
-        each answer as the trigger's (a 404 fails that image only)."""
-        outcome: dict[str, tuple[str, str | None]] = dict.fromkeys(ids, (PENDING, None))
-        started = last_progress = last_publish = time.monotonic()
-
-        report = Throttled(lambda seconds, error: log_unavailable(self.log, seconds, error))
-
-        def poll(prediction_id: str) -> tuple[str, str | None]:
-            try:
-                answer = client.poll_patiently(
-                    prediction_id, deadline=deadline, resume_within=self.poll_interval, on_unavailable=report
-                )
-                return poll_outcome(answer)
-            except VibeDreamTimeoutError:  # the deadline came during an outage
-                return PENDING, None
-            except VibeDreamError as exc:
-                return poll_outcome(exc)
-
-        while (
-            pending := [pid for pid, (state, _) in outcome.items() if state == PENDING]
-        ) and time.time() < deadline:
-            with ThreadPoolExecutor(self.max_concurrency) as pool:
-                outcome.update(zip(pending, pool.map(poll, pending), strict=True))
-            now = time.monotonic()
-            still = sum(1 for state, _ in outcome.values() if state == PENDING)
-            failures = sum(1 for state, _ in outcome.values() if state == FAILED)
-            if publish is not None and (not still or now - last_publish >= PUBLISH_EVERY):
-                last_publish = now
-                publish(len(ids) - still, failures)
-            if not still or now - last_progress >= self.progress_interval:
-                last_progress = now
-                self.log.info(
-                    "VibeDream batch: %d/%d done, %d failed, %.0fs elapsed",
-                    len(ids) - still,
-                    len(ids),
-                    failures,
-                    now - started,
-                )
-            if still:
-                time.sleep(max(0.0, min(self.poll_interval, deadline - time.time())))
-        return outcome
 
     # -- submits, resumable ------------------------------------------------------------------------
 

@@ -222,8 +222,11 @@ class VibeDreamGenerateOperator(BaseOperator):
                 prediction.id,
                 poll_interval=self.poll_interval,
                 deadline=deadline,
+                kind=spec.duration_kind,
+                created_at=iso_seconds(prediction.created_at),
                 on_status_change=self._log_status_change,
                 on_unavailable=lambda seconds, error: log_unavailable(self.log, seconds, error),
+                reread=self.hook.reread_client,
             )
             return self._finish(context, waited.with_cost(prediction.cost_cents))
 

@@ -9,11 +9,9 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_vibedream.client.aio import AsyncVibeDreamClient
 from airflow_vibedream.client.models import Prediction
-from airflow_vibedream.client.schedule import StatusTracker
 from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
-from airflow_vibedream.errors import VibeDreamAuthError, VibeDreamError, VibeDreamTimeoutError
+from airflow_vibedream.errors import VibeDreamError, VibeDreamTimeoutError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.lifecycle.batch import FAILED, poll_outcome
 from airflow_vibedream.lifecycle.events import (
@@ -32,30 +30,35 @@ from airflow_vibedream.lifecycle.events import (
 )
 from airflow_vibedream.lifecycle.progress import PUBLISH_EVERY, ProgressPublisher
 from airflow_vibedream.lifecycle.settle import settle
+from airflow_vibedream.waiting.decisions import PredictionWait
 from airflow_vibedream.waiting.scheduler import loop_scheduler
+from airflow_vibedream.waiting.status import StatusTracker
 
 
 class KeyRotation:
-    """On a 401/403 while waiting, read the connection once more: if its key (or host) changed since,
-    the next poll uses the new one; if not, or if it was already retried once, the refusal stands."""
+    """After a 401/403 while waiting, reads the connection once more (once for every wait of the
+    trigger): if its key (or host) changed since, the waits poll again with the new one; if not, the
+    refusal stands (see :meth:`.PredictionWait.key_reread`)."""
 
     def __init__(self, hook: VibeDreamHook, log: Any) -> None:
         self._hook = hook
         self._log = log
-        self._retried = False
+        self._lock = asyncio.Lock()
+        self._changed: bool | None = None
 
-    async def after_refusal(self, client: AsyncVibeDreamClient, refusal: VibeDreamAuthError) -> None:
-        if self._retried:
-            raise refusal
-        self._retried = True
-        fresh = await self._hook.get_shared_async_client(refresh=True)
-        if fresh.settings == client.settings:
-            raise refusal
-        self._log.warning(
-            "VibeDream refused the API key (HTTP %s); connection %s has new settings since: retrying",
-            refusal.status_code,
-            self._hook.vibedream_conn_id,
-        )
+    async def reread(self) -> bool:
+        """True when the connection's settings changed since the refused poll."""
+        async with self._lock:  # a batch's refused images share the one re-read
+            if self._changed is None:
+                refused = await self._hook.get_shared_async_client()
+                fresh = await self._hook.get_shared_async_client(refresh=True)
+                self._changed = fresh.settings != refused.settings
+                if self._changed:
+                    self._log.warning(
+                        "VibeDream refused the API key; connection %s has new settings since: retrying",
+                        self._hook.vibedream_conn_id,
+                    )
+            return self._changed
 
 
 class VibeDreamPredictionTrigger(BaseTrigger):
@@ -117,29 +120,25 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         yield TriggerEvent(event)
 
     async def _wait(self) -> PredictionEvent:
-        tracker = StatusTracker(self._log_status_change)
         hook = VibeDreamHook(self.vibedream_conn_id)
-        keys = KeyRotation(hook, self.log)
+        wait = PredictionWait(
+            self.prediction_id,
+            interval=self.poll_interval,
+            deadline=self.end_time,
+            kind=self.duration_kind or "default",
+            created_at=self.created_at,
+        )
         try:
-            while True:
-                # The loop's one scheduler polls this prediction among all others (one heap, a
-                # bounded set of polls in flight, one outage gate), and answers once it is over.
-                scheduler = loop_scheduler(self.vibedream_conn_id, hook.get_shared_async_client)
-                try:
-                    prediction = await scheduler.wait(
-                        self.prediction_id,
-                        interval=self.poll_interval,
-                        deadline=self.end_time,
-                        kind=self.duration_kind or "default",
-                        created_at=self.created_at,
-                        observe=tracker.observe,
-                        on_unavailable=self._log_unavailable,
-                    )
-                except VibeDreamAuthError as exc:
-                    client = await hook.get_shared_async_client()
-                    await keys.after_refusal(client, exc)  # re-raises unless the key changed
-                    continue
-                return terminal_event(prediction)
+            # The loop's one scheduler polls this prediction among all others (one heap, a window
+            # of polls in flight, one outage gate), and answers once the wait decides it is over.
+            scheduler = loop_scheduler(self.vibedream_conn_id, hook.get_shared_async_client)
+            prediction = await scheduler.wait(
+                wait,
+                observe=StatusTracker(self._log_status_change).observe,
+                on_unavailable=self._log_unavailable,
+                reread=KeyRotation(hook, self.log).reread,
+            )
+            return terminal_event(prediction)
         except VibeDreamTimeoutError:
             assert self.end_time is not None  # only a deadline raises it
             return timeout_event(self.prediction_id, self.end_time)
@@ -240,8 +239,6 @@ class _BatchWait:
         self.keys = KeyRotation(self.hook, trigger.log)
         self.progress = ProgressPublisher(trigger.progress, trigger.log)
         self.report = Throttled(lambda seconds, error: log_unavailable(trigger.log, seconds, error))
-        self.rotated = asyncio.Event()
-        self.rotating = asyncio.Lock()
 
     async def until_all_over(self) -> BatchEvent:
         """Wait for every image (or the deadline, or the first error that ends them all): the event."""
@@ -276,32 +273,22 @@ class _BatchWait:
         """Wait for one image, with the same cadence as a single-image trigger's (no polling in
         rounds): one heap entry per image."""
         trigger = self.trigger
-        retried = False
-        while True:
-            scheduler = loop_scheduler(trigger.vibedream_conn_id, self.hook.get_shared_async_client)
-            try:
-                answer: Prediction | VibeDreamError = await scheduler.wait(
-                    prediction_id,
-                    interval=trigger.poll_interval,
-                    deadline=trigger.end_time,
-                    kind=trigger.duration_kind or "default",
-                    on_unavailable=self.report,
-                )
-            except VibeDreamTimeoutError:  # the deadline: this image stays pending
-                return
-            except VibeDreamAuthError as exc:
-                async with self.rotating:  # one connection re-read for the whole batch
-                    if not self.rotated.is_set():
-                        await self.keys.after_refusal(await self.hook.get_shared_async_client(), exc)
-                        self.rotated.set()
-                    elif retried:
-                        raise
-                retried = True
-                continue
-            except VibeDreamError as exc:
-                answer = exc  # a 404 fails this image only; poll_outcome raises anything else
-            await self.over(prediction_id, answer)
+        wait = PredictionWait(
+            prediction_id,
+            interval=trigger.poll_interval,
+            deadline=trigger.end_time,
+            kind=trigger.duration_kind or "default",
+        )
+        scheduler = loop_scheduler(trigger.vibedream_conn_id, self.hook.get_shared_async_client)
+        try:
+            answer: Prediction | VibeDreamError = await scheduler.wait(
+                wait, on_unavailable=self.report, reread=self.keys.reread
+            )
+        except VibeDreamTimeoutError:  # the deadline: this image stays pending
             return
+        except VibeDreamError as exc:
+            answer = exc  # a 404 fails this image only; poll_outcome raises anything else
+        await self.over(prediction_id, answer)
 
     async def over(self, prediction_id: str, answer: Prediction | VibeDreamError) -> None:
         state, error = poll_outcome(answer)

@@ -1,5 +1,5 @@
 """The outage gate's decisions (a circuit breaker shared by every poller of one API), with no waiting
-and no I/O: :mod:`airflow_vibedream.client.gate` wraps it for an event loop and for threads.
+and no I/O: :mod:`airflow_vibedream.waiting.gate` wraps it for an event loop and for threads.
 
 - *closed*: polls go out. ``failure_threshold`` transient failures in a row (from any poller) open it;
 - *open*: nobody polls. After a capped, jittered backoff (never sooner than a ``Retry-After``) the

@@ -12,7 +12,8 @@ the connection's ``max_polls_in_flight`` however many come due together.
 
 Fairness: the heap pops the earliest due poll first, so a job is polled when its own schedule says
 (a later-added or faster-polled job never overtakes it); while the window is full, due polls wait
-in due order. When to poll comes from :class:`.durations.LearnedSchedule`.
+in due order. When to poll, and what each answer or error means, is each prediction's
+:class:`~.decisions.PredictionWait` (the same decisions as the worker's :mod:`.blocking` wait).
 
 A trigger that is cancelled (task cleared, triggerer shutting down) leaves nothing: its entry is
 dropped (eagerly once dead entries are half the heap), and a scheduler with nothing left to watch
@@ -24,55 +25,39 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from airflow_vibedream.client.calls import deadline_reached
-from airflow_vibedream.client.models import Prediction, iso_seconds
-from airflow_vibedream.client.schedule import elapsed_since
-from airflow_vibedream.waiting.durations import DURATIONS, DurationModel, LearnedSchedule
+from airflow_vibedream.client.models import Prediction
+from airflow_vibedream.client.settings import RetryPolicy
+from airflow_vibedream.errors import VibeDreamError
+from airflow_vibedream.waiting.decisions import Finished, Next, PredictionWait, RereadKey, Stop
+from airflow_vibedream.waiting.gate import OutageReport, poll_client_async
 from airflow_vibedream.waiting.window import PollWindow
 
 if TYPE_CHECKING:
     from airflow_vibedream.client.aio import AsyncVibeDreamClient
-    from airflow_vibedream.client.gate import OutageReport
 
 
 class Watch:
     """One prediction being waited for (slots: ten thousand of them stay small)."""
 
-    __slots__ = (
-        "created",
-        "deadline",
-        "future",
-        "interval",
-        "kind",
-        "observe",
-        "on_unavailable",
-        "prediction_id",
-    )
+    __slots__ = ("future", "observe", "on_unavailable", "reread", "wait")
 
     def __init__(
         self,
-        prediction_id: str,
+        wait: PredictionWait,
         future: asyncio.Future[Prediction],
-        interval: float,
-        deadline: float | None,
-        kind: str,
-        created: float | None,
         observe: Callable[[Prediction], Any] | None,
         on_unavailable: OutageReport | None,
+        reread: Callable[[], Awaitable[bool]] | None,
     ) -> None:
-        self.prediction_id = prediction_id
+        self.wait = wait
         self.future = future
-        self.interval = interval
-        self.deadline = deadline  # wall clock
-        self.kind = kind
-        self.created = created  # the job's creation on the loop's clock, once known
         self.observe = observe
         self.on_unavailable = on_unavailable
+        self.reread = reread
 
 
 class PollScheduler:
@@ -81,8 +66,6 @@ class PollScheduler:
     :param client: returns the client to poll with (asked before every poll: a rotated key counts;
         its ``settings.max_polls_in_flight`` bounds the window).
     :param window: how many polls may be in flight (adaptive; see :mod:`airflow_vibedream.waiting.window`).
-    :param schedule: when to poll.
-    :param durations: where durations are learned (the process's model by default).
     :param on_idle: called when nothing is left to watch (the registry forgets the scheduler).
     """
 
@@ -91,14 +74,10 @@ class PollScheduler:
         client: Callable[[], Awaitable[AsyncVibeDreamClient]],
         *,
         window: PollWindow | None = None,
-        schedule: LearnedSchedule | None = None,
-        durations: DurationModel | None = None,
         on_idle: Callable[[PollScheduler], None] | None = None,
     ) -> None:
         self._client = client
         self.window = window or PollWindow()
-        self.schedule = schedule or LearnedSchedule()
-        self.durations = durations if durations is not None else DURATIONS
         self._on_idle = on_idle
         self._loop = asyncio.get_running_loop()
         self._heap: list[tuple[float, int, Watch]] = []
@@ -124,34 +103,25 @@ class PollScheduler:
 
     async def wait(
         self,
-        prediction_id: str,
+        wait: PredictionWait,
         *,
-        interval: float,
-        deadline: float | None,
-        kind: str,
-        created_at: float | None = None,
         observe: Callable[[Prediction], Any] | None = None,
         on_unavailable: OutageReport | None = None,
+        reread: Callable[[], Awaitable[bool]] | None = None,
     ) -> Prediction:
         """The prediction's terminal answer. Raises what ended the wait: the deadline
         (:class:`VibeDreamTimeoutError`), or an error that waiting cannot fix (a refused key, 404).
 
-        :param interval: seconds between polls where jobs of this kind finish (the API's 1-2 s).
-        :param deadline: epoch seconds; None waits for ever.
-        :param kind: what kind of job, for the learned durations (e.g. model and resolution).
-        :param created_at: the job's creation, epoch seconds, if known (else the first poll says).
+        :param wait: the prediction's wait: when to poll, and what every answer or error means.
         :param observe: called with every answer (status-change logging).
-        :param on_unavailable: told of an outage while polling (see :func:`.gate.poll_patiently_async`).
+        :param on_unavailable: told of an outage while polling (see :func:`.gate.poll_client_async`).
+        :param reread: after a refused key, reads the connection again: True if it changed (the next
+            poll uses the new key). Without it a refusal ends the wait.
         """
         future: asyncio.Future[Prediction] = self._loop.create_future()
-        now = self._loop.time()
-        created = None if created_at is None else now - max(0.0, time.time() - created_at)
-        watch = Watch(prediction_id, future, interval, deadline, kind, created, observe, on_unavailable)
-        # With no age known, the first polls spread over one interval: a thousand tasks deferring
-        # together would otherwise poll in one burst, and keep polling in lockstep.
-        due = now + (random.uniform(0, interval) if created is None else self._delay(watch, now))
+        watch = Watch(wait, future, observe, on_unavailable, reread)
         self._live += 1
-        self._push(due, watch)
+        self._push(self._loop.time() + wait.first(time.time()).seconds, watch)
         try:
             return await future
         finally:
@@ -161,14 +131,8 @@ class PollScheduler:
 
     # -- scheduling --------------------------------------------------------------------------------
 
-    def _delay(self, watch: Watch, now: float) -> float:
-        age = now - watch.created if watch.created is not None else 0.0
-        samples = self.durations.samples(watch.kind)
-        return self.schedule.next_delay(samples, watch.interval, age)
-
     def _push(self, due: float, watch: Watch) -> None:
-        if watch.deadline is not None:  # wake for the deadline too: its event is due then
-            due = min(due, self._loop.time() + max(0.0, watch.deadline - time.time()))
+        # The wait's delays never pass its deadline: it wakes then, to stop with the timeout.
         heapq.heappush(self._heap, (due, next(self._order), watch))
         if self._dispatcher is None:
             self._start()
@@ -234,9 +198,10 @@ class PollScheduler:
             if due > now:
                 await self._sleep(due)
                 continue
-            if watch.deadline is not None and time.time() >= watch.deadline:
+            expired = watch.wait.expired(time.time())
+            if expired is not None:
                 heapq.heappop(heap)
-                watch.future.set_exception(deadline_reached(watch.prediction_id, watch.deadline))
+                watch.future.set_exception(expired.error)
                 continue
             if self._in_flight >= self.window.size:
                 await self._sleep(None)  # a poll that comes back wakes us
@@ -272,19 +237,19 @@ class PollScheduler:
         if watch.future.done():
             return
         sent = self._loop.time()
+        wait = watch.wait
         try:
             client = await self._client()
             self.window.ceiling = client.settings.max_polls_in_flight
             self.polls += 1
-            prediction = await client.poll_patiently(
-                watch.prediction_id,
-                deadline=watch.deadline,
-                resume_within=watch.interval,
-                on_unavailable=watch.on_unavailable,
-                on_transient=self._congested,
+            prediction = await poll_client_async(
+                client, wait, on_unavailable=watch.on_unavailable, on_transient=self._congested
             )
         except asyncio.CancelledError:
             raise
+        except VibeDreamError as exc:
+            await self._failed(watch, exc, client.settings.retry)
+            return
         except BaseException as exc:  # the wait ends with what ended it; the trigger decides
             if not watch.future.done():
                 watch.future.set_exception(exc)
@@ -295,22 +260,31 @@ class PollScheduler:
             return
         if watch.observe is not None:
             watch.observe(prediction)
-        if prediction.is_terminal:
-            self._learn(watch.kind, prediction)
-            watch.future.set_result(prediction)
+        self._then(watch, wait.answered(prediction, time.time()))
+
+    async def _failed(self, watch: Watch, exc: VibeDreamError, policy: RetryPolicy) -> None:
+        """A poll ended with an error the patient poll did not ride out: the wait decides."""
+        wait = watch.wait
+        failed = wait.failed(exc, time.time(), policy)
+        if isinstance(failed, RereadKey):
+            changed = watch.reread is not None and await watch.reread()
+            self._then(watch, wait.key_reread(changed, failed.refusal, time.time()))
+        else:
+            self._then(watch, failed)
+
+    def _then(self, watch: Watch, decision: Next) -> None:
+        if watch.future.done():  # cancelled meanwhile
             return
-        if watch.created is None:
-            watch.created = now - elapsed_since(prediction.created_at, now)
-        self._push(now + self._delay(watch, now), watch)
+        if isinstance(decision, Finished):
+            watch.future.set_result(decision.prediction)
+        elif isinstance(decision, Stop):
+            watch.future.set_exception(decision.error)
+        else:
+            self._push(self._loop.time() + decision.seconds, watch)
 
     def _congested(self, exc: BaseException) -> None:
         """A poll met a 429, a 5xx or a network failure (and is retried): fewer polls in flight."""
         self.window.failed(now=self._loop.time())
-
-    def _learn(self, kind: str, prediction: Prediction) -> None:
-        created, completed = iso_seconds(prediction.created_at), iso_seconds(prediction.completed_at)
-        if created is not None and completed is not None:
-            self.durations.observe(kind, completed - created)
 
 
 _SCHEDULERS: dict[tuple[int, str], PollScheduler] = {}

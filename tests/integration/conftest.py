@@ -30,7 +30,6 @@ def nothing_learned_yet(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with a triggerer that has seen no job finish: the poll scheduler's learned
     durations are process-wide (waiting/durations.py), so without this a test's poll count would
     depend on the jobs earlier tests happened to wait for (a learned schedule skips early polls)."""
-    from airflow_vibedream.waiting import durations
-    from airflow_vibedream.waiting import scheduler as poller
+    from airflow_vibedream.waiting import decisions, durations
 
-    monkeypatch.setattr(poller, "DURATIONS", durations.DurationModel())
+    monkeypatch.setattr(decisions, "DURATIONS", durations.DurationModel())

@@ -12,6 +12,7 @@ from airflow_vibedream.emulator import EmulatorConfig, EmulatorServer
 from airflow_vibedream.emulator.faults import FaultRule
 from airflow_vibedream.hooks.shared import aclose_shared_async_clients
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
+from airflow_vibedream.waiting.decisions import PredictionWait
 from airflow_vibedream.waiting.scheduler import loop_scheduler
 from airflow_vibedream.waiting.window import START
 from tests.conftest import TEST_KEY, connection_json
@@ -44,7 +45,7 @@ async def follow(server: EmulatorServer, ids: list[str]) -> None:
     hook = VibeDreamHook()
     scheduler = loop_scheduler(hook.vibedream_conn_id, hook.get_shared_async_client)
     waits = [
-        asyncio.ensure_future(scheduler.wait(pid, interval=INTERVAL, deadline=None, kind="window-test"))
+        asyncio.ensure_future(scheduler.wait(PredictionWait(pid, interval=INTERVAL, kind="window-test")))
         for pid in ids
     ]
     try:

@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from airflow_vibedream.client.models import Prediction
+from airflow_vibedream.client.settings import RetryPolicy
 from airflow_vibedream.errors import VibeDreamAuthError, VibeDreamTimeoutError
 from airflow_vibedream.waiting import scheduler as poller
+from airflow_vibedream.waiting.decisions import PredictionWait
 from airflow_vibedream.waiting.durations import DurationModel, LearnedSchedule
 from airflow_vibedream.waiting.scheduler import PollScheduler, loop_scheduler
 from tests.helpers import async_until
@@ -32,12 +34,18 @@ class FakeJobs:
         self.polls: dict[str, int] = dict.fromkeys(finish_at, 0)
         self.seen_done_at: dict[str, float] = {}
         self.refuse: set[str] = set()
-        self.settings = SimpleNamespace(max_polls_in_flight=512)
+        self.settings = SimpleNamespace(max_polls_in_flight=512, base_url="http://fake", retry=RetryPolicy())
 
     async def client(self) -> FakeJobs:
         return self
 
-    async def poll_patiently(self, prediction_id: str, **_: Any) -> Prediction:
+    def hold(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    async def get_prediction(self, prediction_id: str, **_: Any) -> Prediction:
         await asyncio.sleep(0)  # an answer takes a loop turn, as a real one does
         self.polls[prediction_id] += 1
         if prediction_id in self.refuse:
@@ -55,7 +63,12 @@ class FakeJobs:
 
 
 def scheduler_for(jobs: FakeJobs, **options: Any) -> PollScheduler:
-    return PollScheduler(jobs.client, durations=options.pop("durations", DurationModel()), **options)  # type: ignore[arg-type]
+    return PollScheduler(jobs.client, **options)  # type: ignore[arg-type]
+
+
+def waiting(prediction_id: str, *, durations: DurationModel | None = None, **options: Any) -> PredictionWait:
+    """A wait that learns into its own model (none learned yet) unless given one."""
+    return PredictionWait(prediction_id, durations=durations or DurationModel(), **options)
 
 
 async def test_a_finishing_job_is_seen_within_its_interval_however_many_others_wait() -> None:
@@ -66,7 +79,7 @@ async def test_a_finishing_job_is_seen_within_its_interval_however_many_others_w
     scheduler = scheduler_for(jobs)
     interval = 0.1
     waits = {
-        pid: asyncio.ensure_future(scheduler.wait(pid, interval=interval, deadline=None, kind="k"))
+        pid: asyncio.ensure_future(scheduler.wait(waiting(pid, interval=interval, deadline=None, kind="k")))
         for pid in finish
     }
     answer = await asyncio.wait_for(waits["quick"], timeout=30)
@@ -85,7 +98,7 @@ async def test_cancelled_waits_leave_nothing_behind() -> None:
     jobs = FakeJobs({f"p{n}": now + 3600 for n in range(500)}, created=now)
     scheduler = loop_scheduler("cancel-test", jobs.client)  # type: ignore[arg-type]
     tasks = [
-        asyncio.ensure_future(scheduler.wait(pid, interval=0.05, deadline=None, kind="k"))
+        asyncio.ensure_future(scheduler.wait(waiting(pid, interval=0.05, deadline=None, kind="k")))
         for pid in jobs.finish_at
     ]
     await async_until(lambda: sum(jobs.polls.values()) >= 500, what="every wait to be polled")
@@ -109,7 +122,7 @@ async def test_the_deadline_ends_the_wait_even_between_sparse_polls() -> None:
     scheduler = scheduler_for(jobs)
     with pytest.raises(VibeDreamTimeoutError, match="did not finish before the deadline"):
         await asyncio.wait_for(
-            scheduler.wait("slow", interval=600, deadline=time.time() + 0.3, kind="k"), timeout=10
+            scheduler.wait(waiting("slow", interval=600, deadline=time.time() + 0.3, kind="k")), timeout=10
         )
 
 
@@ -118,8 +131,10 @@ async def test_an_error_waiting_cannot_fix_ends_only_that_wait() -> None:
     jobs = FakeJobs({"refused": now + 3600, "fine": now + 0.2}, created=now)
     jobs.refuse.add("refused")
     scheduler = scheduler_for(jobs)
-    refused = asyncio.ensure_future(scheduler.wait("refused", interval=0.05, deadline=None, kind="k"))
-    fine = asyncio.ensure_future(scheduler.wait("fine", interval=0.05, deadline=None, kind="k"))
+    refused = asyncio.ensure_future(
+        scheduler.wait(waiting("refused", interval=0.05, deadline=None, kind="k"))
+    )
+    fine = asyncio.ensure_future(scheduler.wait(waiting("fine", interval=0.05, deadline=None, kind="k")))
     with pytest.raises(VibeDreamAuthError):
         await refused
     assert (await asyncio.wait_for(fine, timeout=10)).status == "completed"
@@ -129,9 +144,14 @@ async def test_durations_are_learned_per_kind_from_the_answers() -> None:
     now = time.time()
     durations = DurationModel()
     jobs = FakeJobs({f"p{n}": now + 0.05 * n for n in range(1, 21)}, created=now)
-    scheduler = scheduler_for(jobs, durations=durations)
+    scheduler = scheduler_for(jobs)
     await asyncio.gather(
-        *(scheduler.wait(pid, interval=0.02, deadline=None, kind="upscaler:2k") for pid in jobs.finish_at)
+        *(
+            scheduler.wait(
+                waiting(pid, interval=0.02, deadline=None, kind="upscaler:2k", durations=durations)
+            )
+            for pid in jobs.finish_at
+        )
     )
     learned = durations.samples("upscaler:2k")
     assert len(learned) == 20 and learned == sorted(learned)

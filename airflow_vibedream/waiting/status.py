@@ -1,4 +1,4 @@
-"""When to poll: the sleep before the next poll, the interval by a job's age, and status changes."""
+"""Status changes of a waited-for prediction, for the task's log (with the job's true age)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,6 @@ import time
 from collections.abc import Callable
 
 from airflow_vibedream.client.models import Prediction, iso_seconds
-
-
-def next_sleep(poll_interval: float, deadline: float | None) -> float:
-    """Sleep the poll interval, but wake at the deadline rather than overshoot it."""
-    if deadline is None:
-        return poll_interval
-    return max(0.0, min(poll_interval, deadline - time.time()))
 
 
 def elapsed_since(created_at: str | None, fallback_start: float) -> float:

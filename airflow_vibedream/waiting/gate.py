@@ -25,15 +25,28 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from airflow_vibedream.client.calls import deadline_reached
+from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.settings import RetryPolicy
-from airflow_vibedream.errors import VibeDreamError, VibeDreamProtocolError
+from airflow_vibedream.errors import VibeDreamError
+from airflow_vibedream.waiting.decisions import PredictionWait, Retry, Stop, worth_waiting_for
 from airflow_vibedream.waiting.gate_core import CLOSED, GateCore
 
-__all__ = ["CLOSED", "AsyncOutageGate", "GateCore", "ThreadOutageGate", "loop_gate", "process_gate"]
+__all__ = [
+    "CLOSED",
+    "AsyncOutageGate",
+    "GateCore",
+    "ThreadOutageGate",
+    "loop_gate",
+    "poll_client",
+    "poll_client_async",
+    "process_gate",
+]
+
+if TYPE_CHECKING:
+    from airflow_vibedream.client.aio import AsyncVibeDreamClient
+    from airflow_vibedream.client.sync import VibeDreamClient
 
 T = TypeVar("T")
 
@@ -170,58 +183,58 @@ def process_gate(base_url: str) -> ThreadOutageGate:
 OutageReport = Callable[[float, VibeDreamError], None]
 
 
-def worth_waiting_for(policy: RetryPolicy, exc: VibeDreamError) -> bool:
-    """Transient for a poll: what the policy retries, and an unreadable answer (a proxy's error page
-    now is no reason to give up on a job that is running and billed)."""
-    return policy.is_retryable(exc) or isinstance(exc, VibeDreamProtocolError)
+class _Outage:
+    """One poller's reports during a run of transient failures: the poll window hears of each, the
+    log of the outage at most every ``OUTAGE_LOG_INTERVAL``. Made on the first failure only: nearly
+    every poll needs none."""
 
+    def __init__(
+        self, on_unavailable: OutageReport | None, on_transient: Callable[[VibeDreamError], None] | None
+    ) -> None:
+        self.on_unavailable = on_unavailable
+        self.on_transient = on_transient
+        self.last_report: float | None = None
 
-@dataclass
-class _Patience:
-    """One poller's retry state after its first transient failure: its backoff, and when it last said
-    the API is down. Made on the first failure only: nearly every poll needs none."""
-
-    deadline: float | None
-    policy: RetryPolicy
-    on_unavailable: OutageReport | None
-    on_transient: Callable[[VibeDreamError], None] | None
-    attempt: int = 0
-    last_report: float | None = None
-
-    def after_failure(self, exc: VibeDreamError, core: GateCore) -> float:
-        """The pause before this poller tries again (capped by its deadline); reports the outage."""
+    def heard(self, exc: VibeDreamError, core: GateCore) -> None:
         if self.on_transient is not None:
             self.on_transient(exc)
-        self.attempt += 1
-        down = core.unavailable_for()
         now = time.monotonic()
         if self.on_unavailable is not None and (
             self.last_report is None or now - self.last_report >= OUTAGE_LOG_INTERVAL
         ):
             self.last_report = now
-            self.on_unavailable(down, exc)
-        return _capped(self.policy.backoff(self.attempt, exc), self.deadline) or 0.0
+            self.on_unavailable(core.unavailable_for(), exc)
 
 
-# The decisions of a patient poll, shared by the async and the blocking twin below so they cannot
-# drift: the twins differ only in how they wait (await or block).
+# The patient poll's steps, shared by the async and the blocking twin below so they cannot drift: the
+# twins differ only in how they wait (await or block). What to do after a failure is the wait's
+# decision (:meth:`PredictionWait.failed`); the gate only hears of it.
 
 
-def _check_deadline(prediction_id: str, deadline: float | None) -> None:
-    if deadline is not None and time.time() >= deadline:
-        raise deadline_reached(prediction_id, deadline)
+def _before_poll(wait: PredictionWait) -> None:
+    expired = wait.expired(time.time())
+    if expired is not None:
+        raise expired.error
 
 
-def _gives_up(
-    exc: VibeDreamError, gate: AsyncOutageGate | ThreadOutageGate, probe: object | None, policy: RetryPolicy
-) -> bool:
-    """After a failed poll: True when waiting cannot fix it (the caller raises); else the gate
-    counts the failure (and the caller pauses)."""
+def _pause_after(
+    exc: VibeDreamError,
+    wait: PredictionWait,
+    gate: AsyncOutageGate | ThreadOutageGate,
+    probe: object | None,
+    policy: RetryPolicy,
+) -> float:
+    """After a failed poll: the pause before the next try (a transient failure, counted by the gate),
+    or raises (an error that waiting cannot fix is the driver's to decide; the deadline ends it)."""
     if not worth_waiting_for(policy, exc):
         gate.released(probe)
-        return True
+        raise exc
     gate.failed(exc, probe)
-    return False
+    decision = wait.failed(exc, time.time(), policy)
+    if isinstance(decision, Stop):
+        raise decision.error from exc
+    assert isinstance(decision, Retry)  # a transient error is retried or ends at the deadline
+    return decision.seconds
 
 
 def _answered(gate: AsyncOutageGate | ThreadOutageGate, probe: object | None) -> None:
@@ -234,31 +247,29 @@ async def poll_patiently_async(
     poll: Callable[[], Awaitable[T]],
     *,
     gate: AsyncOutageGate,
-    prediction_id: str,
-    deadline: float | None,
+    wait: PredictionWait,
     policy: RetryPolicy,
-    resume_within: float,
     on_unavailable: OutageReport | None = None,
     on_transient: Callable[[VibeDreamError], None] | None = None,
 ) -> T:
-    """``poll()`` until it answers: transient failures are retried until ``deadline`` (then
-    :class:`VibeDreamTimeoutError`), through ``gate``; any other error is raised at once.
-    ``on_transient`` hears of each transient failure (the poll window shrinks on them)."""
-    patience: _Patience | None = None
+    """``poll()`` until it answers: transient failures are retried (after the wait's back-off) until
+    its deadline (then :class:`VibeDreamTimeoutError`), through ``gate``; any other error is raised
+    at once. ``on_transient`` hears of each transient failure (the poll window shrinks on them)."""
+    outage: _Outage | None = None
     while True:
-        _check_deadline(prediction_id, deadline)
+        _before_poll(wait)
         probe = None
         if gate.core.state != CLOSED:  # the hot path: no coroutine for the gate while the API answers
-            allowed, probe = await gate.enter(deadline, resume_within)
+            allowed, probe = await gate.enter(wait.deadline, wait.interval)
             if not allowed:
                 continue  # the deadline came while waiting at the gate
         try:
             answer = await poll()
         except VibeDreamError as exc:
-            if _gives_up(exc, gate, probe, policy):
-                raise
-            patience = patience or _Patience(deadline, policy, on_unavailable, on_transient)
-            await asyncio.sleep(patience.after_failure(exc, gate.core))
+            pause = _pause_after(exc, wait, gate, probe, policy)
+            outage = outage or _Outage(on_unavailable, on_transient)
+            outage.heard(exc, gate.core)
+            await asyncio.sleep(pause)
             continue
         except BaseException:
             gate.released(probe)
@@ -271,32 +282,69 @@ def poll_patiently(
     poll: Callable[[], T],
     *,
     gate: ThreadOutageGate,
-    prediction_id: str,
-    deadline: float | None,
+    wait: PredictionWait,
     policy: RetryPolicy,
-    resume_within: float,
     on_unavailable: OutageReport | None = None,
     on_transient: Callable[[VibeDreamError], None] | None = None,
 ) -> T:
     """The blocking twin of :func:`poll_patiently_async` (the same decisions, line for line)."""
-    patience: _Patience | None = None
+    outage: _Outage | None = None
     while True:
-        _check_deadline(prediction_id, deadline)
+        _before_poll(wait)
         probe = None
         if gate.core.state != CLOSED:  # a plain read: the gate's lock is taken only to change it
-            allowed, probe = gate.enter(deadline, resume_within)
+            allowed, probe = gate.enter(wait.deadline, wait.interval)
             if not allowed:
                 continue
         try:
             answer = poll()
         except VibeDreamError as exc:
-            if _gives_up(exc, gate, probe, policy):
-                raise
-            patience = patience or _Patience(deadline, policy, on_unavailable, on_transient)
-            time.sleep(patience.after_failure(exc, gate.core))
+            pause = _pause_after(exc, wait, gate, probe, policy)
+            outage = outage or _Outage(on_unavailable, on_transient)
+            outage.heard(exc, gate.core)
+            time.sleep(pause)
             continue
         except BaseException:
             gate.released(probe)
             raise
         _answered(gate, probe)
         return answer
+
+
+# -- one poll of a client, patiently ------------------------------------------------------------------
+
+
+async def poll_client_async(
+    client: AsyncVibeDreamClient,
+    wait: PredictionWait,
+    *,
+    on_unavailable: OutageReport | None = None,
+    on_transient: Callable[[VibeDreamError], None] | None = None,
+) -> Prediction:
+    """Poll ``wait``'s prediction once with ``client``, riding out transient failures until its
+    deadline through the loop's shared gate of the client's API."""
+    client.hold()  # held across an outage's waits, so a retirement (a rotated key) waits for it
+    try:
+        return await poll_patiently_async(
+            lambda: client.get_prediction(wait.prediction_id, retry=False),
+            gate=loop_gate(client.settings.base_url),
+            wait=wait,
+            policy=client.settings.retry,
+            on_unavailable=on_unavailable,
+            on_transient=on_transient,
+        )
+    finally:
+        client.release()
+
+
+def poll_client(
+    client: VibeDreamClient, wait: PredictionWait, *, on_unavailable: OutageReport | None = None
+) -> Prediction:
+    """The blocking twin of :func:`poll_client_async`, through the process's gate of the API."""
+    return poll_patiently(
+        lambda: client.get_prediction(wait.prediction_id, retry=False),
+        gate=process_gate(client.settings.base_url),
+        wait=wait,
+        policy=client.settings.retry,
+        on_unavailable=on_unavailable,
+    )
