@@ -21,6 +21,8 @@ from typing import Any
 from benchmarks.common import machine, write_result
 from benchmarks.triggers import kinds, run_child, verdict
 
+#: The row of the provider polling every 1 s where jobs finish, as the peer does.
+AT_PEER_CADENCE = "provider, 1 s"
 SIZES = tuple(int(n) for n in os.environ.get("VIBEDREAM_BENCH_FAR", "2000,10000").split(","))
 
 
@@ -42,13 +44,17 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"| {r['polls_per_prediction']:.1f} | {r['cpu_ms_per_prediction']:.2f} ms "
                 f"| {window(r)} |"
             )
-        ours, peer = runs["provider"], runs["peer"]
-        p99 = ours["detection_p99_s"]
-        rows.append(
-            f"| {count} | **goals** | | p99 <= 2 s: {verdict(p99 <= 2)}; not behind the peer "
-            f"({peer['detection_p99_s']:.2f} s): {verdict(p99 <= peer['detection_p99_s'])} | | | "
-            f"{ours['cpu_ms_per_prediction'] / peer['cpu_ms_per_prediction']:.2f}x peer | |"
-        )
+        peer = runs["peer"]
+        for name in ("provider", AT_PEER_CADENCE):
+            ours = runs.get(name)
+            if ours is None:
+                continue
+            p99 = ours["detection_p99_s"]
+            rows.append(
+                f"| {count} | **goals** ({name}) | | p99 <= 2 s: {verdict(p99 <= 2)}; not behind the peer "
+                f"({peer['detection_p99_s']:.2f} s): {verdict(p99 <= peer['detection_p99_s'])} | | | "
+                f"{ours['cpu_ms_per_prediction'] / peer['cpu_ms_per_prediction']:.2f}x peer | |"
+            )
     return "\n".join(
         [
             "### An API 100 ms away: concurrent waits in one event loop (jobs 5-30 s, every poll "
@@ -64,7 +70,16 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def main() -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="vibedream-bench-far-"))
-    results = [run_child(kind, count, "F", work) for count in SIZES for kind in kinds()]
+    results = []
+    for count in SIZES:
+        results += [run_child(kind, count, "F", work) for kind in kinds()]
+        # The provider again at the peer's cadence (1 s; the API suggests 1-2 s): the same interval
+        # on both sides, so what differs is how each waits, not how often it is told to poll.
+        os.environ["VIBEDREAM_BENCH_POLL_INTERVAL"] = "1.0"
+        try:
+            results.append(dict(run_child("provider", count, "F", work), kind=AT_PEER_CADENCE))
+        finally:
+            del os.environ["VIBEDREAM_BENCH_POLL_INTERVAL"]
     write_result("far_api", {"runs": results, "machine": machine()}, table(results))
     return {"runs": results}
 

@@ -112,9 +112,12 @@ async def floor_wait(base_url: str, prediction_id: str) -> dict[str, Any]:
 async def provider_wait(prediction_id: str, created_at: float) -> dict[str, Any]:
     from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
 
+    # The operators' default interval (1.8 s), or another one (``VIBEDREAM_BENCH_POLL_INTERVAL``).
+    chosen = os.environ.get("VIBEDREAM_BENCH_POLL_INTERVAL")
+    interval: dict[str, Any] = {"poll_interval": float(chosen)} if chosen else {}
     try:  # as the operator defers it: the job's kind and creation time
         trigger = VibeDreamPredictionTrigger(
-            prediction_id, duration_kind="image-upscaler:2k", created_at=created_at
+            prediction_id, duration_kind="image-upscaler:2k", created_at=created_at, **interval
         )
     except TypeError:  # a provider from before the learned schedule (VIBEDREAM_BENCH_PREVIOUS)
         trigger = VibeDreamPredictionTrigger(prediction_id)
@@ -318,10 +321,10 @@ async def measure(kind: str, count: int, base_url: str, emulator_pid: int) -> di
 def poll_windows() -> list[int]:
     """The size of each poll scheduler's window now (none for a provider without one)."""
     try:
-        from airflow_vibedream.waiting.scheduler import _SCHEDULERS
-    except ImportError:
+        from airflow_vibedream.waiting.loop_local import loop_local
+    except ImportError:  # a provider from before the poll window (VIBEDREAM_BENCH_PREVIOUS)
         return []
-    return [scheduler.window.size for scheduler in list(_SCHEDULERS.values()) if hasattr(scheduler, "window")]
+    return [scheduler.window.size for scheduler in loop_local().schedulers.values()]
 
 
 def sizes_of(workload: str) -> tuple[int, ...]:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 
 from airflow_vibedream.client.aio import AsyncVibeDreamClient
 from airflow_vibedream.client.settings import ClientSettings
+from airflow_vibedream.waiting.loop_local import LoopLocal, closed_at_shutdown, existing, forget_and_close
 
 #: Seconds a connection looked up for the shared clients is reused on its loop. A triggerer starting a
 #: thousand of our triggers at once would otherwise look the same connection up a thousand times
@@ -27,66 +26,16 @@ from airflow_vibedream.client.settings import ClientSettings
 SHARED_SETTINGS_TTL = 30.0
 
 
-@dataclass
-class LoopShare:
-    """The shared clients and connection lookups of one event loop."""
-
-    lookups: dict[str, tuple[float, asyncio.Future[ClientSettings]]] = field(default_factory=dict)
-    clients: dict[ClientSettings, AsyncVibeDreamClient] = field(default_factory=dict)
-    #: The settings each connection id resolved to last.
-    current: dict[str, ClientSettings] = field(default_factory=dict)
-    #: Finalised by the loop's shutdown_asyncgens(): closes the clients, drops this share.
-    closer: AsyncGenerator[None, None] | None = None
-
-
-#: Per loop, by id with a weak reference to the loop (a WeakKeyDictionary would create a weak
-#: reference on every lookup, i.e. before every poll of every trigger). An entry holds no strong
-#: reference to its loop of its own; the loop's shutdown removes it.
-_SHARES: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], LoopShare]] = {}
-
-
-def _share_of(loop: asyncio.AbstractEventLoop) -> LoopShare | None:
-    entry = _SHARES.get(id(loop))
-    return entry[1] if entry is not None and entry[0]() is loop else None
-
-
-async def _forget_and_close(loop: asyncio.AbstractEventLoop, share: LoopShare) -> None:
-    """Forget the loop's share and close its clients (at the loop's shutdown, or when asked)."""
-    if _share_of(loop) is share:
-        del _SHARES[id(loop)]
-    clients = list(share.clients.values())
-    share.clients.clear()
-    for client in clients:
-        await client.aclose()
-
-
-async def _close_at_shutdown(loop: asyncio.AbstractEventLoop, share: LoopShare) -> AsyncGenerator[None, None]:
-    try:
-        yield
-    finally:
-        await _forget_and_close(loop, share)
-
-
-async def loop_share() -> LoopShare:
-    """The share of the running loop (created on first use; closed loops are forgotten)."""
-    loop = asyncio.get_running_loop()
-    share = _share_of(loop)
-    if share is None:
-        for key, (ref, _) in list(_SHARES.items()):
-            other = ref()
-            if other is None or other.is_closed():
-                del _SHARES[key]  # loops that are gone or closed without a shutdown
-        share = LoopShare()
-        _SHARES[id(loop)] = (weakref.ref(loop), share)
-        share.closer = _close_at_shutdown(loop, share)
-        await share.closer.__anext__()  # started on this loop, so its shutdown finalises it
-    return share
+async def loop_share() -> LoopLocal:
+    """The running loop's owner of the shared clients and lookups
+    (:class:`~airflow_vibedream.waiting.loop_local.LoopLocal`; closed at the loop's shutdown)."""
+    return await closed_at_shutdown()
 
 
 def cached_shared_client(conn_id: str) -> AsyncVibeDreamClient | None:
     """The running loop's client for ``conn_id`` when its lookup is fresh and nothing changed, with
     no await at all (every trigger asks before every poll); else None."""
-    share = _share_of(asyncio.get_running_loop())
+    share = existing(asyncio.get_running_loop())
     if share is None:
         return None
     entry = share.lookups.get(conn_id)
@@ -100,7 +49,7 @@ def cached_shared_client(conn_id: str) -> AsyncVibeDreamClient | None:
 
 
 async def shared_settings(
-    share: LoopShare, conn_id: str, lookup: Callable[[], Awaitable[ClientSettings]], *, refresh: bool = False
+    share: LoopLocal, conn_id: str, lookup: Callable[[], Awaitable[ClientSettings]], *, refresh: bool = False
 ) -> ClientSettings:
     """The connection's settings, looked up once per loop and TTL (or anew with ``refresh``);
     concurrent callers share the one lookup in flight. A failed lookup is not remembered."""
@@ -119,7 +68,7 @@ async def shared_settings(
         raise
 
 
-def shared_client(share: LoopShare, conn_id: str, settings: ClientSettings) -> AsyncVibeDreamClient:
+def shared_client(share: LoopLocal, conn_id: str, settings: ClientSettings) -> AsyncVibeDreamClient:
     """The loop's client for ``settings``; the client of superseded settings is retired."""
     client = share.clients.get(settings)
     if client is not None and share.current.get(conn_id) is settings and not client.closed:
@@ -139,9 +88,9 @@ async def aclose_shared_async_clients() -> None:
     """Close the shared async clients of the running loop now (tests; scripts need not: the loop's
     shutdown closes them)."""
     loop = asyncio.get_running_loop()
-    share = _share_of(loop)
+    share = existing(loop)
     if share is None:
         return
-    await _forget_and_close(loop, share)
+    await forget_and_close(loop, share)
     if share.closer is not None:
         await share.closer.aclose()

@@ -23,7 +23,6 @@ import contextlib
 import random
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -32,6 +31,7 @@ from airflow_vibedream.client.settings import RetryPolicy
 from airflow_vibedream.errors import VibeDreamError
 from airflow_vibedream.waiting.decisions import PredictionWait, Retry, Stop, worth_waiting_for
 from airflow_vibedream.waiting.gate_core import CLOSED, GateCore
+from airflow_vibedream.waiting.loop_local import loop_local
 
 __all__ = [
     "CLOSED",
@@ -147,22 +147,13 @@ def _capped(seconds: float | None, deadline: float | None) -> float | None:
 
 # -- one gate per API per event loop / per process ------------------------------------------------------
 
-#: Per loop (by id, with a weak reference to tell a reused id from the same loop: a
-#: WeakKeyDictionary would create a weak reference on every lookup, i.e. on every poll).
-_LOOP_GATES: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], dict[str, AsyncOutageGate]]] = {}
 _PROCESS_GATES: dict[str, ThreadOutageGate] = {}
 _PROCESS_GATES_LOCK = threading.Lock()
 
 
 def loop_gate(base_url: str) -> AsyncOutageGate:
-    """The gate of the API at ``base_url`` on the running event loop (it holds no loop reference)."""
-    loop = asyncio.get_running_loop()
-    entry = _LOOP_GATES.get(id(loop))
-    if entry is None or entry[0]() is not loop:
-        for key in [key for key, (ref, _) in _LOOP_GATES.items() if ref() is None]:
-            del _LOOP_GATES[key]  # loops that are gone
-        entry = _LOOP_GATES[id(loop)] = (weakref.ref(loop), {})
-    gates = entry[1]
+    """The gate of the API at ``base_url`` on the running event loop (kept by its :class:`LoopLocal`)."""
+    gates = loop_local().gates
     gate = gates.get(base_url)
     if gate is None:
         gate = gates[base_url] = AsyncOutageGate()

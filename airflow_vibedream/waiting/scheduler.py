@@ -34,6 +34,7 @@ from airflow_vibedream.client.settings import RetryPolicy
 from airflow_vibedream.errors import VibeDreamError
 from airflow_vibedream.waiting.decisions import Finished, Next, PredictionWait, RereadKey, Stop
 from airflow_vibedream.waiting.gate import OutageReport, poll_client_async
+from airflow_vibedream.waiting.loop_local import loop_local
 from airflow_vibedream.waiting.window import PollWindow
 
 if TYPE_CHECKING:
@@ -287,21 +288,18 @@ class PollScheduler:
         self.window.failed(now=self._loop.time())
 
 
-_SCHEDULERS: dict[tuple[int, str], PollScheduler] = {}
-
-
 def loop_scheduler(
     key: str, client: Callable[[], Awaitable[AsyncVibeDreamClient]], **options: Any
 ) -> PollScheduler:
-    """The running loop's scheduler for ``key`` (a connection id), made on first use."""
-    loop = asyncio.get_running_loop()
-    registry_key = (id(loop), key)
-    scheduler = _SCHEDULERS.get(registry_key)
-    if scheduler is None or scheduler._loop is not loop:
+    """The running loop's scheduler for ``key`` (a connection id), made on first use and kept by the
+    loop's :class:`~airflow_vibedream.waiting.loop_local.LoopLocal` while it has waits to watch."""
+    schedulers = loop_local().schedulers
+    scheduler = schedulers.get(key)
+    if scheduler is None:
 
         def forget(done: PollScheduler) -> None:
-            if _SCHEDULERS.get(registry_key) is done:
-                del _SCHEDULERS[registry_key]
+            if schedulers.get(key) is done:
+                del schedulers[key]
 
-        scheduler = _SCHEDULERS[registry_key] = PollScheduler(client, on_idle=forget, **options)
+        scheduler = schedulers[key] = PollScheduler(client, on_idle=forget, **options)
     return scheduler

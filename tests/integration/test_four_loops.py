@@ -122,7 +122,9 @@ def quick_emulator() -> Iterator[EmulatorServer]:
 async def test_the_four_loops_end_alike(
     quick_emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, scenario: str, loop: str
 ) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json(quick_emulator.base_url))
+    # Short back-offs, so three transient failures in a row fit well inside the deadline.
+    connection = connection_json(quick_emulator.base_url, initial_backoff=0.05, max_backoff=0.1)
+    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection)
     rules, expected = SCENARIOS[scenario]
     faults(quick_emulator, *[rule for rule in rules if rule["route"] == "submit"])
     client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=quick_emulator.base_url))

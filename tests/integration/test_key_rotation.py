@@ -17,9 +17,10 @@ import pytest
 
 from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
 from airflow_vibedream.emulator import EmulatorConfig, EmulatorServer
-from airflow_vibedream.hooks.shared import _SHARES, aclose_shared_async_clients
+from airflow_vibedream.hooks.shared import aclose_shared_async_clients
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger, VibeDreamPredictionTrigger
+from airflow_vibedream.waiting.loop_local import _LOCALS
 from tests.conftest import TEST_KEY, connection_json, emulator_stats
 from tests.helpers import async_until
 
@@ -100,7 +101,7 @@ def test_the_shared_clients_never_keep_a_finished_loop_alive(vibedream_conn: Emu
     # connection lookup goes through sync_to_async), which lets it go when the next loop comes; the
     # shared clients hold none of them.
     assert [ref() for ref in loops[:-1]] == [None, None]
-    assert len(_SHARES) == 0
+    assert len(_LOCALS) == 0
 
 
 def test_a_script_using_the_shared_client_exits_without_unclosed_session_noise(

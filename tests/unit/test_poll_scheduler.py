@@ -14,9 +14,9 @@ import pytest
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.settings import RetryPolicy
 from airflow_vibedream.errors import VibeDreamAuthError, VibeDreamTimeoutError
-from airflow_vibedream.waiting import scheduler as poller
 from airflow_vibedream.waiting.decisions import PredictionWait
 from airflow_vibedream.waiting.durations import DurationModel, LearnedSchedule
+from airflow_vibedream.waiting.loop_local import loop_local
 from airflow_vibedream.waiting.scheduler import PollScheduler, loop_scheduler
 from tests.helpers import async_until
 
@@ -108,7 +108,7 @@ async def test_cancelled_waits_leave_nothing_behind() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.sleep(0)  # the workers' cancellations run
     assert len(scheduler) == 0 and scheduler._heap == []
-    assert "cancel-test" not in {key for _, key in poller._SCHEDULERS}
+    assert "cancel-test" not in loop_local().schedulers
     current = asyncio.current_task()
     assert [t for t in asyncio.all_tasks() if t is not current and not t.done()] == []
     polls = sum(jobs.polls.values())
