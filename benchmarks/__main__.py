@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from benchmarks import airflow_scale, docs, far_api, ledger, outage, persist, poll_cost, triggers
+from benchmarks import airflow_scale, cold_burst, docs, far_api, ledger, outage, persist, poll_cost, triggers
 
 BENCHMARKS = {
     "persist": persist.main,
     "triggers": triggers.main,
     "far_api": far_api.main,
     "poll_cost": poll_cost.main,
+    "cold_burst": cold_burst.main,
     "outage": outage.main,
     "airflow_scale": airflow_scale.main,
     "ledger": ledger.main,

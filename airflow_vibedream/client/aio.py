@@ -33,11 +33,13 @@ class _AiohttpSender:
 
     def __init__(self, session: aiohttp.ClientSession, settings: ClientSettings, api: Api) -> None:
         import aiohttp
+        import yarl
 
         # Imported here, as aiohttp is: only a process that polls pays for it. Bound once, not per poll.
-        from airflow_vibedream.client.aiohttp_errors import httpx_errors
+        from airflow_vibedream.client.aiohttp_errors import as_httpx_error_of
 
-        self._httpx_errors = httpx_errors
+        self._as_httpx_error = as_httpx_error_of
+        self._url = yarl.URL
         self._session = session
         self._headers = api.plain_headers
         self._limit = settings.max_response_bytes
@@ -48,19 +50,23 @@ class _AiohttpSender:
 
     async def send(self, call: ApiCall) -> Prediction | None:
         body = CappedBody(self._limit, call)
+        # Built by Api already quoted: aiohttp need not parse and re-quote it on every poll.
+        url = self._url(call.url, encoded=True)
         try:
-            # The same httpx errors as the transport's path, the aiohttp error as the cause.
-            with self._httpx_errors():
-                async with self._session.request(
-                    call.method, call.url, headers=self._headers, allow_redirects=False, timeout=self._timeout
-                ) as answer:
-                    if 300 <= answer.status < 400:
-                        return None
-                    async for chunk in answer.content.iter_chunked(64 * 1024):
-                        body.feed(chunk)
-                    status, headers = answer.status, answer.raw_headers
-        except httpx.HTTPError as exc:
-            raise call.on_http_error(exc) from exc
+            async with self._session.request(
+                call.method, url, headers=self._headers, allow_redirects=False, timeout=self._timeout
+            ) as answer:
+                if 300 <= answer.status < 400:
+                    return None
+                async for chunk in answer.content.iter_chunked(64 * 1024):
+                    body.feed(chunk)
+                status, headers = answer.status, answer.raw_headers
+        except Exception as exc:
+            if type(exc).__module__.startswith("airflow_vibedream"):
+                raise  # our own errors (a capped body, a refused answer) pass as they are
+            # The same httpx error as the transport's path would raise, the aiohttp error its cause.
+            error = self._as_httpx_error(exc)
+            raise call.on_http_error(error) from error
         content = b"".join(body.chunks)
         if 200 <= status < 300:
             return call.on_success(status, content)

@@ -7,9 +7,6 @@ reads to tell a connect error from a dropped connection."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import aiohttp
 import httpx
 from aiohttp.http_exceptions import ContentEncodingError
@@ -52,18 +49,15 @@ def as_httpx_error(exc: Exception) -> httpx.HTTPError:
     return httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}")
 
 
-@contextlib.contextmanager
-def httpx_errors() -> Iterator[None]:
-    """Raise every aiohttp (or other transport) error inside as its httpx error, the original as
-    the cause."""
-    try:
-        yield
-    except httpx.HTTPError:
-        raise
-    except Exception as exc:
-        if type(exc).__module__.startswith("airflow_vibedream"):
-            raise  # our own errors (a capped body, a refused answer) pass as they are
-        raise as_httpx_error(exc) from exc
+def as_httpx_error_of(exc: Exception) -> httpx.HTTPError:
+    """The httpx error an aiohttp (or other transport) error stands for, with that error as its
+    cause (``calls._surely_not_sent`` reads the cause to tell a connect error from a dropped one);
+    an httpx error is returned as it is."""
+    if isinstance(exc, httpx.HTTPError):
+        return exc
+    error = as_httpx_error(exc)
+    error.__cause__ = exc
+    return error
 
 
 def is_connector_error(exc: BaseException | None) -> bool:

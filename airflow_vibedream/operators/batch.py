@@ -10,7 +10,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator, conf
+from airflow.providers.common.compat.sdk import BaseOperator, conf
 
 from airflow_vibedream.client.request import UpscaleRequest, validate_bool
 from airflow_vibedream.client.sync import VibeDreamClient
@@ -22,8 +22,6 @@ from airflow_vibedream.constants import (
 )
 from airflow_vibedream.downloads import DownloadPolicy
 from airflow_vibedream.errors import (
-    InvalidOutputError,
-    VibeDreamError,
     VibeDreamValidationError,
 )
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
@@ -35,8 +33,10 @@ from airflow_vibedream.lifecycle.batch import (
     BatchSubmitter,
     SubmitResult,
 )
+from airflow_vibedream.lifecycle.batch_finish import ImageLines, complete_in_ledger, fail_for, summary_of
 from airflow_vibedream.lifecycle.batch_ledger import BatchLedger
 from airflow_vibedream.lifecycle.batch_wait import WorkerWait, wait_for_batch_in_worker
+from airflow_vibedream.lifecycle.budget import check_budget
 from airflow_vibedream.lifecycle.events import (
     EVENT_SUCCESS,
     EVENT_TIMEOUT,
@@ -46,17 +46,14 @@ from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.identity import ContentIdentity, identity_of, s3_identity
 from airflow_vibedream.lifecycle.ledger import Ledger, LedgerEntry, TaskRef
 from airflow_vibedream.lifecycle.manifest import (
-    STATUS_INVALID_OUTPUT,
     STATUS_NOT_SUBMITTED,
-    STATUS_REUSED,
     STATUS_TIMEOUT,
     STATUS_UNKNOWN,
-    line_before_download,
     manifest_uri,
 )
 from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy, input_facts
 from airflow_vibedream.lifecycle.records import PROGRESS_XCOM_KEY, BatchProgress
-from airflow_vibedream.lifecycle.rules import is_permanent, permanent_errors_fail_the_task
+from airflow_vibedream.lifecycle.rules import permanent_errors_fail_the_task
 from airflow_vibedream.lifecycle.settle import fire_not_before
 from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
 from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
@@ -64,7 +61,6 @@ from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
 from airflow_vibedream.links import VibeDreamGalleryLink, VibeDreamManifestLink
 from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,
-    StoredOutput,
     validate_name_template,
     write_text_atomically,
 )
@@ -406,7 +402,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             records.update(sorted_.records)
             todo = sorted_.todo
             taken_elsewhere = dict(sorted_.held)
-        self._check_budget(len(todo), records)
+        check_budget(len(todo), records, self.cost_cents_per_image, self.max_cost_cents, self.log)
         self._submitter = BatchSubmitter(
             client=client,
             store=store,
@@ -428,26 +424,6 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         self._not_submitted.update(result.errors)
         records.update(result.records)
 
-    def _check_budget(self, to_submit: int, records: dict[str, SubmissionRecord]) -> None:
-        """Refuse the batch, before any submit, when its estimated cost is over ``max_cost_cents``."""
-        spent = sum(r.cost_cents or 0 for r in records.values())
-        estimate = spent + to_submit * self.cost_cents_per_image
-        self.log.info(
-            "VibeDream batch cost estimate: %g cents (%d images to submit x %g cents, %g cents already "
-            "spent by an earlier try)",
-            estimate,
-            to_submit,
-            self.cost_cents_per_image,
-            spent,
-        )
-        if self.max_cost_cents is not None and estimate > self.max_cost_cents:
-            raise AirflowFailException(
-                f"max_cost_cents: the batch would cost about {estimate:g} cents ({to_submit} images x "
-                f"{self.cost_cents_per_image:g} cents + {spent:g} cents already spent), over "
-                f"max_cost_cents={self.max_cost_cents:g}; nothing was submitted. Raise max_cost_cents or "
-                "split the batch."
-            )
-
     # -- results -----------------------------------------------------------------------------------
 
     def _finish(
@@ -464,20 +440,26 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         target = OutputTarget(
             self.output_path, self.output_name_template, self.output_conn_id or self.aws_conn_id
         )
-        client = self.hook.get_client()
-        stored_by_key: dict[str, list[StoredOutput]] = {}
-
-        def line(item: BatchImage) -> dict[str, Any]:
-            return self._manifest_line(
-                item, records.get(item.key), outcome, client, target, ti, stored_by_key
-            )
-
+        policy = self._download_policy
+        lines_of = ImageLines(
+            client=self.hook.get_client(),
+            target=target,
+            ti=ti,
+            output_format=self.output_format,
+            policy=policy,
+            expectation=lambda item: self._expectation(item, policy),
+            records=records,
+            outcome=outcome,
+            reused=self._reused,
+            not_submitted=self._not_submitted,
+            log=self.log,
+        )
         # One download per distinct job (repeated images share one), then one manifest line per image.
         unique = list({item.key: item for item in items}.values())
         with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="vibedream-download") as pool:
-            by_key = dict(zip((item.key for item in unique), pool.map(line, unique), strict=True))
+            by_key = dict(zip((item.key for item in unique), pool.map(lines_of.line, unique), strict=True))
         if ledger is not None:
-            _complete_in_ledger(ledger, unique, records, by_key, stored_by_key)
+            complete_in_ledger(ledger, unique, records, by_key, lines_of.stored_by_key)
         lines = [{**by_key[item.key], "input": item.image} for item in items]
         retryable = any(
             item["status"] in (STATUS_NOT_SUBMITTED, STATUS_TIMEOUT) or item.get("retryable", False)
@@ -489,7 +471,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         write_text_atomically(
             manifest, "".join(json.dumps(item) + "\n" for item in lines), conn_id=target.conn_id
         )
-        summary = _summary(lines, records, manifest)
+        summary = summary_of(lines, records, manifest)
         self.log.info("VibeDream batch finished: %s", summary)
         jobs = {r.prediction_id for r in records.values() if r.prediction_id}
         final = (
@@ -502,112 +484,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         )
         ti.xcom_push(key=PROGRESS_XCOM_KEY, value=final.to_json())
         if self.fail_on_error and summary["failed"]:
-            _fail(summary, [item["input"] for item in lines if item["status"] == STATUS_UNKNOWN], retryable)
+            fail_for(
+                summary, [item["input"] for item in lines if item["status"] == STATUS_UNKNOWN], retryable
+            )
         return summary
-
-    def _manifest_line(
-        self,
-        item: BatchImage,
-        record: SubmissionRecord | None,
-        outcome: dict[str, tuple[str, str | None]],
-        client: VibeDreamClient,
-        target: OutputTarget,
-        ti: Any,
-        stored_by_key: dict[str, list[StoredOutput]],
-    ) -> dict[str, Any]:
-        """One image's manifest line: reused, decided before any download, or its outputs stored
-        (and checked against what was asked) now, named for ``ti``. Never raises: one image's trouble
-        is its line's."""
-        if (reused := self._reused.get(item.key)) is not None:
-            return {
-                "input": item.image,
-                "prediction_id": reused.prediction_id,
-                "status": STATUS_REUSED,
-                "outputs": [out.uri for out in reused.outputs],
-                "error": None,
-                "cost_cents": 0,
-            }
-        base, to_fetch = line_before_download(item.image, record, outcome, self._not_submitted.get(item.key))
-        if not to_fetch or record is None or record.prediction_id is None:
-            return base
-        policy = self._download_policy
-        try:
-            prediction = client.get_prediction(record.prediction_id)
-            if not prediction.succeeded:
-                return {**base, "status": prediction.status, "outputs": None, "error": prediction.error}
-            stored = target.store(prediction, ti, self.output_format, policy, self._expectation(item, policy))
-            stored_by_key[item.key] = stored
-            return {
-                **base,
-                "status": "completed",
-                "outputs": [s.uri for s in stored],
-                "error": None,
-                "checks": list(stored[0].checks) if stored else [],
-            }
-        except InvalidOutputError as exc:  # complete but not what was asked: final, never stored
-            return {**base, "status": STATUS_INVALID_OUTPUT, "outputs": None, "error": str(exc)}
-        except Exception as exc:  # one image's trouble never costs the manifest of the others
-            if not isinstance(exc, VibeDreamError):
-                self.log.exception("VibeDream batch: storing the outputs of %s failed", item.image)
-            return {
-                **base,
-                "status": "failed",
-                "outputs": None,
-                "error": str(exc) if isinstance(exc, VibeDreamError) else f"{type(exc).__name__}: {exc}",
-                "retryable": not is_permanent(exc),  # e.g. a download cut short
-            }
-
-
-def _complete_in_ledger(
-    ledger: BatchLedger,
-    unique: list[BatchImage],
-    records: dict[str, SubmissionRecord],
-    by_key: dict[str, dict[str, Any]],
-    stored_by_key: dict[str, list[StoredOutput]],
-) -> None:
-    """The ledger after the outputs were stored: each stored image completed with its outputs; a job
-    that failed for good forgotten, so the next run submits its image anew."""
-    ledger.record_completed(
-        [(item, records[item.key], stored_by_key[item.key]) for item in unique if item.key in stored_by_key]
-    )
-    ledger.forget(
-        [
-            records[key]
-            for key, value in by_key.items()
-            if value["status"] == "failed" and not value.get("retryable") and key in records
-        ]
-    )
-
-
-def _summary(
-    lines: list[dict[str, Any]], records: dict[str, SubmissionRecord], manifest: str
-) -> dict[str, Any]:
-    """The task's return value: counts by outcome, the cost of this batch's jobs, the manifest."""
-    completed = sum(1 for item in lines if item["status"] == "completed")
-    reused = sum(1 for item in lines if item["status"] == STATUS_REUSED)
-    return {
-        "total": len(lines),
-        "completed": completed,
-        "reused": reused,
-        "failed": len(lines) - completed - reused,
-        "unknown": sum(1 for item in lines if item["status"] == STATUS_UNKNOWN),
-        "total_cost_cents": sum(r.cost_cents or 0 for r in records.values()),
-        "manifest": manifest,
-    }
-
-
-def _fail(summary: dict[str, Any], unknown: list[str], retryable: bool) -> None:
-    """Fail the task for the failed images. Only a retry that can change something is allowed: images
-    never submitted, or cut by the deadline, or lost to a transient error. Failed predictions and
-    unknown states are final."""
-    message = (
-        f"{summary['failed']} of {summary['total']} images failed; see the manifest {summary['manifest']}"
-    )
-    if unknown:
-        message += (
-            ". Submission state unknown (sent, answer lost: they may exist and be billed; NOT "
-            f"resubmitted, check your VibeDream dashboard): {', '.join(unknown)}"
-        )
-    if retryable:
-        raise AirflowException(message)
-    raise AirflowFailException(message)

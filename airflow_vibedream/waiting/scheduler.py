@@ -237,23 +237,26 @@ class PollScheduler:
     async def _poll(self, watch: Watch) -> None:
         if watch.future.done():
             return
-        sent = self._loop.time()
-        wait = watch.wait
         try:
-            client = await self._client()
-            self.window.ceiling = client.settings.max_polls_in_flight
-            self.polls += 1
-            prediction = await poll_client_async(
-                client, wait, on_unavailable=watch.on_unavailable, on_transient=self._congested
-            )
+            await self._poll_once(watch)
         except asyncio.CancelledError:
             raise
-        except VibeDreamError as exc:
-            await self._failed(watch, exc, client.settings.retry)
-            return
         except BaseException as exc:  # the wait ends with what ended it; the trigger decides
             if not watch.future.done():
                 watch.future.set_exception(exc)
+
+    async def _poll_once(self, watch: Watch) -> None:
+        sent = self._loop.time()
+        wait = watch.wait
+        client = await self._client()
+        self.window.ceiling = client.settings.max_polls_in_flight
+        self.polls += 1
+        try:
+            prediction = await poll_client_async(
+                client, wait, on_unavailable=watch.on_unavailable, on_transient=self._congested
+            )
+        except VibeDreamError as exc:
+            await self._failed(watch, exc, client.settings.retry)
             return
         now = self._loop.time()
         self.window.answered(now - sent, now, saturated=self._backlogged())

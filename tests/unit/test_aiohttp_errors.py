@@ -10,9 +10,8 @@ import httpx
 import pytest
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 
-from airflow_vibedream.client.aiohttp_errors import as_httpx_error, httpx_errors, is_connector_error
+from airflow_vibedream.client.aiohttp_errors import as_httpx_error, as_httpx_error_of, is_connector_error
 from airflow_vibedream.client.calls import _surely_not_sent
-from airflow_vibedream.errors import VibeDreamProtocolError
 
 
 def connector_error() -> aiohttp.ClientConnectorError:
@@ -44,12 +43,11 @@ def test_a_body_that_is_not_its_encoding_is_an_undecodable_answer() -> None:
 
 def test_only_a_connector_error_was_surely_never_sent() -> None:
     for cause, never_sent in ((connector_error(), True), (aiohttp.ServerDisconnectedError(), False)):
-        with pytest.raises(httpx.HTTPError) as raised, httpx_errors():
-            raise cause
-        assert raised.value.__cause__ is cause and is_connector_error(cause) is never_sent
-        assert _surely_not_sent(raised.value) is never_sent  # type: ignore[arg-type]
+        mapped = as_httpx_error_of(cause)
+        assert mapped.__cause__ is cause and is_connector_error(cause) is never_sent
+        assert _surely_not_sent(mapped) is never_sent  # type: ignore[arg-type]
 
 
-def test_our_own_errors_pass_through() -> None:
-    with pytest.raises(VibeDreamProtocolError), httpx_errors():
-        raise VibeDreamProtocolError("answer too large")
+def test_an_httpx_error_is_its_own_mapping() -> None:
+    error = httpx.ReadError("cut")
+    assert as_httpx_error_of(error) is error

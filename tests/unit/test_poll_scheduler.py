@@ -177,3 +177,36 @@ def test_learned_schedule_is_sparse_before_jobs_finish_dense_where_they_do_and_b
     tail = sorted([*samples[:980], *(300.0 + 15.0 * n for n in range(20))])  # a 2% tail at 5-10 min
     assert schedule.next_delay(tail, 2.0, 40.0) == schedule.max_sparse  # no job ends in 30 s-5 min
     assert schedule.max_sparse >= schedule.next_delay(tail, 2.0, 310.0) > 2.0  # sparse in the tail
+
+
+async def test_a_key_reread_that_fails_ends_that_wait_with_its_error_not_a_hang() -> None:
+    now = time.time()
+    jobs = FakeJobs({"refused": now + 3600}, created=now)
+    jobs.refuse.add("refused")
+    scheduler = scheduler_for(jobs)
+
+    async def unreadable_connection() -> bool:
+        raise RuntimeError("the connection cannot be read")
+
+    wait = scheduler.wait(waiting("refused", interval=0.05, kind="k"), reread=unreadable_connection)
+    with pytest.raises(RuntimeError, match="cannot be read"):
+        await asyncio.wait_for(wait, timeout=10)
+    assert len(scheduler) == 0
+
+
+async def test_a_rotated_key_is_polled_again_at_once_and_a_second_refusal_stands() -> None:
+    now = time.time()
+    jobs = FakeJobs({"refused": now + 3600}, created=now)
+    jobs.refuse.add("refused")
+    scheduler = scheduler_for(jobs)
+    rereads = 0
+
+    async def rotated() -> bool:
+        nonlocal rereads
+        rereads += 1
+        return True
+
+    wait = scheduler.wait(waiting("refused", interval=5.0, kind="k"), reread=rotated)
+    with pytest.raises(VibeDreamAuthError):
+        await asyncio.wait_for(wait, timeout=10)  # the second poll is at once, not 5 s later
+    assert rereads == 1 and jobs.polls["refused"] == 2

@@ -1,0 +1,163 @@
+"""A batch's end: one manifest line per image (its outputs stored and checked now, or why not), the
+ledger completed, the task's summary, and the decision to fail it (and whether a retry can help)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+
+from airflow_vibedream.errors import InvalidOutputError, VibeDreamError
+from airflow_vibedream.lifecycle.manifest import (
+    STATUS_INVALID_OUTPUT,
+    STATUS_REUSED,
+    STATUS_UNKNOWN,
+    line_before_download,
+)
+from airflow_vibedream.lifecycle.rules import is_permanent
+
+if TYPE_CHECKING:
+    from airflow_vibedream.client.sync import VibeDreamClient
+    from airflow_vibedream.downloads import DownloadPolicy
+    from airflow_vibedream.lifecycle.batch import BatchImage
+    from airflow_vibedream.lifecycle.batch_ledger import BatchLedger
+    from airflow_vibedream.lifecycle.ledger import LedgerEntry
+    from airflow_vibedream.lifecycle.outputs import OutputTarget
+    from airflow_vibedream.lifecycle.store import SubmissionRecord
+    from airflow_vibedream.lifecycle.verify import Expectation
+    from airflow_vibedream.storage import StoredOutput
+
+
+@dataclass
+class ImageLines:
+    """Each image's manifest line, its outputs stored on the way (threads call :meth:`line`).
+
+    :param client: fetches each finished prediction (its outputs' URLs).
+    :param target: where and under which names outputs are stored.
+    :param ti: the task instance the outputs are named for.
+    :param output_format: the format asked for.
+    :param policy: how outputs are downloaded.
+    :param expectation: what an image's output must be (checked before it is stored).
+    :param records: each image's submission record, by request key.
+    :param outcome: each prediction's ``(pending|done|failed, error)``.
+    :param reused: images the ledger says are done, by request key.
+    :param not_submitted: why an image was not submitted, by request key.
+    :param log: the task's log.
+    """
+
+    client: VibeDreamClient
+    target: OutputTarget
+    ti: Any
+    output_format: str
+    policy: DownloadPolicy
+    expectation: Callable[[BatchImage], Expectation]
+    records: dict[str, SubmissionRecord]
+    outcome: dict[str, tuple[str, str | None]]
+    reused: dict[str, LedgerEntry]
+    not_submitted: dict[str, str]
+    log: Any
+    #: The outputs stored, by request key (for the ledger).
+    stored_by_key: dict[str, list[StoredOutput]] = field(default_factory=dict)
+
+    def line(self, item: BatchImage) -> dict[str, Any]:
+        """One image's manifest line: reused, decided before any download, or its outputs stored (and
+        checked against what was asked) now. Never raises: one image's trouble is its line's."""
+        if (reused := self.reused.get(item.key)) is not None:
+            return {
+                "input": item.image,
+                "prediction_id": reused.prediction_id,
+                "status": STATUS_REUSED,
+                "outputs": [out.uri for out in reused.outputs],
+                "error": None,
+                "cost_cents": 0,
+            }
+        record = self.records.get(item.key)
+        base, to_fetch = line_before_download(
+            item.image, record, self.outcome, self.not_submitted.get(item.key)
+        )
+        if not to_fetch or record is None or record.prediction_id is None:
+            return base
+        try:
+            prediction = self.client.get_prediction(record.prediction_id)
+            if not prediction.succeeded:
+                return {**base, "status": prediction.status, "outputs": None, "error": prediction.error}
+            stored = self.target.store(
+                prediction, self.ti, self.output_format, self.policy, self.expectation(item)
+            )
+            self.stored_by_key[item.key] = stored
+            return {
+                **base,
+                "status": "completed",
+                "outputs": [s.uri for s in stored],
+                "error": None,
+                "checks": list(stored[0].checks) if stored else [],
+            }
+        except InvalidOutputError as exc:  # complete but not what was asked: final, never stored
+            return {**base, "status": STATUS_INVALID_OUTPUT, "outputs": None, "error": str(exc)}
+        except Exception as exc:  # one image's trouble never costs the manifest of the others
+            if not isinstance(exc, VibeDreamError):
+                self.log.exception("VibeDream batch: storing the outputs of %s failed", item.image)
+            return {
+                **base,
+                "status": "failed",
+                "outputs": None,
+                "error": str(exc) if isinstance(exc, VibeDreamError) else f"{type(exc).__name__}: {exc}",
+                "retryable": not is_permanent(exc),  # e.g. a download cut short
+            }
+
+
+def complete_in_ledger(
+    ledger: BatchLedger,
+    unique: list[BatchImage],
+    records: dict[str, SubmissionRecord],
+    by_key: dict[str, dict[str, Any]],
+    stored_by_key: dict[str, list[StoredOutput]],
+) -> None:
+    """The ledger after the outputs were stored: each stored image completed with its outputs; a job
+    that failed for good forgotten, so the next run submits its image anew."""
+    ledger.record_completed(
+        [(item, records[item.key], stored_by_key[item.key]) for item in unique if item.key in stored_by_key]
+    )
+    ledger.forget(
+        [
+            records[key]
+            for key, value in by_key.items()
+            if value["status"] == "failed" and not value.get("retryable") and key in records
+        ]
+    )
+
+
+def summary_of(
+    lines: list[dict[str, Any]], records: dict[str, SubmissionRecord], manifest: str
+) -> dict[str, Any]:
+    """The task's return value: counts by outcome, the cost of this batch's jobs, the manifest."""
+    completed = sum(1 for item in lines if item["status"] == "completed")
+    reused = sum(1 for item in lines if item["status"] == STATUS_REUSED)
+    return {
+        "total": len(lines),
+        "completed": completed,
+        "reused": reused,
+        "failed": len(lines) - completed - reused,
+        "unknown": sum(1 for item in lines if item["status"] == STATUS_UNKNOWN),
+        "total_cost_cents": sum(r.cost_cents or 0 for r in records.values()),
+        "manifest": manifest,
+    }
+
+
+def fail_for(summary: dict[str, Any], unknown: list[str], retryable: bool) -> None:
+    """Fail the task for the failed images. Only a retry that can change something is allowed: images
+    never submitted, or cut by the deadline, or lost to a transient error. Failed predictions and
+    unknown states are final."""
+    message = (
+        f"{summary['failed']} of {summary['total']} images failed; see the manifest {summary['manifest']}"
+    )
+    if unknown:
+        message += (
+            ". Submission state unknown (sent, answer lost: they may exist and be billed; NOT "
+            f"resubmitted, check your VibeDream dashboard): {', '.join(unknown)}"
+        )
+    if retryable:
+        raise AirflowException(message)
+    raise AirflowFailException(message)
