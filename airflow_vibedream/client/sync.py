@@ -96,20 +96,17 @@ class VibeDreamClient:
             None); without it a refusal is final.
         """
         # Imported here: the waiting package builds on this client, not the other way round.
-        from airflow_vibedream.waiting.blocking import wait_in_worker
+        from airflow_vibedream.waiting.blocking import WorkerHooks, wait_in_worker
         from airflow_vibedream.waiting.decisions import PredictionWait
         from airflow_vibedream.waiting.status import StatusTracker
 
         wait = PredictionWait(
             prediction_id, interval=poll_interval, deadline=deadline, kind=kind, created_at=created_at
         )
-        outcome = wait_in_worker(
-            self,
-            [wait],
-            observe=StatusTracker(on_status_change).observe,
-            on_unavailable=on_unavailable,
-            reread=reread,
-        )[prediction_id]
+        hooks = WorkerHooks(
+            observe=StatusTracker(on_status_change).observe, on_unavailable=on_unavailable, reread=reread
+        )
+        outcome = wait_in_worker(self, [wait], hooks=hooks)[prediction_id]
         if isinstance(outcome, VibeDreamError):
             raise outcome
         return outcome

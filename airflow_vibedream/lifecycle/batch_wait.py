@@ -19,7 +19,7 @@ from airflow_vibedream.errors import VibeDreamError, VibeDreamTimeoutError
 from airflow_vibedream.lifecycle.batch import FAILED, PENDING, poll_outcome
 from airflow_vibedream.lifecycle.events import Throttled, log_unavailable
 from airflow_vibedream.lifecycle.progress import PUBLISH_EVERY
-from airflow_vibedream.waiting.blocking import wait_in_worker
+from airflow_vibedream.waiting.blocking import WorkerHooks, wait_in_worker
 from airflow_vibedream.waiting.decisions import PredictionWait
 
 if TYPE_CHECKING:
@@ -101,10 +101,12 @@ def wait_for_batch_in_worker(
         client,
         [PredictionWait(pid, interval=how.interval, deadline=how.deadline, kind=how.kind) for pid in ids],
         concurrency=how.concurrency,
-        on_over=over,
-        on_tick=progress.tick,
-        on_unavailable=Throttled(lambda seconds, error: log_unavailable(log, seconds, error)),
-        reread=reread,
+        hooks=WorkerHooks(
+            on_over=over,
+            on_tick=progress.tick,
+            on_unavailable=Throttled(lambda seconds, error: log_unavailable(log, seconds, error)),
+            reread=reread,
+        ),
     )
     progress.tick(final=True)
     return outcome

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_any
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_vibedream.client.models import Prediction
@@ -65,94 +66,135 @@ class _KeyRereads:
         return self.changed
 
 
-def wait_in_worker(
-    client: VibeDreamClient,
-    waits: list[PredictionWait],
-    *,
-    concurrency: int = 1,
-    on_over: Callable[[PredictionWait, Outcome], None] | None = None,
-    observe: Callable[[Prediction], Any] | None = None,
-    on_tick: Callable[[], None] | None = None,
-    on_unavailable: OutageReport | None = None,
-    reread: Callable[[], VibeDreamClient | None] | None = None,
-    clock: Callable[[], float] = time.time,
-) -> dict[str, Outcome]:
-    """Wait for every prediction of ``waits``: each one's outcome, by prediction id.
+@dataclass
+class WorkerHooks:
+    """What a worker's wait tells its caller, and how it re-reads a refused key.
 
-    :param client: the client to poll with.
-    :param concurrency: polls in flight at most (threads); 1 polls in the calling thread.
     :param on_over: told of each wait as it ends (it may raise to stop every wait: a batch fails fast).
     :param observe: called with every answer (status-change logging).
     :param on_tick: called at least every :data:`TICK_SECONDS` (progress lines).
     :param on_unavailable: told of an outage while polling (throttled).
     :param reread: after a refused key, reads the connection again: a new client if its settings
         changed, else None. Without it a refusal ends the wait.
+    """
+
+    on_over: Callable[[PredictionWait, Outcome], None] | None = None
+    observe: Callable[[Prediction], Any] | None = None
+    on_tick: Callable[[], None] | None = None
+    on_unavailable: OutageReport | None = None
+    reread: Callable[[], VibeDreamClient | None] | None = None
+
+
+class _WorkerLoop:
+    """One heap of due polls, at most ``concurrency`` in flight; every answer to its wait's decision."""
+
+    def __init__(
+        self, client: VibeDreamClient, concurrency: int, hooks: WorkerHooks, clock: Callable[[], float]
+    ) -> None:
+        self.client = client
+        self.concurrency = concurrency
+        self.hooks = hooks
+        self.clock = clock
+        self.keys = _KeyRereads(hooks.reread)
+        self.outcomes: dict[str, Outcome] = {}
+        self.due: list[tuple[float, int, PredictionWait]] = []
+        self.order = itertools.count()
+        self.in_flight: dict[Future[Prediction], PredictionWait] = {}
+        self.pool: ThreadPoolExecutor | _Inline = (
+            ThreadPoolExecutor(concurrency, thread_name_prefix="vibedream-poll")
+            if concurrency > 1
+            else _Inline()
+        )
+
+    def run(self, waits: list[PredictionWait]) -> dict[str, Outcome]:
+        now = self.clock()
+        for wait in waits:
+            self.push(wait, now + wait.first(now).seconds)
+        try:
+            while self.due or self.in_flight:
+                self.send_due(self.clock())
+                for future in self.answered():
+                    self.read(future)
+                if self.hooks.on_tick is not None:
+                    self.hooks.on_tick()
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        return self.outcomes
+
+    def push(self, wait: PredictionWait, due: float) -> None:
+        heapq.heappush(self.due, (due, next(self.order), wait))
+
+    def send_due(self, now: float) -> None:
+        """Every poll that is due, while there is room (a wait past its deadline ends instead)."""
+        while self.due and self.due[0][0] <= now and len(self.in_flight) < self.concurrency:
+            wait = heapq.heappop(self.due)[2]
+            expired = wait.expired(now)
+            if expired is not None:
+                self.over(wait, expired.error)
+                continue
+            client = self.keys.client or self.client
+            future = self.pool.submit(poll_client, client, wait, on_unavailable=self.hooks.on_unavailable)
+            self.in_flight[future] = wait
+
+    def answered(self) -> set[Future[Prediction]]:
+        """The polls that came back, after waiting (at most until the next is due, or a tick) if none."""
+        finished = {future for future in self.in_flight if future.done()}
+        if finished:
+            return finished
+        sleep = TICK_SECONDS
+        if self.due and len(self.in_flight) < self.concurrency:
+            sleep = min(sleep, max(0.0, self.due[0][0] - self.clock()))
+        if self.in_flight and isinstance(self.pool, ThreadPoolExecutor):
+            return wait_for_any(self.in_flight, timeout=sleep, return_when=FIRST_COMPLETED).done
+        time.sleep(sleep)
+        return set()
+
+    def read(self, future: Future[Prediction]) -> None:
+        """One poll's answer or error, to its wait's decision."""
+        wait = self.in_flight.pop(future)
+        now = self.clock()
+        error = future.exception()
+        if error is None:
+            prediction = future.result()
+            if self.hooks.observe is not None:
+                self.hooks.observe(prediction)
+            self.then(wait, wait.answered(prediction, now), now)
+        elif isinstance(error, VibeDreamError):
+            failed = wait.failed(error, now, (self.keys.client or self.client).settings.retry)
+            if isinstance(failed, RereadKey):
+                self.then(wait, wait.key_reread(self.keys(), failed.refusal, now), now)
+            else:
+                self.then(wait, failed, now)
+        else:
+            raise error
+
+    def then(self, wait: PredictionWait, decision: Next, now: float) -> None:
+        if isinstance(decision, Finished):
+            self.over(wait, decision.prediction)
+        elif isinstance(decision, Stop):
+            self.over(wait, decision.error)
+        else:
+            self.push(wait, now + decision.seconds)
+
+    def over(self, wait: PredictionWait, outcome: Outcome) -> None:
+        self.outcomes[wait.prediction_id] = outcome
+        if self.hooks.on_over is not None:
+            self.hooks.on_over(wait, outcome)
+
+
+def wait_in_worker(
+    client: VibeDreamClient,
+    waits: list[PredictionWait],
+    *,
+    concurrency: int = 1,
+    hooks: WorkerHooks | None = None,
+    clock: Callable[[], float] = time.time,
+) -> dict[str, Outcome]:
+    """Wait for every prediction of ``waits``: each one's outcome, by prediction id.
+
+    :param client: the client to poll with.
+    :param concurrency: polls in flight at most (threads); 1 polls in the calling thread.
+    :param hooks: what the caller is told as the waits go on, and how a refused key is re-read.
     :param clock: epoch seconds (the deadlines' clock).
     """
-    keys = _KeyRereads(reread)
-    outcomes: dict[str, Outcome] = {}
-    due: list[tuple[float, int, PredictionWait]] = []
-    order = itertools.count()
-    now = clock()
-    for wait in waits:
-        heapq.heappush(due, (now + wait.first(now).seconds, next(order), wait))
-    pool: ThreadPoolExecutor | _Inline = (
-        ThreadPoolExecutor(concurrency, thread_name_prefix="vibedream-poll") if concurrency > 1 else _Inline()
-    )
-    in_flight: dict[Future[Prediction], PredictionWait] = {}
-
-    def over(wait: PredictionWait, outcome: Outcome) -> None:
-        outcomes[wait.prediction_id] = outcome
-        if on_over is not None:
-            on_over(wait, outcome)
-
-    def then(wait: PredictionWait, decision: Next, now: float) -> None:
-        if isinstance(decision, Finished):
-            over(wait, decision.prediction)
-        elif isinstance(decision, Stop):
-            over(wait, decision.error)
-        else:
-            heapq.heappush(due, (now + decision.seconds, next(order), wait))
-
-    try:
-        while due or in_flight:
-            now = clock()
-            while due and due[0][0] <= now and len(in_flight) < concurrency:
-                wait = heapq.heappop(due)[2]
-                expired = wait.expired(now)
-                if expired is not None:
-                    over(wait, expired.error)
-                    continue
-                current = keys.client or client
-                in_flight[pool.submit(poll_client, current, wait, on_unavailable=on_unavailable)] = wait
-            sleep = TICK_SECONDS
-            if due and len(in_flight) < concurrency:
-                sleep = min(sleep, max(0.0, due[0][0] - now))
-            finished: set[Future[Prediction]] = {f for f in in_flight if f.done()}
-            if not finished:
-                if in_flight and isinstance(pool, ThreadPoolExecutor):
-                    finished = wait_for_any(in_flight, timeout=sleep, return_when=FIRST_COMPLETED).done
-                else:
-                    time.sleep(sleep)
-            for future in finished:
-                wait = in_flight.pop(future)
-                now = clock()
-                error = future.exception()
-                if error is None:
-                    prediction = future.result()
-                    if observe is not None:
-                        observe(prediction)
-                    then(wait, wait.answered(prediction, now), now)
-                elif isinstance(error, VibeDreamError):
-                    failed = wait.failed(error, now, (keys.client or client).settings.retry)
-                    if isinstance(failed, RereadKey):
-                        then(wait, wait.key_reread(keys(), failed.refusal, now), now)
-                    else:
-                        then(wait, failed, now)
-                else:
-                    raise error
-            if on_tick is not None:
-                on_tick()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-    return outcomes
+    return _WorkerLoop(client, concurrency, hooks or WorkerHooks(), clock).run(waits)
