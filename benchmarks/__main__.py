@@ -5,13 +5,25 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from benchmarks import airflow_scale, cold_burst, docs, far_api, ledger, outage, persist, poll_cost, triggers
+from benchmarks import (
+    airflow_scale,
+    cold_burst,
+    docs,
+    far_api,
+    ledger,
+    outage,
+    persist,
+    poll_cost,
+    poll_path,
+    triggers,
+)
 
 BENCHMARKS = {
     "persist": persist.main,
     "triggers": triggers.main,
     "far_api": far_api.main,
     "poll_cost": poll_cost.main,
+    "poll_path": poll_path.main,
     "cold_burst": cold_burst.main,
     "outage": outage.main,
     "airflow_scale": airflow_scale.main,
