@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import weakref
+from logging import getLogger
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamCl
 from airflow_vibedream.emulator import EmulatorConfig, EmulatorServer
 from airflow_vibedream.hooks.shared import aclose_shared_async_clients
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
+from airflow_vibedream.lifecycle.batch_wait import WorkerWait, wait_for_batch_in_worker
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger, VibeDreamPredictionTrigger
 from airflow_vibedream.waiting.loop_local import _LOCALS
 from tests.conftest import TEST_KEY, connection_json, emulator_stats
@@ -83,6 +85,31 @@ async def test_an_unchanged_key_that_is_refused_fails_at_once(slow_emulator: Emu
         assert (event["status"], event["error_type"]) == ("error", "VibeDreamAuthError")
     finally:
         await aclose_shared_async_clients()
+
+
+@pytest.mark.parametrize("kind", ["operator", "batch"])
+def test_a_wait_in_the_worker_picks_up_a_rotated_key_on_a_401(
+    slow_emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The worker's wait re-reads the connection once after a refusal, as the triggers do."""
+    prediction_id = submit(slow_emulator)
+    hook = VibeDreamHook()
+    client = hook.get_client()
+    client.get_prediction(prediction_id)  # the old key works until the rotation
+    rotate(slow_emulator, monkeypatch)
+    deadline = time.time() + 30
+    if kind == "operator":
+        done = client.wait_for_prediction(
+            prediction_id, poll_interval=0.2, deadline=deadline, reread=hook.reread_client
+        )
+        assert done.succeeded
+    else:
+        how = WorkerWait(deadline=deadline, interval=0.2, kind="k", concurrency=2, progress_interval=30)
+        outcome = wait_for_batch_in_worker(
+            client, [prediction_id], how, log=getLogger("test"), reread=hook.reread_client
+        )
+        assert outcome == {prediction_id: ("done", None)}
+    assert hook.get_client().settings.api_key == NEW_KEY
 
 
 def test_the_shared_clients_never_keep_a_finished_loop_alive(vibedream_conn: EmulatorServer) -> None:
