@@ -94,6 +94,34 @@ class VibeDreamProtocolError(VibeDreamError):
     """The API answered with something that is not the documented JSON."""
 
 
+class VibeDreamAnswerMismatchError(VibeDreamProtocolError):
+    """A status answer for another prediction (or another model) than the one polled: a confused
+    API, a caching proxy or a redirect to another service. Never a result: it is read like an
+    unreadable answer (polled again until the deadline).
+
+    :param polled_id: the prediction that was polled.
+    :param answered_id: the id the answer carried.
+    :param expected_model: the model that was asked, when known.
+    :param answered_model: the ``modelId`` the answer carried, when it had one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        polled_id: str,
+        answered_id: str,
+        expected_model: str | None = None,
+        answered_model: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, prediction_id=polled_id, **kwargs)
+        self.polled_id = polled_id
+        self.answered_id = answered_id
+        self.expected_model = expected_model
+        self.answered_model = answered_model
+
+
 class VibeDreamPredictionFailedError(VibeDreamError):
     """The prediction ended with status ``failed``; ``api_message`` holds the API's reason."""
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import tenacity
 
-from airflow_vibedream.client.calls import Api, ApiCall, CappedBody
+from airflow_vibedream.client.calls import MAX_API_REDIRECTS, Api, ApiCall, CappedBody
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.request import UpscaleRequest
 from airflow_vibedream.client.settings import ClientSettings
@@ -27,8 +27,8 @@ class _AiohttpSender:
     httpx over the aiohttp transport spends about as much CPU in its client and response wrapping as
     aiohttp spends on the whole request (~0.95 vs ~0.45 ms per poll with hundreds of triggers on one
     loop; ``make bench``). Answers are read exactly as the httpx path reads them: size-capped, errors
-    mapped by the same :class:`ApiCall`. A redirect is handed back (None) to the httpx client, which
-    follows it and drops the key when it leaves the API's origin.
+    mapped by the same :class:`ApiCall`. A redirect is handed back (None) to the httpx path, which
+    follows it only on the API's own origin (:meth:`ApiCall.redirect_of`).
     """
 
     def __init__(self, session: aiohttp.ClientSession, settings: ClientSettings, api: Api) -> None:
@@ -126,8 +126,7 @@ class AsyncVibeDreamClient:
                 limit=connections, keepalive_timeout=5.0, ssl=httpx.create_ssl_context()
             )
         )
-        # Redirects are followed by httpx, which drops the Authorization header when a redirect
-        # leaves the API's origin, so the key never reaches another host.
+        # API calls follow redirects in _send, only on the API's origin (the key never leaves it).
         http = httpx.AsyncClient(
             transport=AiohttpTransport(client=session), timeout=settings.timeout, follow_redirects=True
         )
@@ -170,17 +169,24 @@ class AsyncVibeDreamClient:
         return await self._send(call)
 
     async def _send(self, call: ApiCall) -> Prediction:
-        body = CappedBody(self.settings.max_response_bytes, call)
-        try:
-            streamed = await self._http.send(call.request, stream=True, follow_redirects=not call.submits)
+        # Redirects are followed here, not by httpx: only on the API's own origin (ApiCall.redirect_of).
+        for _ in range(MAX_API_REDIRECTS + 1):
+            body = CappedBody(self.settings.max_response_bytes, call)
             try:
-                async for chunk in streamed.aiter_bytes():
-                    body.feed(chunk)
-            finally:
-                await streamed.aclose()
-        except httpx.HTTPError as exc:
-            raise call.on_http_error(exc) from exc
-        return call.on_body(streamed, body)
+                streamed = await self._http.send(call.request, stream=True, follow_redirects=False)
+                try:
+                    redirect = call.redirect_of(streamed)
+                    if redirect is None:
+                        async for chunk in streamed.aiter_bytes():
+                            body.feed(chunk)
+                finally:
+                    await streamed.aclose()
+            except httpx.HTTPError as exc:
+                raise call.on_http_error(exc) from exc
+            if redirect is None:
+                return call.on_body(streamed, body)
+            call = redirect
+        raise call.too_many_redirects()
 
     async def submit(
         self, model_id: str, payload: Mapping[str, Any], *, wait_at_most: float | None = None
@@ -192,9 +198,13 @@ class AsyncVibeDreamClient:
         """Start an upscale job."""
         return await self.submit(UPSCALER_MODEL_ID, request.to_payload())
 
-    async def get_prediction(self, prediction_id: str, *, retry: bool = True) -> Prediction:
-        """Poll a prediction once (transient errors retried per the policy, unless ``retry`` is False)."""
-        return await self._call(self._api.get_prediction(prediction_id), fast=True, retry=retry)
+    async def get_prediction(
+        self, prediction_id: str, *, retry: bool = True, model_id: str | None = None
+    ) -> Prediction:
+        """Poll a prediction once (transient errors retried per the policy, unless ``retry`` is False).
+        An answer for another prediction (or for another model than ``model_id``) is a
+        :class:`~airflow_vibedream.errors.VibeDreamAnswerMismatchError`, never a result."""
+        return await self._call(self._api.get_prediction(prediction_id, model_id), fast=True, retry=retry)
 
     def hold(self) -> None:
         """Mark the client in use across more than one call (a poll riding out an outage), so a

@@ -9,7 +9,7 @@ import email.utils
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -17,7 +17,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from airflow_vibedream import __version__
-from airflow_vibedream.client.models import Prediction, shorten
+from airflow_vibedream.client.models import Prediction, check_answer_is_for, shorten
 from airflow_vibedream.client.request import validate_model_id, validate_prediction_id
 from airflow_vibedream.client.settings import ClientSettings
 from airflow_vibedream.constants import GENERATE_PATH, PREDICTION_PATH
@@ -131,6 +131,14 @@ class CappedBody:
         )
 
 
+#: Redirects a poll follows on the API's own origin before it gives up (a loop is a protocol error).
+MAX_API_REDIRECTS = 5
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
 def _surely_not_sent(exc: httpx.TransportError) -> bool:
     """True when the request never left this machine, so a submit can be retried without a
     second job: connect errors and connect/pool timeouts happen before a byte is sent."""
@@ -149,7 +157,9 @@ def _surely_not_sent(exc: httpx.TransportError) -> bool:
 @dataclass(frozen=True)
 class ApiCall:
     """One request and how to read its answer. ``submits`` marks a call that creates a billed job:
-    it may only be retried when the job surely was not created."""
+    it may only be retried when the job surely was not created. ``answers_for`` (the polled
+    prediction) and ``model_id`` (the model asked) are what an answer must be for: any other
+    answer is a :class:`~airflow_vibedream.errors.VibeDreamAnswerMismatchError`, never a result."""
 
     description: str
     method: str
@@ -158,6 +168,8 @@ class ApiCall:
     json_body: Mapping[str, Any] | None = None
     timeout: httpx.Timeout | None = None
     submits: bool = False
+    answers_for: str | None = None
+    model_id: str | None = None
 
     @property
     def host(self) -> str:
@@ -194,6 +206,34 @@ class ApiCall:
             request_sent=request_sent,
         )
 
+    def redirect_of(self, response: httpx.Response) -> ApiCall | None:
+        """The same call at the address a poll was redirected to, if it stays on the API's origin
+        (scheme, host and port); None when ``response`` is no redirect to follow (an answer, or a
+        submit's redirect, which :meth:`on_response` refuses). A redirect elsewhere is refused: a
+        poll never reaches another service (an internal one, whose answer would land in the log),
+        and only the API's origin ever gets the key."""
+        if self.submits or not response.is_redirect:
+            return None
+        here = httpx.URL(self.url)
+        location = response.headers.get("location", "")
+        try:
+            there = here.join(location)
+        except httpx.InvalidURL:
+            there = None
+        if there is None or _origin(there) != _origin(here):
+            raise VibeDreamProtocolError(
+                f"VibeDream {self.description} was redirected (HTTP {response.status_code}) off the "
+                f"API's origin to {shorten(location, 120)!r}; a poll never leaves "
+                f"{here.scheme}://{here.netloc.decode()}",
+                status_code=response.status_code,
+            )
+        return replace(self, url=str(there))
+
+    def too_many_redirects(self) -> VibeDreamProtocolError:
+        return VibeDreamProtocolError(
+            f"VibeDream {self.description} was redirected more than {MAX_API_REDIRECTS} times"
+        )
+
     def on_response(self, response: httpx.Response) -> Prediction:
         if self.submits and response.status_code == 504:
             # A gateway gave up waiting on a sync-mode submit. If it still relayed the prediction's
@@ -221,13 +261,14 @@ class ApiCall:
     def on_success(self, status_code: int, content: bytes) -> Prediction:
         try:
             try:
-                return Prediction.from_api(json.loads(content))
+                prediction = Prediction.from_api(json.loads(content))
             except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
                 text = shorten(content.decode(errors="replace"))
                 raise VibeDreamProtocolError(
                     f"VibeDream {self.description}: answer is not JSON: {text}",
                     status_code=status_code,
                 ) from exc
+            return check_answer_is_for(prediction, self.answers_for, self.model_id)
         except VibeDreamProtocolError as exc:
             if self.submits:
                 # A 2xx to a submit means the job was most likely created, but its id is unreadable:
@@ -288,15 +329,19 @@ class Api:
             json_body=dict(payload),
             timeout=timeout,
             submits=True,
+            model_id=model_id,
         )
 
-    def get_prediction(self, prediction_id: str) -> ApiCall:
+    def get_prediction(self, prediction_id: str, model_id: str | None = None) -> ApiCall:
+        """:param model_id: the model the prediction was asked of, if known (its answer must say it)."""
         validate_prediction_id(prediction_id)
         return ApiCall(
             f"poll of prediction {prediction_id}",
             "GET",
             self.settings.base_url + PREDICTION_PATH.format(prediction_id=quote(prediction_id, safe="")),
             self._headers,
+            answers_for=prediction_id,
+            model_id=model_id,
         )
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from airflow_vibedream.constants import STATUS_COMPLETED, STATUS_FAILED, TERMINAL_STATUSES
-from airflow_vibedream.errors import VibeDreamProtocolError
+from airflow_vibedream.errors import VibeDreamAnswerMismatchError, VibeDreamProtocolError
 
 
 def shorten(value: Any, limit: int = 300) -> str:
@@ -129,6 +129,34 @@ class Prediction:
             "completed_at": self.completed_at,
             "cost_cents": self.cost_cents,
         }
+
+
+def check_answer_is_for(
+    prediction: Prediction, prediction_id: str | None, model_id: str | None = None
+) -> Prediction:
+    """``prediction`` if it answers for ``prediction_id`` (and, where both are known, ``model_id``);
+    else :class:`VibeDreamAnswerMismatchError` naming both. An answer counts only for what was asked:
+    another prediction's answer adopted as this one's would be a silent wrong result, paid for."""
+    if prediction_id is not None and prediction.id != prediction_id:
+        raise VibeDreamAnswerMismatchError(
+            f"VibeDream answered a poll of prediction {prediction_id} with prediction "
+            f"{shorten(prediction.id, 80)}; an answer for another prediction is not a result",
+            polled_id=prediction_id,
+            answered_id=prediction.id,
+            expected_model=model_id,
+            answered_model=prediction.model_id,
+        )
+    if model_id is not None and prediction.model_id is not None and prediction.model_id != model_id:
+        raise VibeDreamAnswerMismatchError(
+            f"VibeDream answered for prediction {prediction.id} of model "
+            f"{shorten(prediction.model_id, 80)!r} where model {model_id!r} was asked; "
+            "an answer for another model is not a result",
+            polled_id=prediction_id or prediction.id,
+            answered_id=prediction.id,
+            expected_model=model_id,
+            answered_model=prediction.model_id,
+        )
+    return prediction
 
 
 def iso_seconds(value: str | None) -> float | None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import tenacity
 
-from airflow_vibedream.client.calls import Api, ApiCall, CappedBody
+from airflow_vibedream.client.calls import MAX_API_REDIRECTS, Api, ApiCall, CappedBody
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.request import UpscaleRequest
 from airflow_vibedream.client.settings import ClientSettings
@@ -47,17 +47,24 @@ class VibeDreamClient:
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
     def _attempt(self, call: ApiCall) -> Prediction:
-        body = CappedBody(self.settings.max_response_bytes, call)
-        try:
-            streamed = self._http.send(call.request, stream=True, follow_redirects=not call.submits)
+        # Redirects are followed here, not by httpx: only on the API's own origin (ApiCall.redirect_of).
+        for _ in range(MAX_API_REDIRECTS + 1):
+            body = CappedBody(self.settings.max_response_bytes, call)
             try:
-                for chunk in streamed.iter_bytes():
-                    body.feed(chunk)
-            finally:
-                streamed.close()
-        except httpx.HTTPError as exc:
-            raise call.on_http_error(exc) from exc
-        return call.on_body(streamed, body)
+                streamed = self._http.send(call.request, stream=True, follow_redirects=False)
+                try:
+                    redirect = call.redirect_of(streamed)
+                    if redirect is None:
+                        for chunk in streamed.iter_bytes():
+                            body.feed(chunk)
+                finally:
+                    streamed.close()
+            except httpx.HTTPError as exc:
+                raise call.on_http_error(exc) from exc
+            if redirect is None:
+                return call.on_body(streamed, body)
+            call = redirect
+        raise call.too_many_redirects()
 
     def submit(
         self, model_id: str, payload: Mapping[str, Any], *, wait_at_most: float | None = None
@@ -69,9 +76,13 @@ class VibeDreamClient:
         """Start an upscale job."""
         return self.submit(UPSCALER_MODEL_ID, request.to_payload())
 
-    def get_prediction(self, prediction_id: str, *, retry: bool = True) -> Prediction:
-        """Poll a prediction once (transient errors retried per the policy, unless ``retry`` is False)."""
-        return self._call(self._api.get_prediction(prediction_id), retry=retry)
+    def get_prediction(
+        self, prediction_id: str, *, retry: bool = True, model_id: str | None = None
+    ) -> Prediction:
+        """Poll a prediction once (transient errors retried per the policy, unless ``retry`` is False).
+        An answer for another prediction (or for another model than ``model_id``) is a
+        :class:`~airflow_vibedream.errors.VibeDreamAnswerMismatchError`, never a result."""
+        return self._call(self._api.get_prediction(prediction_id, model_id), retry=retry)
 
     def wait_for_prediction(
         self,
@@ -84,6 +95,7 @@ class VibeDreamClient:
         on_status_change: Callable[[Prediction, float], None] | None = None,
         on_unavailable: OutageReport | None = None,
         reread: Callable[[], VibeDreamClient | None] | None = None,
+        model_id: str | None = None,
     ) -> Prediction:
         """Poll until the prediction is terminal, riding out outages; raise
         :class:`VibeDreamTimeoutError` at ``deadline`` (epoch seconds). Returns the terminal
@@ -94,6 +106,8 @@ class VibeDreamClient:
         :param created_at: the job's creation, epoch seconds, if known.
         :param reread: after a refused key, a client of the re-read connection if it changed (else
             None); without it a refusal is final.
+        :param model_id: the model the prediction was asked of, if known (an answer naming another
+            model, or another prediction, is never adopted).
         """
         # Imported here: the waiting package builds on this client, not the other way round.
         from airflow_vibedream.waiting.blocking import WorkerHooks, wait_in_worker
@@ -101,7 +115,12 @@ class VibeDreamClient:
         from airflow_vibedream.waiting.status import StatusTracker
 
         wait = PredictionWait(
-            prediction_id, interval=poll_interval, deadline=deadline, kind=kind, created_at=created_at
+            prediction_id,
+            interval=poll_interval,
+            deadline=deadline,
+            kind=kind,
+            created_at=created_at,
+            model_id=model_id,
         )
         hooks = WorkerHooks(
             observe=StatusTracker(on_status_change).observe, on_unavailable=on_unavailable, reread=reread

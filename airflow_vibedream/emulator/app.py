@@ -69,6 +69,19 @@ def fault_response(rule: FaultRule) -> Response:
     return response
 
 
+def other_answer(answer: dict[str, Any], rule: FaultRule, base_url: str) -> dict[str, Any]:
+    """The polled prediction's answer, as another prediction's, completed (an ``other_answer`` fault)."""
+    return {
+        **answer,
+        "id": rule.answer_id,
+        "modelId": rule.answer_model or answer["modelId"],
+        "status": "completed",
+        "outputs": answer["outputs"] or [f"{base_url}/outputs/{rule.answer_id}/0.png"],
+        "error": None,
+        "completedAt": answer["completedAt"] or answer["createdAt"],
+    }
+
+
 def is_answer_fault(rule: FaultRule | None) -> bool:
     return rule is not None and rule.kind in ANSWER_KINDS
 
@@ -190,13 +203,15 @@ def create_app(config: EmulatorConfig | None = None, *, public_base_url: str = "
         state.counters["polls"] += 1
         if not authorized(request):
             return unauthorized()
-        fault = state.faults.pick("poll", kinds=(*ANSWER_KINDS, "slow"))
+        fault = state.faults.pick("poll", kinds=(*ANSWER_KINDS, "slow", "other_answer"))
         await apply_delay(fault)
         if fault is not None and is_answer_fault(fault):
             return fault_response(fault)
         prediction = state.predictions.get(prediction_id)
         if prediction is None:
             return error(404, f"Prediction {prediction_id} not found")
+        if fault is not None and fault.kind == "other_answer":
+            return JSONResponse(other_answer(prediction.to_api(), fault, state.public_base_url))
         return JSONResponse(prediction.to_api())
 
     @app.get("/outputs/{prediction_id}/{name}")

@@ -36,6 +36,7 @@ Kind = Literal[
     "wrong_size",
     "wrong_format",
     "wrong_aspect",
+    "other_answer",
 ]
 ROUTES: tuple[str, ...] = get_args(Route)
 #: Kinds that serve a broken output file (route ``output``): a 200 whose image is not what was asked.
@@ -71,7 +72,9 @@ class FaultRule:
         job never leaves ``processing``); on ``output`` only, a complete 200 whose image is wrong:
         ``truncated`` (the first half of the file), ``wrong_size`` (a 64 px image), ``wrong_format``
         (another format than asked, under the asked name), ``wrong_aspect`` (the right long edge,
-        the short edge halved).
+        the short edge halved); on ``poll`` only, ``other_answer`` (a completed answer for another
+        prediction: ``answer_id``, and ``answer_model`` as its ``modelId`` when set; what a confused
+        API, a caching proxy or a redirect to another service sends).
     :param status: the HTTP status of a ``status`` fault.
     :param retry_after: seconds to send as a ``Retry-After`` header (and ``retry_after`` body field).
     :param after_create: on ``submit``, create the job first and fail afterwards: the client cannot
@@ -83,6 +86,8 @@ class FaultRule:
     :param error: the error text of ``fail_prediction``.
     :param every: fire on every Nth matching request (1 = all), for deterministic fault rates.
     :param times: fire at most this many times (None = no limit).
+    :param answer_id: the id an ``other_answer`` fault answers with.
+    :param answer_model: the ``modelId`` an ``other_answer`` fault answers with (empty: the real one).
     """
 
     route: Route = "any"
@@ -99,6 +104,8 @@ class FaultRule:
     location: str = ""
     body: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    answer_id: str = "00000000-0000-4000-8000-000000000000"
+    answer_model: str = ""
     seen: int = field(default=0)
     fired: int = field(default=0)
     set_at: float = field(default_factory=time.monotonic)

@@ -35,6 +35,7 @@ class WorkerWait:
     :param kind: what kind of jobs (model and resolution), for the learned schedule.
     :param concurrency: polls in flight at most.
     :param progress_interval: seconds between progress lines.
+    :param model_id: the model the jobs were asked of: an answer naming another is not theirs.
     """
 
     deadline: float
@@ -42,6 +43,7 @@ class WorkerWait:
     kind: str
     concurrency: int
     progress_interval: float
+    model_id: str | None = None
 
 
 class _Progress:
@@ -99,7 +101,12 @@ def wait_for_batch_in_worker(
 
     wait_in_worker(
         client,
-        [PredictionWait(pid, interval=how.interval, deadline=how.deadline, kind=how.kind) for pid in ids],
+        [
+            PredictionWait(
+                pid, interval=how.interval, deadline=how.deadline, kind=how.kind, model_id=how.model_id
+            )
+            for pid in ids
+        ],
         concurrency=how.concurrency,
         hooks=WorkerHooks(
             on_over=over,

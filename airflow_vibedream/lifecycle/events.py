@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 
 from airflow_vibedream import errors
 from airflow_vibedream.client.calls import deadline_reached
-from airflow_vibedream.client.models import Prediction
+from airflow_vibedream.client.models import Prediction, check_answer_is_for
 from airflow_vibedream.errors import (
     VibeDreamError,
     VibeDreamPredictionFailedError,
@@ -120,8 +120,12 @@ def error_event(prediction_id: str, error: VibeDreamError) -> PredictionEvent:
     return make_event(EVENT_ERROR, prediction_id, str(error), error=error)
 
 
-def timeout_event(prediction_id: str, deadline: float) -> PredictionEvent:
-    return make_event(EVENT_TIMEOUT, prediction_id, deadline_reached(prediction_id, deadline).message)
+def timeout_event(
+    prediction_id: str, deadline: float, error: VibeDreamError | None = None
+) -> PredictionEvent:
+    """``timeout``, with the wait's own words when it has them (why no answer was accepted)."""
+    message = error.message if error is not None else deadline_reached(prediction_id, deadline).message
+    return make_event(EVENT_TIMEOUT, prediction_id, message)
 
 
 def terminal_event(prediction: Prediction) -> PredictionEvent:
@@ -174,7 +178,8 @@ def prediction_from_event(event: dict[str, Any], fetch: Callable[[str], Predicti
     data = event.get("prediction") or {}
     if not data or data.get("outputs_omitted"):
         return fetch(prediction_id)
-    return Prediction.from_dict(data)
+    # The trigger accepted only this prediction's answer; checked again here, where it is adopted.
+    return check_answer_is_for(Prediction.from_dict(data), prediction_id)
 
 
 def as_waiting_error(exc: BaseException) -> VibeDreamError:
@@ -186,6 +191,9 @@ def as_waiting_error(exc: BaseException) -> VibeDreamError:
 
 def log_unavailable(log: logging.Logger | Any, seconds: float, error: VibeDreamError) -> None:
     """The progress line of a wait held up by the API: says so, instead of silence."""
+    if isinstance(error, errors.VibeDreamAnswerMismatchError):  # the API answers, but not for this job
+        log.warning("%s; polling again until the deadline", error)
+        return
     log.warning("VibeDream API unavailable for %.0fs (%s), retrying until the deadline", seconds, error)
 
 

@@ -304,6 +304,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                     progress=progress.to_json(),
                     duration_kind=f"{UPSCALER_MODEL_ID}:{self.target_resolution}",
                     fire_not_before=fire_not_before(),
+                    model_id=UPSCALER_MODEL_ID,
                 ),
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout + 60),
@@ -318,6 +319,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                     kind=f"{UPSCALER_MODEL_ID}:{self.target_resolution}",
                     concurrency=self.max_concurrency,
                     progress_interval=self.progress_interval,
+                    model_id=UPSCALER_MODEL_ID,
                 ),
                 log=self.log,
                 publish=lambda done, failed: context["ti"].xcom_push(

@@ -212,6 +212,7 @@ class VibeDreamGenerateOperator(BaseOperator):
                         duration_kind=spec.duration_kind,
                         created_at=iso_seconds(prediction.created_at),
                         fire_not_before=fire_not_before(),
+                        model_id=spec.model_id,
                     ),
                     method_name="execute_complete",
                     # A backstop after the trigger's own timeout event: if no triggerer runs the trigger
@@ -227,6 +228,7 @@ class VibeDreamGenerateOperator(BaseOperator):
                 on_status_change=self._log_status_change,
                 on_unavailable=lambda seconds, error: log_unavailable(self.log, seconds, error),
                 reread=self.hook.reread_client,
+                model_id=spec.model_id,
             )
             return self._finish(context, waited.with_cost(prediction.cost_cents))
 

@@ -12,7 +12,7 @@ from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnVa
 
 from airflow_vibedream.client.request import validate_prediction_id
 from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
-from airflow_vibedream.errors import VibeDreamPredictionFailedError
+from airflow_vibedream.errors import VibeDreamPredictionFailedError, VibeDreamProtocolError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.lifecycle.events import prediction_from_event
 from airflow_vibedream.lifecycle.rules import permanent_errors_fail_the_task
@@ -54,6 +54,7 @@ class VibeDreamPredictionSensor(BaseSensorOperator):
         self.prediction_id = prediction_id
         self.vibedream_conn_id = vibedream_conn_id
         self.deferrable = deferrable
+        self._last_refused: str | None = None  # the last refused answer said in the log
 
     @cached_property
     def hook(self) -> VibeDreamHook:
@@ -81,7 +82,15 @@ class VibeDreamPredictionSensor(BaseSensorOperator):
         )
 
     def poke(self, context: Context) -> PokeReturnValue:
-        prediction = self.hook.get_client().get_prediction(self.prediction_id)
+        try:
+            prediction = self.hook.get_client().get_prediction(self.prediction_id)
+        except VibeDreamProtocolError as exc:
+            # An unreadable answer, or one for another prediction: not a result, and not a reason to
+            # fail a job that may be running; poked again until the sensor's timeout (said once).
+            if str(exc) != self._last_refused:
+                self._last_refused = str(exc)
+                self.log.warning("%s; poking again until the sensor's timeout", exc)
+            return PokeReturnValue(is_done=False)
         self.log.info("VibeDream prediction %s is %s", prediction.id, prediction.status)
         if prediction.failed:
             raise VibeDreamPredictionFailedError.of(prediction.id, prediction.error)

@@ -79,6 +79,8 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         can then wait until jobs of its kind start finishing).
     :param fire_not_before: epoch seconds before which the event is held back, so that the deferral
         has settled in Airflow (see :mod:`airflow_vibedream.lifecycle.settle`); None: at once.
+    :param model_id: the model the prediction was asked of, if known: an answer naming another model
+        (or another prediction) is never adopted.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         duration_kind: str | None = None,
         created_at: float | None = None,
         fire_not_before: float | None = None,
+        model_id: str | None = None,
     ) -> None:
         super().__init__()
         self.prediction_id = prediction_id
@@ -99,6 +102,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         self.duration_kind = duration_kind
         self.created_at = float(created_at) if created_at is not None else None
         self.fire_not_before = float(fire_not_before) if fire_not_before is not None else None
+        self.model_id = model_id
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -111,6 +115,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
                 "duration_kind": self.duration_kind,
                 "created_at": self.created_at,
                 "fire_not_before": self.fire_not_before,
+                "model_id": self.model_id,
             },
         )
 
@@ -127,6 +132,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
             deadline=self.end_time,
             kind=self.duration_kind or "default",
             created_at=self.created_at,
+            model_id=self.model_id,
         )
         try:
             # The loop's one scheduler polls this prediction among all others (one heap, a window
@@ -139,9 +145,9 @@ class VibeDreamPredictionTrigger(BaseTrigger):
                 reread=KeyRotation(hook, self.log).reread,
             )
             return terminal_event(prediction)
-        except VibeDreamTimeoutError:
+        except VibeDreamTimeoutError as exc:
             assert self.end_time is not None  # only a deadline raises it
-            return timeout_event(self.prediction_id, self.end_time)
+            return timeout_event(self.prediction_id, self.end_time, exc)
         except VibeDreamError as exc:
             # Transient errors were ridden out until the deadline; what reaches here is final.
             self.log.error("Stopped waiting for VibeDream prediction %s: %s", self.prediction_id, exc)
@@ -178,6 +184,7 @@ class VibeDreamBatchTrigger(BaseTrigger):
         batch's progress XCom current for the gallery while it waits.
     :param fire_not_before: epoch seconds before which the event is held back (see
         :class:`VibeDreamPredictionTrigger`).
+    :param model_id: the model the jobs were asked of (see :class:`VibeDreamPredictionTrigger`).
     """
 
     def __init__(
@@ -190,6 +197,7 @@ class VibeDreamBatchTrigger(BaseTrigger):
         progress: dict[str, Any] | None = None,
         duration_kind: str | None = None,
         fire_not_before: float | None = None,
+        model_id: str | None = None,
     ) -> None:
         super().__init__()
         self.prediction_ids = list(prediction_ids)
@@ -200,6 +208,7 @@ class VibeDreamBatchTrigger(BaseTrigger):
         self.progress = progress
         self.duration_kind = duration_kind
         self.fire_not_before = float(fire_not_before) if fire_not_before is not None else None
+        self.model_id = model_id
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -213,6 +222,7 @@ class VibeDreamBatchTrigger(BaseTrigger):
                 "progress": self.progress,
                 "duration_kind": self.duration_kind,
                 "fire_not_before": self.fire_not_before,
+                "model_id": self.model_id,
             },
         )
 
@@ -278,6 +288,7 @@ class _BatchWait:
             interval=trigger.poll_interval,
             deadline=trigger.end_time,
             kind=trigger.duration_kind or "default",
+            model_id=trigger.model_id,
         )
         scheduler = loop_scheduler(trigger.vibedream_conn_id, self.hook.get_shared_async_client)
         try:

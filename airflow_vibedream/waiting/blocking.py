@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.errors import VibeDreamError
-from airflow_vibedream.waiting.decisions import Finished, Next, PredictionWait, RereadKey, Stop
+from airflow_vibedream.waiting.decisions import Finished, Next, PredictionWait, RereadKey, Retry, Stop
 from airflow_vibedream.waiting.gate import OutageReport, poll_client
 
 if TYPE_CHECKING:
@@ -156,9 +156,10 @@ class _WorkerLoop:
         error = future.exception()
         if error is None:
             prediction = future.result()
-            if self.hooks.observe is not None:
-                self.hooks.observe(prediction)
-            self.then(wait, wait.answered(prediction, now), now)
+            decision = wait.answered(prediction, now)
+            if self.hooks.observe is not None and not isinstance(decision, Retry):
+                self.hooks.observe(prediction)  # only an answer the wait accepted is reported
+            self.then(wait, decision, now)
         elif isinstance(error, VibeDreamError):
             failed = wait.failed(error, now, (self.keys.client or self.client).settings.retry)
             if isinstance(failed, RereadKey):

@@ -13,6 +13,10 @@ its worker and the batch waiting in its worker (both through :mod:`.blocking`) f
   whether it changed (:meth:`PredictionWait.key_reread`);
 - :class:`Stop`: waiting cannot help (the deadline, a 404, a key refused twice): end with the error.
 
+An answer counts only for what was asked: an answer whose id is not the polled prediction's (or
+whose ``modelId`` is not the model asked) is a transient protocol error, retried like an unreadable
+answer until the deadline, whose timeout then says so; never a :class:`Finished`.
+
 It does no I/O and reads no clock: every decision takes ``now`` (epoch seconds), so its cases are a
 table on a fake clock (``tests/unit/test_wait_decisions.py``), and the four loops cannot drift.
 """
@@ -23,9 +27,15 @@ import random
 from dataclasses import dataclass
 
 from airflow_vibedream.client.calls import deadline_reached
-from airflow_vibedream.client.models import Prediction, iso_seconds
+from airflow_vibedream.client.models import Prediction, check_answer_is_for, iso_seconds
 from airflow_vibedream.client.settings import RetryPolicy
-from airflow_vibedream.errors import VibeDreamAuthError, VibeDreamError, VibeDreamProtocolError
+from airflow_vibedream.errors import (
+    VibeDreamAnswerMismatchError,
+    VibeDreamAuthError,
+    VibeDreamError,
+    VibeDreamProtocolError,
+    VibeDreamTimeoutError,
+)
 from airflow_vibedream.waiting.durations import DURATIONS, DurationModel, LearnedSchedule
 
 #: The schedule of every wait that is not given one.
@@ -67,7 +77,7 @@ class Stop:
     error: VibeDreamError
 
 
-AfterAnswer = Finished | PollAfter | Stop
+AfterAnswer = Finished | PollAfter | Retry | Stop
 AfterError = Retry | RereadKey | Stop
 #: What a loop acts on: every decision but :class:`RereadKey`, which it turns into one of these.
 Next = Finished | PollAfter | Retry | Stop
@@ -90,6 +100,8 @@ class PredictionWait:
     :param schedule: when to poll, from the durations.
     :param durations: where durations are learned and read (None: the process's model).
     :param rng: jitter of the first poll of a job of unknown age (tests pass a seeded one).
+    :param model_id: the model the prediction was asked of, if known: an answer naming another
+        model is not this prediction's.
     """
 
     __slots__ = (
@@ -99,6 +111,8 @@ class PredictionWait:
         "durations",
         "interval",
         "kind",
+        "mismatch",
+        "model_id",
         "prediction_id",
         "reread",
         "rng",
@@ -116,8 +130,12 @@ class PredictionWait:
         schedule: LearnedSchedule = DEFAULT_SCHEDULE,
         durations: DurationModel | None = None,
         rng: random.Random | None = None,
+        model_id: str | None = None,
     ) -> None:
         self.prediction_id = prediction_id
+        self.model_id = model_id
+        #: The last answer that was for another prediction or model, if any (the timeout says it).
+        self.mismatch: VibeDreamAnswerMismatchError | None = None
         self.interval = interval
         self.deadline = deadline
         self.kind = kind
@@ -142,13 +160,30 @@ class PredictionWait:
     def expired(self, now: float) -> Stop | None:
         """A :class:`Stop` with the timeout once the deadline has passed (checked before each poll)."""
         if self.deadline is not None and now >= self.deadline:
-            return Stop(deadline_reached(self.prediction_id, self.deadline))
+            return Stop(self._timeout(self.deadline))
         return None
+
+    def _timeout(self, deadline: float) -> VibeDreamTimeoutError:
+        timeout = deadline_reached(self.prediction_id, deadline)
+        if self.mismatch is None:
+            return timeout
+        return VibeDreamTimeoutError(
+            f"{timeout.message}. No answer for it was accepted: {self.mismatch.message}",
+            prediction_id=self.prediction_id,
+        )
 
     # -- after a poll ------------------------------------------------------------------------------
 
     def answered(self, prediction: Prediction, now: float) -> AfterAnswer:
-        """The API answered: over, or when to poll next (or the deadline, if it has passed)."""
+        """The API answered: over, or when to poll next (or the deadline, if it has passed). An
+        answer for another prediction or model is retried like an unreadable one (the clients refuse
+        it before this; checked here again so that no loop can adopt one)."""
+        try:
+            check_answer_is_for(prediction, self.prediction_id, self.model_id)
+        except VibeDreamAnswerMismatchError as exc:
+            self.mismatch = exc
+            self.attempts += 1
+            return self.expired(now) or Retry(self._capped(self.interval, now))
         self.attempts = 0
         if prediction.is_terminal:
             self._learn(prediction)
@@ -161,6 +196,8 @@ class PredictionWait:
     def failed(self, exc: VibeDreamError, now: float, policy: RetryPolicy) -> AfterError:
         """A poll failed: retry after a back-off (transient), re-read the key (the first refusal),
         or stop (the deadline, or an error that waiting cannot fix)."""
+        if isinstance(exc, VibeDreamAnswerMismatchError):
+            self.mismatch = exc
         if worth_waiting_for(policy, exc):
             expired = self.expired(now)
             if expired is not None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.settings import RetryPolicy
-from airflow_vibedream.errors import VibeDreamError
+from airflow_vibedream.errors import VibeDreamAnswerMismatchError, VibeDreamError
 from airflow_vibedream.waiting.decisions import PredictionWait, Retry, Stop, worth_waiting_for
 from airflow_vibedream.waiting.gate_core import CLOSED, GateCore
 from airflow_vibedream.waiting.loop_local import loop_local
@@ -220,7 +220,10 @@ def _pause_after(
     if not worth_waiting_for(policy, exc):
         gate.released(probe)
         raise exc
-    gate.failed(exc, probe)
+    if isinstance(exc, VibeDreamAnswerMismatchError):
+        _answered(gate, probe)  # the API answers (for another job): no outage for the other waits
+    else:
+        gate.failed(exc, probe)
     decision = wait.failed(exc, time.time(), policy)
     if isinstance(decision, Stop):
         raise decision.error from exc
@@ -317,7 +320,7 @@ async def poll_client_async(
     client.hold()  # held across an outage's waits, so a retirement (a rotated key) waits for it
     try:
         return await poll_patiently_async(
-            lambda: client.get_prediction(wait.prediction_id, retry=False),
+            lambda: client.get_prediction(wait.prediction_id, retry=False, model_id=wait.model_id),
             gate=loop_gate(client.settings.base_url),
             wait=wait,
             policy=client.settings.retry,
@@ -333,7 +336,7 @@ def poll_client(
 ) -> Prediction:
     """The blocking twin of :func:`poll_client_async`, through the process's gate of the API."""
     return poll_patiently(
-        lambda: client.get_prediction(wait.prediction_id, retry=False),
+        lambda: client.get_prediction(wait.prediction_id, retry=False, model_id=wait.model_id),
         gate=process_gate(client.settings.base_url),
         wait=wait,
         policy=client.settings.retry,

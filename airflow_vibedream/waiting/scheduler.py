@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.settings import RetryPolicy
 from airflow_vibedream.errors import VibeDreamError
-from airflow_vibedream.waiting.decisions import Finished, Next, PredictionWait, RereadKey, Stop
+from airflow_vibedream.waiting.decisions import Finished, Next, PredictionWait, RereadKey, Retry, Stop
 from airflow_vibedream.waiting.gate import OutageReport, poll_client_async
 from airflow_vibedream.waiting.loop_local import loop_local
 from airflow_vibedream.waiting.window import PollWindow
@@ -262,9 +262,10 @@ class PollScheduler:
         self.window.answered(now - sent, now, saturated=self._backlogged())
         if watch.future.done():  # cancelled while the poll was out
             return
-        if watch.observe is not None:
-            watch.observe(prediction)
-        self._then(watch, wait.answered(prediction, time.time()))
+        decision = wait.answered(prediction, time.time())
+        if watch.observe is not None and not isinstance(decision, Retry):
+            watch.observe(prediction)  # only an answer the wait accepted is reported
+        self._then(watch, decision)
 
     async def _failed(self, watch: Watch, exc: VibeDreamError, policy: RetryPolicy) -> None:
         """A poll ended with an error the patient poll did not ride out: the wait decides."""

@@ -62,7 +62,7 @@ async def odd_api() -> AsyncIterator[tuple[str, Seen]]:
 
     async def elsewhere(request: web.Request) -> web.Response:
         seen.other_host_authorization.append(request.headers.get("Authorization"))
-        return web.json_response(COMPLETED)
+        return web.json_response({**COMPLETED, "id": request.match_info["pid"]})
 
     other_runner, other_url = await start(_app({"/api/v1/predictions/{pid}": elsewhere}))
     flaky_calls = {"n": 0}
@@ -72,10 +72,12 @@ async def odd_api() -> AsyncIterator[tuple[str, Seen]]:
         seen.paths.append(pid)
         if request.headers.get("Authorization") != f"Bearer {KEY}":
             return web.json_response({"message": "Invalid API key"}, status=401)
-        if pid == "redirect":
-            raise web.HTTPTemporaryRedirect(f"{other_url}/api/v1/predictions/{PRED_ID}")
+        if pid == "redirect":  # to another origin (an internal service): never followed
+            raise web.HTTPTemporaryRedirect(f"{other_url}/api/v1/predictions/redirect")
+        if pid == "moved" and "hop" not in request.query:  # on the API's own origin: followed
+            raise web.HTTPTemporaryRedirect("/api/v1/predictions/moved?hop=1")
         if pid == "big":
-            return web.json_response({**COMPLETED, "outputs": ["x" * 5000]})
+            return web.json_response({**COMPLETED, "id": pid, "outputs": ["x" * 5000]})
         if pid == "gzip-429":
             body = gzip.compress(json.dumps({"message": "slow down, please"}).encode())
             return web.Response(
@@ -92,10 +94,10 @@ async def odd_api() -> AsyncIterator[tuple[str, Seen]]:
                 return web.json_response(
                     {"message": "busy"}, status=503, headers={"Retry-After": retry_after}
                 )
-            return web.json_response(COMPLETED)
+            return web.json_response({**COMPLETED, "id": pid})
         if pid == "down":
             return web.json_response({"message": "down"}, status=503)
-        return web.json_response(COMPLETED)
+        return web.json_response({**COMPLETED, "id": pid})
 
     runner, url = await start(_app({"/api/v1/predictions/{pid}": prediction}))
     try:
@@ -124,15 +126,22 @@ async def test_plain_answer_goes_through_aiohttp(odd_api: tuple[str, Seen]) -> N
     assert prediction.succeeded and seen.paths == [PRED_ID]
 
 
-async def test_redirect_is_followed_by_httpx_without_the_key(odd_api: tuple[str, Seen]) -> None:
+async def test_a_redirect_on_the_api_origin_is_followed(odd_api: tuple[str, Seen]) -> None:
     url, seen = odd_api
     async with AsyncVibeDreamClient.over_aiohttp(settings(url)) as client:
-        prediction = await client.get_prediction("redirect")
-    assert prediction.succeeded
-    # The fast path handed the redirect to httpx (a second request to the API), and the other
-    # origin got no key.
-    assert seen.paths == ["redirect", "redirect"]
-    assert seen.other_host_authorization == [None]
+        prediction = await client.get_prediction("moved")
+    assert prediction.succeeded and prediction.id == "moved"
+    # The fast path handed the redirect to httpx, which asked the API again (same origin).
+    assert seen.paths == ["moved", "moved", "moved"]
+
+
+async def test_a_redirect_off_the_api_origin_reaches_nothing(odd_api: tuple[str, Seen]) -> None:
+    url, seen = odd_api
+    async with AsyncVibeDreamClient.over_aiohttp(settings(url, retries=0)) as client:
+        with pytest.raises(VibeDreamProtocolError, match="off the API's origin") as refused:
+            await client.get_prediction("redirect")
+    assert seen.other_host_authorization == []  # the other service got no request at all
+    assert "never leaves" in str(refused.value)
 
 
 async def test_oversized_answer_is_refused(odd_api: tuple[str, Seen]) -> None:

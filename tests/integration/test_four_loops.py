@@ -38,7 +38,20 @@ SCENARIOS: dict[str, tuple[list[dict[str, Any]], str]] = {
     "key refused, connection unchanged": ([{"route": "poll", "kind": "status", "status": 401}], "refused"),
     "gone": ([{"route": "poll", "kind": "status", "status": 404}], "gone"),
     "never finishes": ([{"route": "submit", "kind": "stuck"}], "timeout"),
+    # A confused API, a caching proxy or a redirect to another service: every poll answered
+    # "completed" for another prediction (or for this one, by another model). Never a result.
+    "answers carry another id": ([{"route": "poll", "kind": "other_answer"}], "timeout"),
+    "answers name another model": (
+        [{"route": "poll", "kind": "other_answer", "answer_id": "<pid>", "answer_model": "face-swap"}],
+        "timeout",
+    ),
 }
+#: The model every loop is told it asked (the emulator's).
+MODEL = "image-upscaler"
+
+
+#: What the loop said of how it ended (an event's message, an error's text).
+SAID: list[str] = []
 
 
 def named(error: BaseException) -> str:
@@ -56,16 +69,21 @@ def from_event_error(event: dict[str, Any]) -> str:
 
 
 async def trigger_loop(pid: str, deadline: float) -> str:
-    event = await fire(VibeDreamPredictionTrigger(pid, poll_interval=INTERVAL, end_time=deadline))
+    event = await fire(
+        VibeDreamPredictionTrigger(pid, poll_interval=INTERVAL, end_time=deadline, model_id=MODEL)
+    )
     if event["status"] == "success":
         return "completed"
     if event["status"] in ("failed", "timeout"):
+        SAID.append(str(event["message"]))
         return str(event["status"])
     return from_event_error(event)
 
 
 async def batch_trigger_loop(pid: str, deadline: float) -> str:
-    event = await fire(VibeDreamBatchTrigger([pid], poll_interval=INTERVAL, end_time=deadline))
+    event = await fire(
+        VibeDreamBatchTrigger([pid], poll_interval=INTERVAL, end_time=deadline, model_id=MODEL)
+    )
     if event["status"] == "timeout" and event["pending"] == [pid]:
         return "timeout"
     if event["status"] == "error":
@@ -79,16 +97,19 @@ def worker_loop(pid: str, deadline: float) -> str:
     hook = VibeDreamHook()
     try:
         done = hook.get_client().wait_for_prediction(
-            pid, poll_interval=INTERVAL, deadline=deadline, reread=hook.reread_client
+            pid, poll_interval=INTERVAL, deadline=deadline, reread=hook.reread_client, model_id=MODEL
         )
     except VibeDreamError as exc:
+        SAID.append(str(exc))
         return named(exc)
     return "completed" if done.succeeded else "failed"
 
 
 def batch_worker_loop(pid: str, deadline: float) -> str:
     hook = VibeDreamHook()
-    how = WorkerWait(deadline=deadline, interval=INTERVAL, kind="k", concurrency=4, progress_interval=30)
+    how = WorkerWait(
+        deadline=deadline, interval=INTERVAL, kind="k", concurrency=4, progress_interval=30, model_id=MODEL
+    )
     try:
         outcome = wait_for_batch_in_worker(
             hook.get_client(), [pid], how, log=getLogger("test"), reread=hook.reread_client
@@ -120,7 +141,12 @@ def quick_emulator() -> Iterator[EmulatorServer]:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 @pytest.mark.parametrize("loop", LOOPS)
 async def test_the_four_loops_end_alike(
-    quick_emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, scenario: str, loop: str
+    quick_emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    scenario: str,
+    loop: str,
 ) -> None:
     # Short back-offs, so three transient failures in a row fit well inside the deadline.
     connection = connection_json(quick_emulator.base_url, initial_backoff=0.05, max_backoff=0.1)
@@ -129,7 +155,10 @@ async def test_the_four_loops_end_alike(
     faults(quick_emulator, *[rule for rule in rules if rule["route"] == "submit"])
     client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=quick_emulator.base_url))
     pid = client.upscale(UpscaleRequest(f"{quick_emulator.base_url}/samples/64x48.png", "2k", "jpeg")).id
-    faults(quick_emulator, *[rule for rule in rules if rule["route"] == "poll"])
+    poll_rules = [rule for rule in rules if rule["route"] == "poll"]
+    faults(quick_emulator, *[{k: pid if v == "<pid>" else v for k, v in r.items()} for r in poll_rules])
+    SAID.clear()
+    caplog.set_level("WARNING")
     polls_before = emulator_stats(quick_emulator.base_url).get("polls", 0)
     started = time.time()
     try:
@@ -145,3 +174,9 @@ async def test_the_four_loops_end_alike(
         assert polls == 1
     if expected == "timeout":
         assert time.time() - started >= DEADLINE
+    if scenario.startswith("answers"):  # polled until the deadline, the mismatch said, never adopted
+        assert polls >= 2
+        answered = "face-swap" if "model" in scenario else "00000000-0000-4000-8000-000000000000"
+        # The triggers log through Airflow's structlog (to stdout), the worker loops through logging.
+        told = " ".join([*SAID, caplog.text, capsys.readouterr().out])
+        assert answered in told and pid in told, told

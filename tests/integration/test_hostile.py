@@ -88,7 +88,7 @@ def test_a_redirect_loop_is_a_typed_error(emulator: EmulatorServer) -> None:
     prediction_id = submit(emulator)
     loop = f"{emulator.base_url}/api/v1/predictions/{prediction_id}"
     emulator.state.faults.replace([{"route": "poll", "kind": "redirect", "location": loop}])
-    with pytest.raises(VibeDreamProtocolError, match="TooManyRedirects"):
+    with pytest.raises(VibeDreamProtocolError, match="redirected more than 5 times"):
         VibeDreamClient(settings(emulator)).get_prediction(prediction_id)
 
 

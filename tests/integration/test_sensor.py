@@ -90,3 +90,50 @@ def test_execute_complete_decides_by_the_one_rule(
 def test_bad_sensor_settings_name_the_field(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"^{field} must be a finite, positive number"):
         VibeDreamPredictionSensor(task_id="wait", prediction_id="p-1", **{field: value})
+
+
+OTHER_ID = "00000000-0000-4000-8000-000000000000"
+
+
+def test_a_poke_answered_for_another_prediction_is_never_done_and_times_out(
+    vibedream_conn: EmulatorServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from airflow.providers.common.compat.sdk import AirflowSensorTimeout
+
+    prediction_id = submit(vibedream_conn)
+    vibedream_conn.state.faults.replace([{"route": "poll", "kind": "other_answer"}])
+    sensor = VibeDreamPredictionSensor(
+        task_id="wait", prediction_id=prediction_id, poke_interval=0.1, timeout=1
+    )
+    with pytest.raises(AirflowSensorTimeout):
+        sensor.execute({})
+    said = [line for line in capsys.readouterr().out.splitlines() if "not a result" in line]
+    assert len(said) == 1 and OTHER_ID in said[0] and prediction_id in said[0]  # said once
+
+
+async def test_the_deferred_sensor_answered_for_another_prediction_times_out_saying_so(
+    vibedream_conn: EmulatorServer,
+) -> None:
+    prediction_id = submit(vibedream_conn)
+    vibedream_conn.state.faults.replace([{"route": "poll", "kind": "other_answer"}])
+    sensor = VibeDreamPredictionSensor(
+        task_id="wait", prediction_id=prediction_id, deferrable=True, poke_interval=0.1, timeout=1
+    )
+    with pytest.raises(TaskDeferred) as info:
+        sensor.execute({})
+    [event] = [e.payload async for e in info.value.trigger.run()]
+    assert event["status"] == "timeout" and OTHER_ID in event["message"]
+    with pytest.raises(VibeDreamTimeoutError, match=OTHER_ID):
+        sensor.execute_complete({}, event)
+
+
+def test_a_success_event_whose_prediction_is_another_is_refused() -> None:
+    sensor = VibeDreamPredictionSensor(task_id="wait", prediction_id="p-1", deferrable=True)
+    event = {
+        "status": "success",
+        "prediction_id": "p-1",
+        "prediction": {"id": OTHER_ID, "status": "completed", "outputs": ["x"]},
+        "message": "completed",
+    }
+    with pytest.raises(VibeDreamError, match="another prediction"):
+        sensor.execute_complete({}, event)

@@ -37,6 +37,7 @@ def test_serialize_round_trip_carries_no_secret() -> None:
         "duration_kind": None,
         "created_at": None,
         "fire_not_before": None,
+        "model_id": None,
     }
     assert VibeDreamPredictionTrigger(**kwargs).serialize() == (classpath, kwargs)
 

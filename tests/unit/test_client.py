@@ -369,17 +369,42 @@ def test_504_without_an_id_leaves_the_state_unknown(client: VibeDreamClient) -> 
 
 
 @pytest.mark.parametrize("client_kind", ["sync", "async"])
-async def test_redirect_to_another_host_drops_the_key(client_kind: str) -> None:
-    elsewhere = f"https://elsewhere.test/api/v1/predictions/{PRED_ID}"
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        f"https://elsewhere.test/api/v1/predictions/{PRED_ID}",  # another host
+        f"http://api.vibedream.test/api/v1/predictions/{PRED_ID}",  # another scheme
+        f"https://api.vibedream.test:8443/api/v1/predictions/{PRED_ID}",  # another port
+    ],
+)
+async def test_a_poll_redirected_off_the_api_origin_is_never_followed(
+    client_kind: str, elsewhere: str
+) -> None:
+    no_retry = ClientSettings(api_key=KEY, base_url=BASE, retry=RetryPolicy(max_retries=0))
     with respx.mock:
         respx.get(POLL_URL).respond(307, headers={"Location": elsewhere})
         other = respx.get(elsewhere).respond(200, json=COMPLETED)
+        with pytest.raises(VibeDreamProtocolError, match="off the API's origin"):
+            if client_kind == "sync":
+                VibeDreamClient(no_retry).get_prediction(PRED_ID)
+            else:
+                async with AsyncVibeDreamClient(no_retry) as async_client:
+                    await async_client.get_prediction(PRED_ID)
+    assert not other.called  # the other service got no request (and so never the key)
+
+
+@pytest.mark.parametrize("client_kind", ["sync", "async"])
+async def test_a_poll_redirected_on_the_api_origin_is_followed_with_the_key(client_kind: str) -> None:
+    moved = f"{POLL_URL}?moved=1"
+    with respx.mock:
+        respx.get(POLL_URL, params={"moved": "1"}).respond(200, json=COMPLETED)
+        respx.get(POLL_URL).respond(307, headers={"Location": moved})
         if client_kind == "sync":
             assert VibeDreamClient(settings()).get_prediction(PRED_ID).succeeded
         else:
             async with AsyncVibeDreamClient(settings()) as async_client:
                 assert (await async_client.get_prediction(PRED_ID)).succeeded
-    assert "authorization" not in other.calls.last.request.headers
+        assert respx.calls.last.request.headers["authorization"] == f"Bearer {KEY}"
 
 
 def test_oversized_answer_is_refused(client: VibeDreamClient) -> None:

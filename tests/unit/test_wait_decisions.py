@@ -180,3 +180,46 @@ def test_a_refused_key_is_reread_once_then_the_refusal_stands() -> None:
 )
 def test_an_error_waiting_cannot_fix_stops_the_wait(error: VibeDreamError) -> None:
     assert wait_for().failed(error, T0, POLICY) == Stop(error)
+
+
+# -- an answer counts only for what was asked -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answered_id", "answered_model"),
+    [("another-prediction", "image-upscaler"), ("p1", "face-swap")],
+    ids=["another prediction", "another model"],
+)
+def test_an_answer_for_another_prediction_or_model_is_retried_never_finished(
+    answered_id: str, answered_model: str
+) -> None:
+    wait = PredictionWait("p1", interval=1.0, deadline=T0 + 10, model_id="image-upscaler")
+    other = Prediction(id=answered_id, status="completed", model_id=answered_model, outputs=["x"])
+    decision = wait.answered(other, T0 + 1)
+    assert isinstance(decision, Retry)
+    assert 0 < decision.seconds <= 1.0
+    # At the deadline it stops with a timeout that says which answer was refused, and why.
+    stop = wait.answered(other, T0 + 10)
+    assert isinstance(stop, Stop) and isinstance(stop.error, VibeDreamTimeoutError)
+    assert (answered_model if answered_id == "p1" else answered_id) in str(stop.error)
+    assert "not a result" in str(stop.error)
+
+
+def test_the_answer_for_the_polled_prediction_and_model_is_adopted() -> None:
+    wait = PredictionWait("p1", interval=1.0, deadline=T0 + 10, model_id="image-upscaler")
+    mine = Prediction(id="p1", status="completed", model_id="image-upscaler", outputs=["x"])
+    assert wait.answered(mine, T0 + 1) == Finished(mine)
+    # An answer without modelId (the API may leave it out) is judged by its id alone.
+    assert isinstance(wait.answered(Prediction(id="p1", status="processing"), T0 + 1), PollAfter)
+
+
+def test_a_mismatch_the_client_refused_is_transient_and_said_at_the_deadline() -> None:
+    from airflow_vibedream.client.models import check_answer_is_for
+    from airflow_vibedream.errors import VibeDreamAnswerMismatchError
+
+    wait = PredictionWait("p1", interval=1.0, deadline=T0 + 5)
+    with pytest.raises(VibeDreamAnswerMismatchError) as refused:
+        check_answer_is_for(Prediction(id="zz", status="completed"), "p1")
+    assert isinstance(wait.failed(refused.value, T0 + 1, POLICY), Retry)
+    stop = wait.failed(refused.value, T0 + 5, POLICY)
+    assert isinstance(stop, Stop) and "zz" in str(stop.error) and "p1" in str(stop.error)
