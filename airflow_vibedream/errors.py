@@ -158,3 +158,19 @@ class InvalidOutputError(OutputStorageError):
     def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
+
+
+class UnsafeLocalPathError(OutputStorageError):
+    """Something below a local ``output_path`` is not what VibeDream writes or reads there: a symbolic
+    link (which would send a write, or a read, outside ``output_path``), a FIFO or device, or a file
+    larger than allowed. Nothing is written through it and nothing is read from it.
+
+    :param message: what was refused and where.
+    :param path: the offending path (absolute).
+    :param reason: why, in a few words (``is a symbolic link``); never any of the file's content.
+    """
+
+    def __init__(self, message: str, *, path: str, reason: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason

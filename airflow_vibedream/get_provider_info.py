@@ -107,6 +107,19 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "512",
                         "default": "512",
                     },
+                    "record_secret": {
+                        "description": "Secret the records that decide what a task adopts or reuses "
+                        "(its task_state_store record, the ledger's documents) are signed with "
+                        "(HMAC-SHA256 of a key derived from it). Empty: the connection's API key, so "
+                        "rotating the key makes older records unauthenticated (a retry submits anew, "
+                        "the ledger's images are paid once more). Set it, and keep it, to rotate API "
+                        "keys freely; every worker of the deployment needs the same value.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "sensitive": True,
+                        "example": None,
+                        "default": "",
+                    },
                     "resume_settle_seconds": {
                         "description": "Seconds from a deferral to the earliest event of its trigger. "
                         "Airflow 3.1-3.3 notices a deferring task's exit up to [workers] "

@@ -15,16 +15,16 @@ import logging
 import re
 import string
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import httpx
 from PIL import Image
 
+from airflow_vibedream.beneath import write_file
 from airflow_vibedream.downloads import DownloadPolicy, download_chunks, is_data_output
 from airflow_vibedream.errors import OutputIncompleteError, OutputStorageError, VibeDreamValidationError
 
@@ -43,7 +43,22 @@ DEFAULT_OUTPUT_NAME = "{dag_id}/{run_id}/{task_id}{map_suffix}/{prediction_id}-{
 _EXTENSIONS = {"JPEG": "jpg", "JPG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
 #: The fields an ``output_name_template`` may use.
 NAME_FIELDS = frozenset({"dag_id", "run_id", "task_id", "map_suffix", "prediction_id", "index", "ext"})
+#: Characters a folder name keeps as they are: ASCII letters and digits, ``.``, ``_``, ``=``, ``-``
+#: (what every file system and object store treats alike). Any run of others becomes one ``_``.
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+#: Marks a name whose value was changed to become one (followed by a hash of the value). Not in the
+#: kept characters above, so no unchanged name contains it; unreserved in URIs (RFC 3986), so URIs,
+#: object keys and presigned URLs carry it unescaped.
+NAME_HASH_MARK = "~"
+#: Hex digits of the value's SHA-256 in a changed name: 80 bits, so giving another value the name
+#: of a known one (a second preimage) costs ~2**80 hashes.
+NAME_HASH_DIGITS = 20
+#: The longest value kept as it is (Airflow's own ids hold at most 250 characters); the readable part
+#: of a changed name is cut to ``_READABLE_CHARS``, so no name is longer than 250 characters.
+MAX_KEPT_NAME = 250
+_READABLE_CHARS = 200
+#: The readable part of a changed name when nothing of the value is left (``..``, ``///``).
+_EMPTY_READABLE = "id"
 
 
 @dataclass(frozen=True)
@@ -73,9 +88,43 @@ class StoredOutput:
 
 
 def safe_segment(value: object) -> str:
-    """A path segment from a run id or similar: ``manual__2026-01-01T00:00:00+00:00`` keeps its shape
-    but loses the characters object stores and file systems disagree about."""
-    return _UNSAFE.sub("_", str(value)).strip("._") or "_"
+    """The folder (or file name part) of an id: a DAG, run, task or prediction id. One path segment,
+    and a different one for every different value, so two DAGs, runs or tasks never share a folder.
+
+    - A value that is already a clean name keeps it exactly: only ASCII letters, digits, ``.``,
+      ``_``, ``=`` and ``-``, not starting or ending with ``.`` or ``_``, at most 250 characters
+      (``my_dag``, ``group.task``, ``run-2026-01-01``).
+    - Any other value is named by its cleaned text, then ``~``, then 20 hex digits of the SHA-256 of
+      the value itself (UTF-8): each run of other characters becomes ``_``, leading and trailing
+      ``.`` and ``_`` are dropped, the text is cut to 200 characters, and ``id`` stands in when
+      nothing is left. ``manual__2026-01-01T00:00:00+00:00`` ->
+      ``manual__2026-01-01T00_00_00_00_00~<hash>``; ``reports_`` -> ``reports~<hash>``.
+
+    Why no two values share a name: a name without ``~`` is the value itself (``~`` is not a kept
+    character, so no kept value contains it); a name with ``~`` ends in a hash of its value. So an
+    unchanged name never equals a changed one, two unchanged names are equal only for equal values,
+    and two changed names only for values whose SHA-256 agrees on 80 bits (none known; finding one
+    that matches a given name costs ~2**80 hashes). The cleaned text only makes the name readable.
+
+    Why the name is one safe segment: its characters are the kept ones and ``~`` (no ``/`` or
+    ``\\``, nothing an object store or file system reads differently), it is never empty and never
+    starts with ``.`` (no ``.`` or ``..``, no hidden file) or ``_``: names beginning with ``_`` are
+    left to the provider's own folders beside the DAGs' (``_vibedream_ledger``), which no id can
+    name. It never ends with ``.`` either (some file systems drop a trailing dot). Letter case is
+    kept, as Airflow keeps it in ids: on a case-insensitive file system (macOS's default, some SMB
+    shares) ``Reports`` and ``reports`` would still share a folder, so store outputs of DAGs that must
+    not see each other on a case-sensitive one (Linux, S3).
+
+    :param value: the id (anything else is named by its ``str()``).
+    :return: the segment.
+    """
+    text = str(value)
+    cleaned = _UNSAFE.sub("_", text).strip("._")
+    if cleaned == text and 0 < len(text) <= MAX_KEPT_NAME:
+        return text
+    # ``surrogatepass``: a lone surrogate (from JSON) is still a distinct value, hashed distinctly.
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:NAME_HASH_DIGITS]
+    return f"{cleaned[:_READABLE_CHARS] or _EMPTY_READABLE}{NAME_HASH_MARK}{digest}"
 
 
 def storage_uri(output_path: str) -> str:
@@ -173,25 +222,48 @@ class _Inspector:
             return None, None, None
 
 
+#: ObjectStoragePath protocols of the local file system.
+_LOCAL_PROTOCOLS = ("file", "local", "")
+
+
+def _local_root(path: Any) -> Path | None:
+    """The local folder of an ObjectStoragePath (None: an object store)."""
+    return Path(path.path) if path.protocol in _LOCAL_PROTOCOLS else None
+
+
 def _write_atomically(
-    target: Any, chunks: Iterable[bytes], inspector: _Inspector, verify: Callable[[], None] | None = None
+    target: Any,
+    chunks: Iterable[bytes],
+    inspector: _Inspector,
+    verify: Callable[[], None] | None = None,
+    *,
+    root: Path | None = None,
 ) -> None:
     """Write ``chunks`` to ``target`` so that it exists only complete, and only if ``verify()``
-    (called once everything streamed past, before the file is published) raises nothing."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.protocol in ("file", "local", ""):
-        # Local: a hidden temporary name beside the target, renamed into place when complete.
-        temporary = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"
+    (called once everything streamed past, before the file is published) raises nothing.
+
+    A local ``target`` is written below ``root`` (the ``output_path``; default: the target's own
+    folder) as an untrusted place (:func:`airflow_vibedream.beneath.write_file`): whoever may write
+    into ``output_path`` may have made a folder on the way a link, and a write must not follow it
+    out. ``root`` itself may be a link (the deployment's); a link below it raises
+    :class:`~airflow_vibedream.errors.UnsafeLocalPathError` before anything is written."""
+    if target.protocol in _LOCAL_PROTOCOLS:
+        local = PurePosixPath(target.path)
+        base = PurePosixPath(root) if root is not None else local.parent
         try:
-            with temporary.open("wb") as handle:
-                _copy(chunks, handle, inspector)
+            relative = local.relative_to(base).as_posix()
+        except ValueError:
+            raise OutputStorageError(f"{target.path} is not below {base}") from None
+
+        def fill(handle: IO[bytes]) -> None:
+            # A hidden temporary beside the target, renamed into place when complete and verified.
+            _copy(chunks, handle, inspector)
             if verify is not None:
                 verify()
-            temporary.rename(target)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+
+        write_file(Path(base), relative, fill, suffix=".partial")
         return
+    target.parent.mkdir(parents=True, exist_ok=True)
     # Object stores publish an object only when its upload completes; on failure abort the upload
     # (fsspec's discard) so the buffered part is never committed at the final key. The file is
     # opened on the store's own file system, so this code owns the handle it aborts (the operators
@@ -238,6 +310,7 @@ def store_output(
     policy: DownloadPolicy | None = None,
     check: OutputCheck | None = None,
     attempts: int = DOWNLOAD_ATTEMPTS,
+    root: Path | None = None,
 ) -> StoredOutput:
     """Stream one output (URL or base64) to ``target`` atomically, verified, and describe it.
 
@@ -247,7 +320,9 @@ def store_output(
     downloaded again). Nothing is left at the final name unless every check passed.
 
     ``uri`` is how the result names the target (ObjectStoragePath's own string carries the
-    connection id, which is no part of the object's address)."""
+    connection id, which is no part of the object's address). ``root``: the local ``output_path``
+    the target lies below; no folder below it is followed if it is a link (see
+    :func:`_write_atomically`)."""
     where = uri or str(target)
     # Base64 text is the same however often it is read: one attempt.
     for attempt in range(1, (1 if is_data_output(output) else attempts) + 1):
@@ -274,11 +349,11 @@ def store_output(
 
         try:
             if is_data_output(output):
-                _write_atomically(target, _decoded_chunks(output), inspector, verify)
+                _write_atomically(target, _decoded_chunks(output), inspector, verify, root=root)
             else:
                 # A plain client with no Authorization: outputs live on another host than the API.
                 chunks = download_chunks(output, http, policy or DownloadPolicy())
-                _write_atomically(target, chunks, inspector, verify)
+                _write_atomically(target, chunks, inspector, verify, root=root)
         except OutputIncompleteError as exc:
             inspector.close()
             if attempt >= attempts or is_data_output(output):
@@ -325,10 +400,11 @@ def validate_name_template(template: Any, field_name: str = "output_name_templat
 
     The check is structural, so one rendering stands for all: ``dag_id``, ``run_id``, ``task_id``
     and ``prediction_id`` pass through :func:`safe_segment` (never empty, never a separator, never
-    only dots), ``index`` is digits and ``ext`` comes from a fixed map, so a path segment holding any
-    of them is an ordinary name whatever its value, and a segment holding none of them is the
-    template's own text. Only ``map_suffix`` adds separators and segments of its own: the template is
-    rendered with each value it takes (``""`` for an unmapped task, ``/map_<n>`` for a mapped one).
+    only dots, and different for different values), ``index`` is digits and ``ext`` comes from a
+    fixed map, so a path segment holding any of them is an ordinary name whatever its value, and a
+    segment holding none of them is the template's own text. Only ``map_suffix`` adds separators and
+    segments of its own: the template is rendered with each value it takes (``""`` for an unmapped
+    task, ``/map_<n>`` for a mapped one).
     Format specs could change what a field renders to (``{dag_id:.0}`` is empty), so only ``index``
     may have one, and only padding (``{index:03d}``); conversions (``!r``) are refused.
 
@@ -429,18 +505,29 @@ def persist_outputs(
                     uri=f"{base_uri}/{relative}",
                     policy=policy,
                     check=check,
+                    root=_local_root(base),
                 )
             )
     return stored
 
 
-def write_text_atomically(uri: str, text: str, *, conn_id: str | None = None) -> StoredOutput:
-    """Write a small text file (a manifest) the same atomic way as outputs."""
+def write_text_atomically(
+    uri: str, text: str, *, conn_id: str | None = None, root: str | None = None
+) -> StoredOutput:
+    """Write a small text file (a manifest) the same atomic way as outputs.
+
+    :param uri: where.
+    :param text: what.
+    :param conn_id: the connection of a remote store.
+    :param root: the ``output_path`` that ``uri`` lies below: locally, no folder below it is
+        followed if it is a link (None: only the file's own folder is trusted).
+    """
     inspector = _Inspector()
     target = as_storage_path(uri, conn_id)
     data = text.encode()
+    local_root = _local_root(as_storage_path(root)) if root and target.protocol in _LOCAL_PROTOCOLS else None
     try:
-        _write_atomically(target, [data], inspector)
+        _write_atomically(target, [data], inspector, root=local_root)
     except BaseException:
         inspector.close()
         raise

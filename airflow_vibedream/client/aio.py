@@ -47,14 +47,25 @@ class _AiohttpSender:
         self._timeout = aiohttp.ClientTimeout(
             connect=settings.timeout, sock_connect=settings.timeout, sock_read=settings.timeout
         )
+        self._client_error = aiohttp.ClientError
+        self._per_phase = settings.timeout
+
+    def _timeout_within(self, budget: float) -> aiohttp.ClientTimeout:
+        import aiohttp
+
+        phase = self._per_phase
+        return aiohttp.ClientTimeout(total=budget, connect=phase, sock_connect=phase, sock_read=phase)
 
     async def send(self, call: ApiCall) -> Prediction | None:
         body = CappedBody(self._limit, call)
         # Built by Api already quoted: aiohttp need not parse and re-quote it on every poll.
         url = self._url(call.url, encoded=True)
         try:
+            # A poll's whole answer within its budget (a drip keeps each read short), besides the
+            # per-phase timeouts.
+            timeout = self._timeout if call.budget is None else self._timeout_within(call.budget)
             async with self._session.request(
-                call.method, url, headers=self._headers, allow_redirects=False, timeout=self._timeout
+                call.method, url, headers=self._headers, allow_redirects=False, timeout=timeout
             ) as answer:
                 if 300 <= answer.status < 400:
                     return None
@@ -64,6 +75,8 @@ class _AiohttpSender:
         except Exception as exc:
             if type(exc).__module__.startswith("airflow_vibedream"):
                 raise  # our own errors (a capped body, a refused answer) pass as they are
+            if isinstance(exc, asyncio.TimeoutError) and not isinstance(exc, self._client_error):
+                raise call.too_slow() from exc  # the total: aiohttp's own read timeouts are ClientErrors
             # The same httpx error as the transport's path would raise, the aiohttp error its cause.
             error = self._as_httpx_error(exc)
             raise call.on_http_error(error) from error
@@ -169,6 +182,14 @@ class AsyncVibeDreamClient:
         return await self._send(call)
 
     async def _send(self, call: ApiCall) -> Prediction:
+        if call.budget is None:
+            return await self._send_following(call)
+        try:  # a poll's whole answer within its budget, not only each read
+            return await asyncio.wait_for(self._send_following(call), call.budget)
+        except asyncio.TimeoutError as exc:
+            raise call.too_slow() from exc
+
+    async def _send_following(self, call: ApiCall) -> Prediction:
         # Redirects are followed here, not by httpx: only on the API's own origin (ApiCall.redirect_of).
         for _ in range(MAX_API_REDIRECTS + 1):
             body = CappedBody(self.settings.max_response_bytes, call)
@@ -199,12 +220,19 @@ class AsyncVibeDreamClient:
         return await self.submit(UPSCALER_MODEL_ID, request.to_payload())
 
     async def get_prediction(
-        self, prediction_id: str, *, retry: bool = True, model_id: str | None = None
+        self,
+        prediction_id: str,
+        *,
+        retry: bool = True,
+        model_id: str | None = None,
+        status_only: bool = False,
+        until: float | None = None,
     ) -> Prediction:
         """Poll a prediction once (transient errors retried per the policy, unless ``retry`` is False).
         An answer for another prediction (or for another model than ``model_id``) is a
         :class:`~airflow_vibedream.errors.VibeDreamAnswerMismatchError`, never a result."""
-        return await self._call(self._api.get_prediction(prediction_id, model_id), fast=True, retry=retry)
+        call = self._api.get_prediction(prediction_id, model_id, status_only=status_only, until=until)
+        return await self._call(call, fast=True, retry=retry)
 
     def hold(self) -> None:
         """Mark the client in use across more than one call (a poll riding out an outage), so a

@@ -105,11 +105,22 @@ def _prediction_or_none(response: httpx.Response) -> Prediction | None:
         return None
 
 
+#: The largest status answer a wait reads (unless base64 outputs were asked, which come in the
+#: answer itself). The documented answer is about 400 bytes; 64 KiB still holds dozens of long
+#: presigned output URLs, and a triggerer's 512 polls in flight then hold 32 MiB at the very most,
+#: where the general cap (``max_response_bytes``, 256 MiB) would let one hostile API fill the memory.
+STATUS_ANSWER_BYTES = 64 * 1024
+
+
 class CappedBody:
-    """Collects a streamed answer and refuses to hold more than ``limit`` bytes."""
+    """Collects a streamed answer and refuses to hold more than the call's cap.
+
+    :param limit: the connection's ``max_response_bytes``.
+    :param call: the call; a status poll's own cap is smaller (:data:`STATUS_ANSWER_BYTES`).
+    """
 
     def __init__(self, limit: int, call: ApiCall) -> None:
-        self.limit = limit
+        self.limit = min(limit, call.max_bytes) if call.max_bytes is not None else limit
         self.call = call
         self.chunks: list[bytes] = []
         self.size = 0
@@ -117,7 +128,8 @@ class CappedBody:
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.limit:
-            reason = f"answer from {self.call.host} exceeds max_response_bytes ({self.limit})"
+            cap = "the status answer cap" if self.call.max_bytes == self.limit else "max_response_bytes"
+            reason = f"answer from {self.call.host} exceeds {cap} ({self.limit} bytes)"
             if self.call.submits:  # the job may exist: its id is in the part not read
                 raise self.call.state_unknown(reason)
             raise VibeDreamProtocolError(f"VibeDream {reason}; refusing to read it")
@@ -170,6 +182,8 @@ class ApiCall:
     submits: bool = False
     answers_for: str | None = None
     model_id: str | None = None
+    max_bytes: int | None = None
+    budget: float | None = None
 
     @property
     def host(self) -> str:
@@ -228,6 +242,15 @@ class ApiCall:
                 status_code=response.status_code,
             )
         return replace(self, url=str(there))
+
+    def too_slow(self) -> VibeDreamTransportError:
+        """A poll whose whole answer did not arrive within its budget (a slow drip keeps every
+        single read short): transient, so the wait polls again until its own deadline."""
+        return VibeDreamTransportError(
+            f"VibeDream {self.description}: no complete answer from {self.host} within "
+            f"{self.budget or 0:.1f}s (a slow or dripping answer)",
+            request_sent=True,
+        )
 
     def too_many_redirects(self) -> VibeDreamProtocolError:
         return VibeDreamProtocolError(
@@ -332,16 +355,35 @@ class Api:
             model_id=model_id,
         )
 
-    def get_prediction(self, prediction_id: str, model_id: str | None = None) -> ApiCall:
-        """:param model_id: the model the prediction was asked of, if known (its answer must say it)."""
+    def get_prediction(
+        self,
+        prediction_id: str,
+        model_id: str | None = None,
+        *,
+        status_only: bool = False,
+        until: float | None = None,
+    ) -> ApiCall:
+        """A poll: its whole answer must arrive within the connection's timeout, and by ``until``.
+
+        :param model_id: the model the prediction was asked of, if known (its answer must say it).
+        :param status_only: read at most :data:`STATUS_ANSWER_BYTES` (a wait that asked no base64
+            outputs); else up to ``max_response_bytes``.
+        :param until: epoch seconds (the wait's deadline): no answer is read past it.
+        """
         validate_prediction_id(prediction_id)
+        budget = self.settings.timeout
+        if until is not None:
+            budget = max(0.05, min(budget, until - time.time()))
         return ApiCall(
             f"poll of prediction {prediction_id}",
             "GET",
             self.settings.base_url + PREDICTION_PATH.format(prediction_id=quote(prediction_id, safe="")),
             self._headers,
+            timeout=httpx.Timeout(self.settings.timeout, read=budget),
             answers_for=prediction_id,
             model_id=model_id,
+            max_bytes=STATUS_ANSWER_BYTES if status_only else None,
+            budget=budget,
         )
 
 

@@ -48,6 +48,8 @@ class VibeDreamClient:
 
     def _attempt(self, call: ApiCall) -> Prediction:
         # Redirects are followed here, not by httpx: only on the API's own origin (ApiCall.redirect_of).
+        # A poll's whole answer has a budget: each read is bounded by it, and so is their sum.
+        started = time.monotonic()
         for _ in range(MAX_API_REDIRECTS + 1):
             body = CappedBody(self.settings.max_response_bytes, call)
             try:
@@ -57,6 +59,8 @@ class VibeDreamClient:
                     if redirect is None:
                         for chunk in streamed.iter_bytes():
                             body.feed(chunk)
+                            if call.budget is not None and time.monotonic() - started > call.budget:
+                                raise call.too_slow()
                 finally:
                     streamed.close()
             except httpx.HTTPError as exc:
@@ -77,12 +81,19 @@ class VibeDreamClient:
         return self.submit(UPSCALER_MODEL_ID, request.to_payload())
 
     def get_prediction(
-        self, prediction_id: str, *, retry: bool = True, model_id: str | None = None
+        self,
+        prediction_id: str,
+        *,
+        retry: bool = True,
+        model_id: str | None = None,
+        status_only: bool = False,
+        until: float | None = None,
     ) -> Prediction:
         """Poll a prediction once (transient errors retried per the policy, unless ``retry`` is False).
         An answer for another prediction (or for another model than ``model_id``) is a
         :class:`~airflow_vibedream.errors.VibeDreamAnswerMismatchError`, never a result."""
-        return self._call(self._api.get_prediction(prediction_id, model_id), retry=retry)
+        call = self._api.get_prediction(prediction_id, model_id, status_only=status_only, until=until)
+        return self._call(call, retry=retry)
 
     def wait_for_prediction(
         self,
@@ -96,6 +107,7 @@ class VibeDreamClient:
         on_unavailable: OutageReport | None = None,
         reread: Callable[[], VibeDreamClient | None] | None = None,
         model_id: str | None = None,
+        large_answers: bool = False,
     ) -> Prediction:
         """Poll until the prediction is terminal, riding out outages; raise
         :class:`VibeDreamTimeoutError` at ``deadline`` (epoch seconds). Returns the terminal
@@ -108,6 +120,7 @@ class VibeDreamClient:
             None); without it a refusal is final.
         :param model_id: the model the prediction was asked of, if known (an answer naming another
             model, or another prediction, is never adopted).
+        :param large_answers: base64 outputs were asked: the final answer carries the images.
         """
         # Imported here: the waiting package builds on this client, not the other way round.
         from airflow_vibedream.waiting.blocking import WorkerHooks, wait_in_worker
@@ -121,6 +134,7 @@ class VibeDreamClient:
             kind=kind,
             created_at=created_at,
             model_id=model_id,
+            large_answers=large_answers,
         )
         hooks = WorkerHooks(
             observe=StatusTracker(on_status_change).observe, on_unavailable=on_unavailable, reread=reread

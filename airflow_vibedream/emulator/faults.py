@@ -213,9 +213,25 @@ class EndlessResponse(Response):
             {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"image/png")]}
         )
         chunk = b"\x00" if self.delay else b"\x00" * 65536
-        # Bounded like every loop of the emulator's: an hour of dripping, or 64 GiB of zeros, at most.
-        for _ in range(3600 if self.delay else 1_048_576):
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        gone = asyncio.Event()
+        # The server keeps accepting sends after the client hung up: stop then, not after 64 GiB.
+        watcher = asyncio.ensure_future(_until_disconnected(receive, gone))
+        try:
+            # Bounded like every loop of the emulator's: an hour of dripping, or 64 GiB of zeros, at most.
+            for _ in range(3600 if self.delay else 1_048_576):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                else:
+                    await asyncio.sleep(0)  # let the watcher hear a disconnect
+                if gone.is_set():
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+
+
+async def _until_disconnected(receive: Receive, gone: asyncio.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()

@@ -35,6 +35,7 @@ from airflow_vibedream.lifecycle.ledger import (
     unknown_message,
 )
 from airflow_vibedream.lifecycle.outputs import download_policy
+from airflow_vibedream.lifecycle.signing import RecordSigner
 from airflow_vibedream.lifecycle.store import SubmissionRecord, SubmissionStore
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class SingleJob:
     :param context: the task's context (its ``task_state_store`` holds the record).
     :param log: the task's logger: every decision is written there.
     :param durable: record the submission and reconnect to it on a later try.
+    :param signer: signs the task's record and checks it when read back.
+    :param ledger: how the task uses the ledger (None: it does not).
     """
 
     def __init__(
@@ -74,11 +77,12 @@ class SingleJob:
         log: logging.Logger | Any,
         *,
         durable: bool,
+        signer: RecordSigner,
         ledger: LedgerUse | None = None,
     ) -> None:
         self.log = log
         self.durable = durable
-        self.store = SubmissionStore(context)
+        self.store = SubmissionStore(context, signer)
         self.ledger = ledger
         self.task = TaskRef.of(context["ti"])
         #: The ledger entry of this try's job (None: no ledger, or not decided yet).

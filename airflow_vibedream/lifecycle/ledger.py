@@ -12,6 +12,11 @@ Airflow upgrades (and exist on Airflow 3.1 and 3.2, which have no ``task_state_s
 
 An intent whose id never got recorded means *submission state unknown*: the job may exist and be
 billed. It is never sent again automatically.
+
+Whoever can write into ``output_path`` can write these documents, so each one (each line of a page)
+is signed (:mod:`.signing`) and read only when its MAC verifies and its key is the hash of what it
+says it is for (model, ask and the input's identity): a forged or altered entry is no entry, and an
+entry is only ever found under the key of the very image and ask it records.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from airflow_vibedream.lifecycle.identity import ContentIdentity, decisive_ask, ledger_key
 from airflow_vibedream.lifecycle.ledger_store import LedgerStore, intact, open_store, stored_facts
+from airflow_vibedream.lifecycle.signing import RecordSigner
+from airflow_vibedream.lifecycle.verify import FORMAT_NAMES, LONG_EDGES
 from airflow_vibedream.storage import StoredOutput, storage_uri
 
 log = logging.getLogger(__name__)
@@ -145,8 +152,18 @@ class LedgerEntry(BaseModel):
     def moved_to(self, state: State, **changes: Any) -> LedgerEntry:
         return self.model_copy(update={"state": state, "updated_at": _now(), **changes})
 
-    def dumps(self) -> bytes:
-        return (self.model_dump_json(exclude_none=True) + "\n").encode()
+    def key_matches_content(self) -> bool:
+        """True when ``key`` is the hash of this entry's own model, ask and input identity: an entry
+        copied under another image's key (to be reused for it) is refused by this alone."""
+        identity = self.identity
+        if not (
+            isinstance(identity.get("kind"), str)
+            and isinstance(identity.get("value"), str)
+            and isinstance(identity.get("size"), int)
+        ):
+            return False
+        token = ContentIdentity(identity["kind"], identity["value"], identity["size"])
+        return ledger_key(self.model_id, self.ask, token) == self.key
 
 
 def _now() -> str:
@@ -175,15 +192,11 @@ def new_entry(
     )
 
 
-def _parse(data: bytes | None) -> LedgerEntry | None:
-    if data is None:
-        return None
-    try:
-        return LedgerEntry.model_validate_json(data)
-    except ValidationError as exc:
-        # A document nobody can read proves nothing: treat the image as new, and say so.
-        log.warning("Unreadable VibeDream ledger entry ignored: %s", exc.errors()[:1])
-        return None
+def _where(exc: ValidationError) -> str:
+    """Which field failed and how, never the value: a document may be anything at all (a link to a
+    secrets file), and a task log is read by every viewer of the DAG."""
+    first = exc.errors(include_input=False, include_url=False)[0]
+    return f"{'.'.join(str(part) for part in first['loc']) or 'document'}: {first['type']}"
 
 
 # -- what to do with an entry -------------------------------------------------------------------------
@@ -228,6 +241,21 @@ def decide(
     return Decision(NEW if resubmit_unknown else UNKNOWN, entry)
 
 
+def serves_its_ask(entry: LedgerEntry) -> bool:
+    """True when every recorded output is what the entry's ask asks: the asked format and the
+    target's long edge (upscales), as verified when it was stored. An entry without those facts
+    (or with others) is not reused: paying again beats handing on the wrong image."""
+    fmt, resolution = entry.ask.get("output_format"), entry.ask.get("target_resolution")
+    name = FORMAT_NAMES.get(fmt) if isinstance(fmt, str) else None
+    edge = LONG_EDGES.get(resolution) if isinstance(resolution, str) else None
+    for out in entry.outputs:
+        if name is not None and out.format != name:
+            return False
+        if edge is not None and max(out.width or 0, out.height or 0) != edge:
+            return False
+    return True
+
+
 def unknown_message(entry: LedgerEntry, entry_uri: str) -> str:
     who = f"{entry.task.dag_id}/{entry.task.run_id}/{entry.task.task_id}"
     return (
@@ -248,10 +276,48 @@ class Ledger:
     :param conn_id: the connection of that store (as for the outputs).
     """
 
-    def __init__(self, output_path: str, conn_id: str | None) -> None:
+    def __init__(self, output_path: str, conn_id: str | None, signer: RecordSigner) -> None:
         self.root_uri = f"{storage_uri(output_path).rstrip('/')}/{LEDGER_DIR}"
         self.conn_id = conn_id
         self.store: LedgerStore = open_store(self.root_uri, conn_id)
+        self.signer = signer
+        self._refused = 0  # documents ignored this run (said once, then counted)
+
+    # -- signed documents --
+
+    def dumps(self, entry: LedgerEntry) -> bytes:
+        """One entry, signed, as one line."""
+        signed = self.signer.signed(entry.model_dump(mode="json", exclude_none=True))
+        return (json.dumps(signed, separators=(",", ":")) + "\n").encode()
+
+    def _parse(self, data: bytes | None, name: str, key: str | None = None) -> LedgerEntry | None:
+        """The entry in ``data`` when it is one this deployment signed for what it says (and, read
+        by ``key``, is that key's: a genuine entry copied to another image's name is not that
+        image's); else None (the image is then new to the ledger), said in the log by ``name`` only."""
+        if data is None:
+            return None
+        try:
+            document = self.signer.verified(json.loads(data))
+        except (ValueError, RecursionError):
+            return self._refuse(name, "not JSON")
+        if document is None:
+            return self._refuse(name, "its MAC does not verify (not written by this deployment)")
+        try:
+            entry = LedgerEntry.model_validate(document)
+        except ValidationError as exc:
+            return self._refuse(name, _where(exc))
+        if not entry.key_matches_content() or (key is not None and entry.key != key):
+            return self._refuse(name, "its key is not the hash of the image and ask it records")
+        return entry
+
+    def _refuse(self, name: str, why: str) -> LedgerEntry | None:
+        """Say (the first few times) that a document is ignored, by name and why: None."""
+        self._refused += 1
+        if self._refused <= 3:  # a folder of junk must not become a log of junk
+            log.warning("VibeDream ledger document %s ignored: %s", name, why)
+        elif self._refused == 4:
+            log.warning("More VibeDream ledger documents ignored; not listing them")
+        return None
 
     def entry_uri(self, key: str) -> str:
         return f"{self.root_uri}/entries/{key}.json"
@@ -260,7 +326,7 @@ class Ledger:
 
     def read(self, key: str) -> LedgerEntry | None:
         """The entry, with a batch intent's id filled in from its group document when there."""
-        entry = _parse(self.store.read(f"entries/{key}.json"))
+        entry = self._parse(self.store.read(f"entries/{key}.json"), f"entries/{key}.json", key)
         if entry is not None and entry.state == INTENT and entry.group:
             found = self.group_ids(entry.group).get(key)
             if found:
@@ -268,24 +334,32 @@ class Ledger:
         return entry
 
     def claim(self, entry: LedgerEntry) -> LedgerEntry | None:
-        """Create ``entry`` (an intent) if no entry has its key; else the entry that is there."""
-        if self.store.create(f"entries/{entry.key}.json", entry.dumps()):
+        """Create ``entry`` (an intent) if no entry has its key; else the entry that is there. A
+        document there that is no entry of this deployment's (forged, altered, unreadable) is
+        replaced: it proves no job, and must not block the image either."""
+        if self.store.create(f"entries/{entry.key}.json", self.dumps(entry)):
             return None
-        return self.read(entry.key) or entry  # unreadable: someone else's claim, treat as theirs
+        held = self.read(entry.key)
+        if held is None:
+            self.write(entry)
+        return held
 
     def write(self, entry: LedgerEntry) -> None:
-        self.store.put(f"entries/{entry.key}.json", entry.dumps())
+        self.store.put(f"entries/{entry.key}.json", self.dumps(entry))
 
     def delete(self, key: str) -> None:
         """Withdraw an intent whose submit surely made no job."""
         self.store.delete(f"entries/{key}.json")
 
     def outputs_intact(self, entries: Iterable[LedgerEntry]) -> dict[str, bool]:
-        """For each completed entry: are all its outputs still there with the recorded size and hash?"""
+        """For each completed entry: are all its outputs still there with the recorded size and hash,
+        and were they verified as what its ask asks (format, long edge)? Only then may they be
+        handed downstream as this image's result."""
         completed = [entry for entry in entries if entry.state == COMPLETED and entry.outputs]
         now = stored_facts([out.uri for entry in completed for out in entry.outputs], self.conn_id)
         return {
-            entry.key: all(intact(out.facts(), now.get(out.uri)) for out in entry.outputs)
+            entry.key: serves_its_ask(entry)
+            and all(intact(out.facts(), now.get(out.uri)) for out in entry.outputs)
             for entry in completed
         }
 
@@ -319,17 +393,23 @@ class Ledger:
     # -- batches --
 
     def group_ids(self, group: str) -> dict[str, tuple[str, int | None]]:
-        data = self.store.read(f"groups/{group}.json")
-        try:
-            doc = json.loads(data) if data else {}
-            return {
-                key: (str(value["prediction_id"]), value.get("cost_cents"))
-                for key, value in (doc.get("predictions") or {}).items()
-                if isinstance(value, dict) and isinstance(value.get("prediction_id"), str)
-            }
-        except (ValueError, AttributeError):
-            log.warning("Unreadable VibeDream ledger group %s ignored", group)
+        name = f"groups/{group}.json"
+        data = self.store.read(name)
+        if not data:
             return {}
+        try:
+            doc = self.signer.verified(json.loads(data))
+        except (ValueError, RecursionError):
+            doc = None
+        predictions = doc.get("predictions") if doc is not None else None
+        if not isinstance(predictions, dict):
+            self._refuse(name, "not a group document signed by this deployment")
+            return {}
+        return {
+            key: (value["prediction_id"], cost if isinstance(cost := value.get("cost_cents"), int) else None)
+            for key, value in predictions.items()
+            if isinstance(value, dict) and isinstance(value.get("prediction_id"), str)
+        }
 
     def lookup(self, keys: Iterable[str]) -> dict[str, LedgerEntry]:
         """The entries of many keys: one listing of ``entries/``, the completed pages (a few reads),
@@ -339,7 +419,7 @@ class Ledger:
         found: dict[str, LedgerEntry] = {}
         for name in sorted(self.store.names("pages")):
             for line in (self.store.read(f"pages/{name}") or b"").splitlines():
-                entry = _parse(line)
+                entry = self._parse(line, f"pages/{name}")
                 if (
                     entry is not None
                     and entry.key in wanted
@@ -352,7 +432,7 @@ class Ledger:
         lock = threading.Lock()
 
         def read_one(key: str) -> LedgerEntry | None:
-            entry = _parse(self.store.read(f"entries/{key}.json"))
+            entry = self._parse(self.store.read(f"entries/{key}.json"), f"entries/{key}.json", key)
             if entry is None or entry.state != INTENT or not entry.group:
                 return entry
             with lock:
@@ -385,7 +465,7 @@ class Ledger:
         """A finished batch's completed entries, in one document."""
         if entries:
             name = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}.jsonl"
-            self.store.put(f"pages/{name}", b"".join(entry.dumps() for entry in entries))
+            self.store.put(f"pages/{name}", b"".join(self.dumps(entry) for entry in entries))
 
 
 class GroupJournal:
@@ -420,7 +500,9 @@ class GroupJournal:
         with self._lock:
             if not self._dirty:
                 return
-            doc = {"group": self.name, "task": self.task.model_dump(), "predictions": dict(self._ids)}
+            doc = self.ledger.signer.signed(
+                {"group": self.name, "task": self.task.model_dump(), "predictions": dict(self._ids)}
+            )
             self._dirty = False
             self._last = time.monotonic()
             # Written under the lock: two flushes never race, and the last one holds every id.

@@ -2,7 +2,9 @@
 now (to tell whether a recorded output is still intact).
 
 - local directories: ``O_EXCL``-style atomic create (a hard link of a finished temporary file: a
-  reader never sees a half-written document), ``os.replace`` for updates;
+  reader never sees a half-written document), a rename for updates; every document is opened as an
+  untrusted file (:mod:`airflow_vibedream.beneath`): below ``output_path`` no link is followed, only
+  regular files are read or listed, and a write through a linked folder is refused;
 - ``s3://``: the amazon provider's S3Hook client; create is a conditional write (``If-None-Match:
   *``), listings are pages of 1,000 names;
 - any other ObjectStoragePath: read, write and list through it; there is no atomic create, so two
@@ -11,16 +13,68 @@ now (to tell whether a recorded output is still intact).
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
-import uuid
+import stat
+import threading
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
+from airflow_vibedream.beneath import read_file, regular_files, remove_file, write_file
+from airflow_vibedream.errors import UnsafeLocalPathError
 from airflow_vibedream.s3 import s3_client, split_s3_uri
 from airflow_vibedream.storage import as_storage_path, storage_uri
+
+log = logging.getLogger(__name__)
+
+#: The most bytes read of one entry (``entries/<key>.json``). An entry is ~1 KB (its input's name,
+#: identity, ask, task and outputs); 64 KiB leaves room for a long presigned URL as input and a model
+#: with dozens of outputs.
+MAX_ENTRY_BYTES = 64 * 1024
+#: The most bytes read of one group document (``groups/<name>.json``). A batch keeps one, ~150 bytes
+#: per submitted image: 16 MiB holds the ids of a batch of ~100,000 images (10x the 10,000 the
+#: ledger benchmark runs).
+MAX_GROUP_BYTES = 16 * 1024 * 1024
+#: The most bytes read of one page (``pages/<name>.jsonl``). A batch writes one, ~1 KB per completed
+#: image: 64 MiB holds ~60,000 images, while a page an attacker inflated is refused before it is
+#: read. A real page over it is skipped (with a warning naming it): its images' entries and group
+#: documents still name their jobs, so they are reconnected to, not paid again.
+MAX_PAGE_BYTES = 64 * 1024 * 1024
+#: Skipped documents named in the log, per store; then one line says more were skipped.
+LOGGED_SKIPS = 3
+
+
+def max_bytes_of(name: str) -> int:
+    """The most bytes read of the document ``name`` (by its folder)."""
+    folder = name.split("/", 1)[0]
+    return {"pages": MAX_PAGE_BYTES, "groups": MAX_GROUP_BYTES}.get(folder, MAX_ENTRY_BYTES)
+
+
+class _Skips:
+    """Says which documents a store skipped (by name and reason, never content), the first
+    :data:`LOGGED_SKIPS` of them: a folder full of junk must not become a log full of junk."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def say(self, message: str, *args: object) -> None:
+        with self._lock:
+            self._count += 1
+            count = self._count
+        if count <= LOGGED_SKIPS:
+            log.warning(message, *args)
+        elif count == LOGGED_SKIPS + 1:
+            log.warning("More VibeDream ledger documents skipped; not naming them")
+
+    def skip(self, name: str, reason: str) -> None:
+        # A name may come from a document (a group's): shown short, and escaped unless plain.
+        shown = name if name.isprintable() and len(name) <= 120 else repr(name[:120])
+        self.say("VibeDream ledger document %s skipped: %s", shown, reason)
 
 
 class LedgerStore(Protocol):
@@ -44,45 +98,82 @@ class LedgerStore(Protocol):
 
 
 class LocalStore:
+    """The ledger in a local folder, every document opened as an untrusted file: whoever may write
+    into ``output_path`` may have put a link, a FIFO or a huge file among the documents.
+
+    The ledger's own folder and everything below it are opened one component at a time without
+    following links; the folder above it (the deployment's ``output_path``) may be a link the
+    deployment made. A read takes a regular file of at most :func:`max_bytes_of` bytes, else the
+    document is skipped (treated as absent) with a warning naming it; a listing names regular files
+    only; a write through a linked folder raises :class:`~airflow_vibedream.errors.UnsafeLocalPathError`
+    and writes nothing.
+
+    :param root: the ledger's folder (``<output_path>/_vibedream_ledger``).
+    :param trusted: the folder whose own path may hold links (default: ``root``'s parent).
+    """
+
     atomic_create = True
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, trusted: Path | None = None) -> None:
         self.root = root
+        self.trusted = root.parent if trusted is None else trusted
+        self._below = root.relative_to(self.trusted).as_posix()
+        self._skips = _Skips()
+
+    def _name(self, name: str) -> str:
+        return f"{self._below}/{name}"
+
+    def _why(self, name: str, exc: UnsafeLocalPathError) -> str:
+        """The refusal's reason, and what it is about when that is a folder on the way."""
+        where = Path(exc.path).relative_to(self.trusted).as_posix()
+        return exc.reason if where == self._name(name) else f"{where} {exc.reason}"
 
     def read(self, name: str) -> bytes | None:
         try:
-            return (self.root / name).read_bytes()
-        except FileNotFoundError:
-            return None
+            return read_file(self.trusted, self._name(name), max_bytes_of(name))
+        except UnsafeLocalPathError as exc:
+            self._skips.skip(name, self._why(name, exc))
+        except ValueError:  # a ".." in a group's name (taken from an entry): never leaves the ledger
+            self._skips.skip(name, "is not a name inside the ledger")
+        except OSError as exc:  # unreadable (permissions...): proves nothing, like an unparsable one
+            self._skips.skip(name, f"cannot be read ({errno_name(exc)})")
+        return None
 
-    def _finished_temporary(self, name: str, data: bytes) -> Path:
-        target = self.root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        temporary.write_bytes(data)
-        return temporary
+    def _write(self, name: str, data: bytes, *, exclusive: bool) -> bool:
+        def fill(handle: IO[bytes]) -> None:
+            handle.write(data)
+
+        return write_file(self.trusted, self._name(name), fill, exclusive=exclusive)
 
     def create(self, name: str, data: bytes) -> bool:
-        temporary = self._finished_temporary(name, data)
-        try:
-            os.link(temporary, self.root / name)  # atomic, and fails if the name exists
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            temporary.unlink(missing_ok=True)
+        return self._write(name, data, exclusive=True)
 
     def put(self, name: str, data: bytes) -> None:
-        os.replace(self._finished_temporary(name, data), self.root / name)
+        self._write(name, data, exclusive=False)
 
     def delete(self, name: str) -> None:
-        (self.root / name).unlink(missing_ok=True)
+        remove_file(self.trusted, self._name(name))
 
     def names(self, folder: str) -> list[str]:
         try:
-            return [name for name in os.listdir(self.root / folder) if not name.startswith(".")]
-        except FileNotFoundError:
+            found, others = regular_files(self.trusted, self._name(folder))
+        except UnsafeLocalPathError as exc:
+            self._skips.say("VibeDream ledger folder %s skipped: %s", folder, self._why(folder, exc))
             return []
+        if others:
+            # Counted, not named: a name is whatever the writer chose.
+            self._skips.say(
+                "VibeDream ledger folder %s: %d name(s) that are not regular files ignored (links, "
+                "FIFOs, folders...)",
+                folder,
+                others,
+            )
+        return [name for name in found if not name.startswith(".")]
+
+
+def errno_name(exc: OSError) -> str:
+    """``EACCES`` for a permission error...: what went wrong, with no path or content."""
+    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
 
 
 class S3Store:
@@ -92,13 +183,27 @@ class S3Store:
         self.bucket, prefix = split_s3_uri(root_uri.rstrip("/") + "/")
         self.prefix = prefix.rstrip("/") + "/"
         self.client = s3_client(conn_id)
+        self._skips = _Skips()
 
     def read(self, name: str) -> bytes | None:
         try:
             answer = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)
         except self.client.exceptions.NoSuchKey:
             return None
-        return bytes(answer["Body"].read())
+        body, cap = answer["Body"], max_bytes_of(name)
+        try:
+            # Refused by its announced size before any byte is read; and never more than the cap
+            # read, whatever the answer announced.
+            if int(answer.get("ContentLength") or 0) > cap:
+                self._skips.skip(name, f"is larger than {cap} bytes")
+                return None
+            data = bytes(body.read(cap + 1))
+        finally:
+            body.close()
+        if len(data) > cap:
+            self._skips.skip(name, f"is larger than {cap} bytes")
+            return None
+        return data
 
     def create(self, name: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
@@ -136,10 +241,19 @@ class PathStore:
 
     def __init__(self, root_uri: str, conn_id: str | None) -> None:
         self.root = as_storage_path(root_uri, conn_id)
+        self._skips = _Skips()
 
     def read(self, name: str) -> bytes | None:
         path = self.root / name
-        return bytes(path.read_bytes()) if path.exists() else None
+        if not path.exists():
+            return None
+        cap = max_bytes_of(name)
+        with path.open("rb") as handle:
+            data = bytes(handle.read(cap + 1))
+        if len(data) > cap:
+            self._skips.skip(name, f"is larger than {cap} bytes")
+            return None
+        return data
 
     def create(self, name: str, data: bytes) -> bool:
         if (self.root / name).exists():
@@ -184,9 +298,9 @@ def stored_facts(uris: Iterable[str], conn_id: str | None) -> dict[str, dict[str
         if uri.startswith("s3://"):
             by_folder[uri.rsplit("/", 1)[0]].append(uri)
         elif uri.startswith("file://"):
-            path = Path(uri[len("file://") :])
-            if path.is_file():
-                facts[uri] = {"bytes": path.stat().st_size, "sha256": _sha256_of(path)}
+            found = _local_facts(Path(uri[len("file://") :]))
+            if found is not None:
+                facts[uri] = found
         else:
             path = as_storage_path(uri, conn_id)
             if path.exists():
@@ -204,12 +318,26 @@ def stored_facts(uris: Iterable[str], conn_id: str | None) -> dict[str, dict[str
     return facts
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
+def _local_facts(path: Path) -> dict[str, Any] | None:
+    """The size and SHA-256 of the regular file at ``path``, None when there is none. Opened as an
+    untrusted file: a link at the name is not followed (``O_NOFOLLOW``), a FIFO does not block the
+    open (``O_NONBLOCK``) and is not read, nor is a folder or device: each counts as no output (so
+    the image is fetched again, never reused from a link's target)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        descriptor = os.open(path, flags)
+    except OSError:  # missing, a link (ELOOP), a socket, unreadable: not the recorded output
+        return None
+    with os.fdopen(descriptor, "rb") as handle:
+        facts = os.fstat(handle.fileno())
+        if not stat.S_ISREG(facts.st_mode):
+            return None
+        digest = hashlib.sha256()
+        size = 0
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
-    return digest.hexdigest()
+            size += len(chunk)
+    return {"bytes": size, "sha256": digest.hexdigest()}
 
 
 def intact(recorded: dict[str, Any], now: dict[str, Any] | None) -> bool:

@@ -21,7 +21,17 @@ STATUS_INVALID_OUTPUT = "invalid_output"
 
 
 def manifest_uri(output_path: str, dag_id: str, run_id: str, task_id: str, map_index: int | None) -> str:
-    """``<output_path>/<dag>/<run>/<task>[/map_<i>]/manifest.jsonl``."""
+    """``<output_path>/<dag>/<run>/<task>[/map_<i>]/manifest.jsonl``, each folder named by
+    :func:`~airflow_vibedream.storage.safe_segment` as the outputs' are: two runs (or DAGs, or tasks)
+    never write the same manifest, even when their ids differ only in characters a name cannot keep
+    (``a:b`` and ``a/b``).
+
+    :param output_path: the operator's ``output_path``.
+    :param dag_id: the task instance's DAG.
+    :param run_id: its run.
+    :param task_id: its task.
+    :param map_index: its map index (None or negative: not mapped).
+    """
     map_suffix = f"/map_{map_index}" if map_index is not None and map_index >= 0 else ""
     return (
         f"{storage_uri(output_path).rstrip('/')}/{safe_segment(dag_id)}/{safe_segment(run_id)}/"

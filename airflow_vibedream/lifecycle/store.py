@@ -2,6 +2,10 @@
 
 Below 3.3 there is no such store; a record can then only cross a deferral of the same try, in an
 XCom that :meth:`SubmissionStore.hand_over` writes before deferring.
+
+Both can be written by others: Airflow's REST API lets a UI "user" account write a task's state
+store and its XComs. A record decides which job a later try adopts, so each is signed
+(:mod:`.signing`) and one whose MAC does not verify is no record at all.
 """
 
 from __future__ import annotations
@@ -9,6 +13,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from airflow_vibedream.lifecycle.signing import RecordSigner
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -80,10 +88,12 @@ class SubmissionStore:
     """The records of one task instance.
 
     :param context: the task's context.
+    :param signer: signs what is written, checks what is read.
     :param handover_key: below 3.3, the XCom key records cross a deferral in (None: not at all).
     """
 
     context: Context
+    signer: RecordSigner
     handover_key: str | None = None
     _memory: dict[str, Any] = field(default_factory=dict)
 
@@ -107,14 +117,26 @@ class SubmissionStore:
             )
 
     def get(self, key: str) -> SubmissionRecord | None:
+        """The record under ``key`` if this deployment wrote it (its MAC verifies); else None."""
         raw = self._backend.get(key) if self._backend is not None else self._memory.get(key)
-        return SubmissionRecord.from_json(raw)
+        if raw is None:
+            return None
+        verified = self.signer.verified(raw)
+        if verified is None:
+            log.warning(
+                "VibeDream record %r of this task is not one this deployment signed (written through "
+                "the REST API, or before a change of API key or record_secret): ignored",
+                key,
+            )
+            return None
+        return SubmissionRecord.from_json(verified)
 
     def set(self, key: str, record: SubmissionRecord) -> None:
+        signed = self.signer.signed(record.to_json())
         if self._backend is not None:
-            self._backend.set(key, record.to_json())
+            self._backend.set(key, signed)
         else:
-            self._memory[key] = record.to_json()
+            self._memory[key] = signed
 
     def hand_over(self) -> None:
         """Below 3.3, before deferring: push the records of this try for ``execute_complete``."""

@@ -55,6 +55,7 @@ from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy, i
 from airflow_vibedream.lifecycle.records import PROGRESS_XCOM_KEY, BatchProgress
 from airflow_vibedream.lifecycle.rules import permanent_errors_fail_the_task
 from airflow_vibedream.lifecycle.settle import fire_not_before
+from airflow_vibedream.lifecycle.signing import RecordSigner, signer_for
 from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
 from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
 from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
@@ -263,12 +264,16 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         return Expectation.for_upscale(self.target_resolution, self.output_format, facts)
 
     def _store(self, context: Context) -> SubmissionStore:
-        return SubmissionStore(context, handover_key=XCOM_SUBMISSIONS)
+        return SubmissionStore(context, self._signer(), handover_key=XCOM_SUBMISSIONS)
+
+    def _signer(self) -> RecordSigner:
+        """Signs this deployment's records (see :mod:`airflow_vibedream.lifecycle.signing`)."""
+        return signer_for(self.hook.get_client().settings.api_key)
 
     def ledger_use(self, context: Context) -> BatchLedger:
         """The ledger beside ``output_path``."""
         return BatchLedger(
-            Ledger(self.output_path, self.output_conn_id or self.aws_conn_id),
+            Ledger(self.output_path, self.output_conn_id or self.aws_conn_id, self._signer()),
             TaskRef.of(context["ti"]),
             self.log,
             reuse=self.reuse_outputs,
@@ -471,7 +476,10 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             item.pop("retryable", None)
         manifest = manifest_uri(self.output_path, ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
         write_text_atomically(
-            manifest, "".join(json.dumps(item) + "\n" for item in lines), conn_id=target.conn_id
+            manifest,
+            "".join(json.dumps(item) + "\n" for item in lines),
+            conn_id=target.conn_id,
+            root=self.output_path,  # locally, no linked folder below output_path is followed
         )
         summary = summary_of(lines, records, manifest)
         self.log.info("VibeDream batch finished: %s", summary)

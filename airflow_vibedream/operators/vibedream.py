@@ -36,6 +36,7 @@ from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy, i
 from airflow_vibedream.lifecycle.records import RESULT_XCOM_KEY, image_record
 from airflow_vibedream.lifecycle.rules import permanent_errors_fail_the_task
 from airflow_vibedream.lifecycle.settle import fire_not_before
+from airflow_vibedream.lifecycle.signing import RecordSigner, signer_for
 from airflow_vibedream.lifecycle.validation import choice, is_templated, positive_seconds
 from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
 from airflow_vibedream.links import VibeDreamOutputLink
@@ -171,7 +172,7 @@ class VibeDreamGenerateOperator(BaseOperator):
             )
             return None
         return LedgerUse(
-            Ledger(self.output_path, self.output_conn_id or self.aws_conn_id),
+            Ledger(self.output_path, self.output_conn_id or self.aws_conn_id, self._signer()),
             identity=lambda: identity_of(
                 image, aws_conn_id=self.aws_conn_id, policy=download_policy(self.hook.get_client().settings)
             ),
@@ -179,13 +180,19 @@ class VibeDreamGenerateOperator(BaseOperator):
             resubmit_unknown=self.resubmit_unknown,
         )
 
+    def _signer(self) -> RecordSigner:
+        """Signs this deployment's records (see :mod:`airflow_vibedream.lifecycle.signing`)."""
+        return signer_for(self.hook.get_client().settings.api_key)
+
     # -- the task ---------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
         with permanent_errors_fail_the_task():
             spec = self.job_spec()  # every rendered value checked before any request
             client = self.hook.get_client()
-            job = SingleJob(context, self.log, durable=self.durable, ledger=self.ledger_use(spec))
+            job = SingleJob(
+                context, self.log, durable=self.durable, signer=self._signer(), ledger=self.ledger_use(spec)
+            )
             started = job.start(client, spec, lambda: self.payload(spec), wait_at_most=self.timeout)
             if isinstance(started, LedgerEntry):
                 return self._reused(context, spec, started)
@@ -213,6 +220,7 @@ class VibeDreamGenerateOperator(BaseOperator):
                         created_at=iso_seconds(prediction.created_at),
                         fire_not_before=fire_not_before(),
                         model_id=spec.model_id,
+                        large_answers=spec.asked.get("enable_base64_output") is True,
                     ),
                     method_name="execute_complete",
                     # A backstop after the trigger's own timeout event: if no triggerer runs the trigger
@@ -229,6 +237,7 @@ class VibeDreamGenerateOperator(BaseOperator):
                 on_unavailable=lambda seconds, error: log_unavailable(self.log, seconds, error),
                 reread=self.hook.reread_client,
                 model_id=spec.model_id,
+                large_answers=spec.asked.get("enable_base64_output") is True,
             )
             return self._finish(context, waited.with_cost(prediction.cost_cents))
 
@@ -275,7 +284,7 @@ class VibeDreamGenerateOperator(BaseOperator):
         entry = self._ledger_entry
         if not self.output_path or not stored:
             return
-        ledger = Ledger(self.output_path, self.output_conn_id or self.aws_conn_id)
+        ledger = Ledger(self.output_path, self.output_conn_id or self.aws_conn_id, self._signer())
         if entry is None:  # resumed after deferring: this try's key, from XCom
             ti = context["ti"]
             key = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_LEDGER_KEY, map_indexes=ti.map_index)

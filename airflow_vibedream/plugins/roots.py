@@ -12,10 +12,12 @@ reads that root with (``null`` for local directories)::
     {"/data/upscaled": null, "s3://my-bucket/upscaled/": "aws_default"}
 
 A root is **per DAG** by default: a record of DAG ``d`` is served only what lies under
-``<root>/d/`` (the operators store there: ``<output_path>/<dag_id>/<run_id>/...``), so a record
-written in one DAG cannot show another DAG's images to its readers. A root whose files every reader
-may see (a bucket of inputs) says so: ``{"s3://inputs/photos/": {"conn_id": "aws_default",
-"shared": true}}``.
+``<root>/<folder of d>/`` (the operators store there: ``<output_path>/<dag folder>/<run folder>/...``,
+each folder named by :func:`~airflow_vibedream.storage.safe_segment`), so a record written in one
+DAG cannot show another DAG's images to its readers. Every two DAG ids have different folders
+(``reports`` and ``reports_`` do not share ``reports/``) and none begins with ``_``, so no DAG's
+folder is the ledger's (``_vibedream_ledger``). A root whose files every reader may see (a bucket
+of inputs) says so: ``{"s3://inputs/photos/": {"conn_id": "aws_default", "shared": true}}``.
 """
 
 from __future__ import annotations
@@ -236,7 +238,14 @@ class GalleryRoots:
 
 
 def _in_dag_folder(parts: list[str], dag_id: str) -> bool:
-    """Whether a path below a root lies in ``dag_id``'s folder, as the operators name it."""
+    """Whether a path below a root lies in ``dag_id``'s folder, as the operators name it.
+
+    Exact text: :func:`~airflow_vibedream.storage.safe_segment` gives every DAG id a folder of its
+    own, so no other DAG's folder (nor the ledger's) equals it.
+
+    :param parts: the path's segments below the root.
+    :param dag_id: the DAG whose record names the path.
+    """
     from airflow_vibedream.storage import safe_segment
 
     return len(parts) > 1 and parts[0] == safe_segment(dag_id)

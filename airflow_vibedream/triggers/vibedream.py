@@ -81,6 +81,8 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         has settled in Airflow (see :mod:`airflow_vibedream.lifecycle.settle`); None: at once.
     :param model_id: the model the prediction was asked of, if known: an answer naming another model
         (or another prediction) is never adopted.
+    :param large_answers: base64 outputs were asked, so the final answer carries the images: polls
+        read up to the connection's ``max_response_bytes``, not a status answer's size.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         created_at: float | None = None,
         fire_not_before: float | None = None,
         model_id: str | None = None,
+        large_answers: bool = False,
     ) -> None:
         super().__init__()
         self.prediction_id = prediction_id
@@ -103,6 +106,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         self.created_at = float(created_at) if created_at is not None else None
         self.fire_not_before = float(fire_not_before) if fire_not_before is not None else None
         self.model_id = model_id
+        self.large_answers = bool(large_answers)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -116,6 +120,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
                 "created_at": self.created_at,
                 "fire_not_before": self.fire_not_before,
                 "model_id": self.model_id,
+                "large_answers": self.large_answers,
             },
         )
 
@@ -133,6 +138,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
             kind=self.duration_kind or "default",
             created_at=self.created_at,
             model_id=self.model_id,
+            large_answers=self.large_answers,
         )
         try:
             # The loop's one scheduler polls this prediction among all others (one heap, a window

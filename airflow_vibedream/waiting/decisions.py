@@ -102,6 +102,8 @@ class PredictionWait:
     :param rng: jitter of the first poll of a job of unknown age (tests pass a seeded one).
     :param model_id: the model the prediction was asked of, if known: an answer naming another
         model is not this prediction's.
+    :param large_answers: the answer carries base64 outputs (read up to ``max_response_bytes``);
+        else a poll reads a status answer's size at most (see ``client.calls.STATUS_ANSWER_BYTES``).
     """
 
     __slots__ = (
@@ -111,6 +113,7 @@ class PredictionWait:
         "durations",
         "interval",
         "kind",
+        "large_answers",
         "mismatch",
         "model_id",
         "prediction_id",
@@ -131,9 +134,11 @@ class PredictionWait:
         durations: DurationModel | None = None,
         rng: random.Random | None = None,
         model_id: str | None = None,
+        large_answers: bool = False,
     ) -> None:
         self.prediction_id = prediction_id
         self.model_id = model_id
+        self.large_answers = large_answers
         #: The last answer that was for another prediction or model, if any (the timeout says it).
         self.mismatch: VibeDreamAnswerMismatchError | None = None
         self.interval = interval

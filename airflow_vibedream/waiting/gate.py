@@ -320,7 +320,13 @@ async def poll_client_async(
     client.hold()  # held across an outage's waits, so a retirement (a rotated key) waits for it
     try:
         return await poll_patiently_async(
-            lambda: client.get_prediction(wait.prediction_id, retry=False, model_id=wait.model_id),
+            lambda: client.get_prediction(
+                wait.prediction_id,
+                retry=False,
+                model_id=wait.model_id,
+                status_only=not wait.large_answers,
+                until=wait.deadline,
+            ),
             gate=loop_gate(client.settings.base_url),
             wait=wait,
             policy=client.settings.retry,
@@ -336,7 +342,13 @@ def poll_client(
 ) -> Prediction:
     """The blocking twin of :func:`poll_client_async`, through the process's gate of the API."""
     return poll_patiently(
-        lambda: client.get_prediction(wait.prediction_id, retry=False, model_id=wait.model_id),
+        lambda: client.get_prediction(
+            wait.prediction_id,
+            retry=False,
+            model_id=wait.model_id,
+            status_only=not wait.large_answers,
+            until=wait.deadline,
+        ),
         gate=process_gate(client.settings.base_url),
         wait=wait,
         policy=client.settings.retry,

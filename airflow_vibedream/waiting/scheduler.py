@@ -23,10 +23,11 @@ stops its workers and removes itself.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from airflow_vibedream.client.models import Prediction
@@ -42,9 +43,16 @@ if TYPE_CHECKING:
 
 
 class Watch:
-    """One prediction being waited for (slots: ten thousand of them stay small)."""
+    """One prediction being waited for (slots: ten thousand of them stay small).
 
-    __slots__ = ("future", "observe", "on_unavailable", "reread", "wait")
+    ``context`` is the waiting trigger's own (copied when it started waiting): what the wait tells
+    its trigger (status lines, outages, a key re-read) runs in it, so Airflow's triggerer files each
+    line under that trigger's task. The pollers run in no trigger's context: otherwise every line
+    would land in the log of whichever trigger happened to start the poller, another task's (and,
+    with teams, another team's).
+    """
+
+    __slots__ = ("context", "future", "observe", "on_unavailable", "reread", "wait")
 
     def __init__(
         self,
@@ -59,6 +67,14 @@ class Watch:
         self.observe = observe
         self.on_unavailable = on_unavailable
         self.reread = reread
+        self.context = contextvars.copy_context()
+
+    def told(self, report: OutageReport | None) -> OutageReport | None:
+        """``report``, run in the waiting trigger's context."""
+        if report is None:
+            return None
+        context = self.context
+        return lambda seconds, error: context.run(report, seconds, error)
 
 
 class PollScheduler:
@@ -150,8 +166,12 @@ class PollScheduler:
             heapq.heapify(self._heap)
             self._dead = 0
 
+    def _task(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task of the scheduler's own, in an empty context (no trigger's log routing)."""
+        return contextvars.Context().run(self._loop.create_task, coroutine, name=name)
+
     def _start(self) -> None:
-        self._dispatcher = self._loop.create_task(self._dispatch(), name="vibedream-poll-scheduler")
+        self._dispatcher = self._task(self._dispatch(), "vibedream-poll-scheduler")
         self._pool, self._idle_workers, self._in_flight = [], 0, 0
 
     def _stop(self) -> None:
@@ -209,7 +229,7 @@ class PollScheduler:
                 continue
             heapq.heappop(heap)
             if self._idle_workers == 0:  # the pool grows with the window (idle workers cost ~1 KiB)
-                self._pool.append(self._loop.create_task(self._work(), name="vibedream-poller"))
+                self._pool.append(self._task(self._work(), "vibedream-poller"))
                 self._idle_workers += 1
             self._idle_workers -= 1
             self._in_flight += 1
@@ -253,7 +273,7 @@ class PollScheduler:
         self.polls += 1
         try:
             prediction = await poll_client_async(
-                client, wait, on_unavailable=watch.on_unavailable, on_transient=self._congested
+                client, wait, on_unavailable=watch.told(watch.on_unavailable), on_transient=self._congested
             )
         except VibeDreamError as exc:
             await self._failed(watch, exc, client.settings.retry)
@@ -264,7 +284,7 @@ class PollScheduler:
             return
         decision = wait.answered(prediction, time.time())
         if watch.observe is not None and not isinstance(decision, Retry):
-            watch.observe(prediction)  # only an answer the wait accepted is reported
+            watch.context.run(watch.observe, prediction)  # only an answer the wait accepted is reported
         self._then(watch, decision)
 
     async def _failed(self, watch: Watch, exc: VibeDreamError, policy: RetryPolicy) -> None:
@@ -272,7 +292,8 @@ class PollScheduler:
         wait = watch.wait
         failed = wait.failed(exc, time.time(), policy)
         if isinstance(failed, RereadKey):
-            changed = watch.reread is not None and await watch.reread()
+            # Read (and logged) in the waiting trigger's context, as its own lines are.
+            changed = watch.reread is not None and await self._in_context(watch, watch.reread)
             self._then(watch, wait.key_reread(changed, failed.refusal, time.time()))
         else:
             self._then(watch, failed)
@@ -286,6 +307,13 @@ class PollScheduler:
             watch.future.set_exception(decision.error)
         else:
             self._push(self._loop.time() + decision.seconds, watch)
+
+    @staticmethod
+    def _in_context(watch: Watch, reread: Callable[[], Awaitable[bool]]) -> asyncio.Future[bool]:
+        async def run() -> bool:
+            return await reread()
+
+        return watch.context.run(asyncio.ensure_future, run())
 
     def _congested(self, exc: BaseException) -> None:
         """A poll met a 429, a 5xx or a network failure (and is retried): fewer polls in flight."""

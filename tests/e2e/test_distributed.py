@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from airflow_vibedream.emulator.process import EmulatorProcess
+from airflow_vibedream.storage import safe_segment
 from tests.conftest import TEST_KEY
 from tests.e2e.cluster import wait_for
 from tests.e2e.distributed import S3_BUCKET, DistributedAirflow, distributed_airflow
@@ -85,8 +86,9 @@ def broker_texts(airflow: DistributedAirflow) -> list[bytes]:
 
 
 def print_unfinished_lines(s3_objects: Any, prefix: str) -> None:
-    """Every manifest line below ``prefix`` that is not ``completed``."""
-    listed = s3_objects.list_objects_v2(Bucket=S3_BUCKET, Prefix=prefix.replace(":", "_").replace("+", "_"))
+    """Every manifest line below ``prefix`` (a key prefix, its folders named as the operators name
+    them) that is not ``completed``."""
+    listed = s3_objects.list_objects_v2(Bucket=S3_BUCKET, Prefix=prefix)
     for item in listed.get("Contents", []):
         if item["Key"].endswith("manifest.jsonl"):
             body = s3_objects.get_object(Bucket=S3_BUCKET, Key=item["Key"])["Body"].read().decode()
@@ -151,7 +153,9 @@ def test_mapped_and_batch_survive_a_killed_worker_and_a_killed_triggerer(
     assert airflow.wait_for_run("vibedream_distributed_mapped", mapped_run, timeout=1200) == "success"
     batch_state = airflow.wait_for_run("vibedream_distributed_batch", batch_run, timeout=1200)
     if batch_state != "success":  # the manifest says which image failed and why (the S3 server goes)
-        print_unfinished_lines(s3_client(s3), f"batch/vibedream_distributed_batch/{batch_run}")
+        print_unfinished_lines(
+            s3_client(s3), f"batch/{safe_segment('vibedream_distributed_batch')}/{safe_segment(batch_run)}/"
+        )
     assert batch_state == "success"
     wall = time.monotonic() - started
     mapped = [

@@ -16,6 +16,7 @@ from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamCl
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.emulator.imaging import sample_image
 from airflow_vibedream.lifecycle.batch import RateLimiter
+from airflow_vibedream.lifecycle.signing import RecordSigner
 from airflow_vibedream.lifecycle.store import SubmissionRecord
 from airflow_vibedream.operators.batch import XCOM_SUBMISSIONS, VibeDreamBatchUpscaleOperator
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger
@@ -48,12 +49,15 @@ def recorded_earlier(
     client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=emulator.base_url))
     items = operator.batch_images()
     return {
-        items[i].key: SubmissionRecord(
-            items[i].spec.fingerprint,
-            dict(items[i].spec.asked),
-            client.upscale(UpscaleRequest(items[i].image, "2k", "jpeg")).id,
-            cost,
-        ).to_json()
+        # Signed as a task signs (no record_secret: the connection's API key).
+        items[i].key: RecordSigner(TEST_KEY).signed(
+            SubmissionRecord(
+                items[i].spec.fingerprint,
+                dict(items[i].spec.asked),
+                client.upscale(UpscaleRequest(items[i].image, "2k", "jpeg")).id,
+                cost,
+            ).to_json()
+        )
         for i in indices
     }
 

@@ -112,3 +112,88 @@ def test_a_sync_mode_read_is_bounded_by_the_callers_deadline() -> None:
         with pytest.raises(VibeDreamSubmissionStateUnknownError, match="ReadTimeout"):
             client.submit("image-upscaler", request.to_payload(), wait_at_most=1.0)
         assert time.monotonic() - started < 30  # generous: the unbounded read would take 60 s
+
+
+# -- polls: a whole-answer deadline, and a status answer's size -----------------------------------------
+
+
+def poll_fault(emulator: EmulatorServer, **rule: Any) -> None:
+    emulator.state.faults.replace([{"route": "poll", **rule}])
+
+
+def submitted(emulator: EmulatorServer) -> str:
+    client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=emulator.base_url))
+    return client.upscale(UpscaleRequest(f"{emulator.base_url}/samples/64x48.png", "2k", "png")).id
+
+
+def test_a_dripping_poll_ends_the_workers_wait_at_its_deadline(emulator: EmulatorServer) -> None:
+    from airflow_vibedream.errors import VibeDreamTimeoutError
+
+    pid = submitted(emulator)
+    poll_fault(emulator, kind="drip", delay=0.2)  # each read short, the answer never whole
+    # A per-read timeout far above the drip's pace: only the whole-answer budget can end a poll.
+    client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=emulator.base_url, timeout=60.0))
+    started = time.monotonic()
+    with pytest.raises(VibeDreamTimeoutError):
+        client.wait_for_prediction(pid, poll_interval=0.1, deadline=time.time() + 2.0)
+    assert time.monotonic() - started < 4.0  # the deadline, plus one read at most
+
+
+async def test_a_dripping_poll_ends_the_triggers_wait_at_its_deadline(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
+    from tests.conftest import connection_json
+    from tests.integration.emulated import fire
+
+    monkeypatch.setenv("AIRFLOW_CONN_VIBEDREAM_DEFAULT", connection_json(emulator.base_url, timeout=60))
+    pid = submitted(emulator)
+    poll_fault(emulator, kind="drip", delay=0.2)
+    started = time.monotonic()
+    event = await fire(VibeDreamPredictionTrigger(pid, poll_interval=0.1, end_time=time.time() + 2.0))
+    assert event["status"] == "timeout"
+    assert time.monotonic() - started < 4.0
+
+
+@pytest.mark.parametrize("path", ["worker", "triggerer"])
+def test_a_huge_poll_answer_is_refused_at_the_status_cap_without_growing_memory(
+    emulator: EmulatorServer, path: str
+) -> None:
+    import subprocess
+    import sys
+
+    pid = submitted(emulator)
+    poll_fault(emulator, kind="endless")  # a 200 that never ends: 64 GiB of zeros if read whole
+    # A fresh process, so its peak RSS is this test's alone.
+    script = f"""
+import asyncio, resource, sys
+from airflow_vibedream.client import AsyncVibeDreamClient, ClientSettings, VibeDreamClient
+from airflow_vibedream.errors import VibeDreamProtocolError
+settings = ClientSettings(api_key={TEST_KEY!r}, base_url={emulator.base_url!r})
+def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+async def triggerer():
+    async with AsyncVibeDreamClient.over_aiohttp(settings) as client:
+        for _ in range(3):
+            try:
+                await client.get_prediction({pid!r}, retry=False, status_only=True)
+            except VibeDreamProtocolError as exc:
+                assert "status answer cap" in str(exc), exc
+            else:
+                sys.exit("answered")
+def worker():
+    client = VibeDreamClient(settings)
+    for _ in range(20):
+        try:
+            client.get_prediction({pid!r}, retry=False, status_only=True)
+        except VibeDreamProtocolError as exc:
+            assert "status answer cap" in str(exc), exc
+        else:
+            sys.exit("answered")
+before = peak()
+asyncio.run(triggerer()) if {path!r} == "triggerer" else worker()
+print(peak() - before)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown_mib = int(done.stdout.strip().splitlines()[-1])
+    assert grown_mib <= 8, f"peak RSS grew {grown_mib} MiB"

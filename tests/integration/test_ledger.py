@@ -19,10 +19,13 @@ from airflow_vibedream.hooks.vibedream import VibeDreamHook
 from airflow_vibedream.lifecycle.identity import identity_of
 from airflow_vibedream.lifecycle.ledger import LEDGER_DIR, Ledger, TaskRef, new_entry
 from airflow_vibedream.lifecycle.outputs import download_policy
+from airflow_vibedream.lifecycle.signing import RecordSigner
 from airflow_vibedream.operators.batch import VibeDreamBatchUpscaleOperator
-from tests.conftest import MotoS3
+from tests.conftest import TEST_KEY, MotoS3
 from tests.helpers import FakeTI
 from tests.integration.emulated import jobs, upscale
+
+SIGNER = RecordSigner(TEST_KEY)  # as the operators sign: no record_secret, the API key
 
 #: An intent written this long ago is not another task's submit in progress: its state is unknown.
 LONG_AGO = "2026-01-01T00:00:00+00:00"
@@ -95,7 +98,7 @@ def test_an_intent_with_no_id_is_never_resent_unless_asked(
     task = upscale(vibedream_conn, tmp_path)
     image = task.image
     policy = download_policy(VibeDreamHook().get_client().settings)
-    ledger = Ledger(str(tmp_path), None)
+    ledger = Ledger(str(tmp_path), None, SIGNER)
     spec = task.job_spec()
     # What a task killed while its submit was in flight leaves behind.
     intent = new_entry(
@@ -224,7 +227,7 @@ def test_a_batch_reuses_what_a_single_image_task_stored_and_lists_unknown_states
     # A task killed while the submit of images[1] was in flight left its intent and nothing else.
     task = s3_batch(moto_s3, prefix, images=images, s3_prefix=None)
     [item] = [i for i in task.batch_images() if i.image == images[1]]
-    ledger = Ledger(f"s3://{moto_s3.bucket}/{prefix}/out", "aws_default")
+    ledger = Ledger(f"s3://{moto_s3.bucket}/{prefix}/out", "aws_default", SIGNER)
     identity = identity_of(
         images[1], aws_conn_id="aws_default", policy=download_policy(VibeDreamHook().get_client().settings)
     )
@@ -266,7 +269,7 @@ def test_a_retry_that_reconnects_through_task_state_store_completes_the_ledger_e
 
     store = FakeStateStore()
     first = upscale(vibedream_conn, tmp_path).execute({"ti": FakeTI(), "task_state_store": store})
-    ledger = Ledger(str(tmp_path), None)
+    ledger = Ledger(str(tmp_path), None, SIGNER)
     [entry] = entries(tmp_path)
     # As if the first try died after its submit: the entry never got its outputs.
     ledger.write(ledger.read(entry["key"]).model_copy(update={"state": "submitted", "outputs": []}))  # type: ignore[union-attr]

@@ -15,9 +15,10 @@ from airflow.sdk.execution_time.timeout import timeout
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.lifecycle.batch import SubmitsStopped
 from airflow_vibedream.lifecycle.job import STATE_KEY
+from airflow_vibedream.lifecycle.signing import RecordSigner
 from airflow_vibedream.lifecycle.store import SubmissionRecord
 from airflow_vibedream.operators.batch import VibeDreamBatchUpscaleOperator
-from tests.conftest import emulator_stats
+from tests.conftest import TEST_KEY, emulator_stats
 from tests.helpers import FakeStateStore, FakeTI
 from tests.integration.emulated import faults, jobs, upscale
 
@@ -183,7 +184,10 @@ def test_a_404_fails_one_image_in_the_worker_loop_not_the_batch(
     gone = operator.batch_images()[1]
     record = SubmissionRecord(gone.spec.fingerprint, dict(gone.spec.asked), "no-such-prediction", 2)
     summary = operator.execute(
-        {"ti": FakeTI(), "task_state_store": FakeStateStore({gone.key: record.to_json()})}
+        {
+            "ti": FakeTI(),
+            "task_state_store": FakeStateStore({gone.key: RecordSigner(TEST_KEY).signed(record.to_json())}),
+        }
     )
     assert (summary["completed"], summary["failed"]) == (2, 1)
     [failed] = [line for line in manifest_lines(tmp_path) if line["status"] == "failed"]

@@ -38,6 +38,7 @@ def test_serialize_round_trip_carries_no_secret() -> None:
         "created_at": None,
         "fire_not_before": None,
         "model_id": None,
+        "large_answers": False,
     }
     assert VibeDreamPredictionTrigger(**kwargs).serialize() == (classpath, kwargs)
 
@@ -160,3 +161,40 @@ async def test_a_401_while_waiting_for_a_batch_names_the_auth_error(vibedream_co
         "VibeDreamAuthError",
         401,
     )
+
+
+async def test_each_trigger_logs_only_its_own_predictions(vibedream_conn: EmulatorServer) -> None:
+    """Two triggers in one triggerer share one poll scheduler; Airflow files a trigger's lines by the
+    context it runs in (structlog context variables bound per trigger). Every line about a prediction
+    must land under the trigger that waits for it, never under the one that started the pollers."""
+    import structlog
+    from structlog.contextvars import bind_contextvars, merge_contextvars
+    from structlog.testing import LogCapture
+
+    from airflow_vibedream.hooks.shared import aclose_shared_async_clients
+
+    pids = [submit(vibedream_conn) for _ in range(3)]
+    captured = LogCapture()
+    before = structlog.get_config()
+    structlog.configure(processors=[merge_contextvars, captured], cache_logger_on_first_use=False)
+
+    async def trigger_of(trigger_id: int, pid: str) -> list[dict[str, Any]]:
+        bind_contextvars(trigger_id=trigger_id)  # as the triggerer's run_trigger does
+        await asyncio.sleep(0.05 * trigger_id)  # the first trigger starts the scheduler and pollers
+        return await events_of(VibeDreamPredictionTrigger(pid, poll_interval=0.1, end_time=time.time() + 30))
+
+    try:
+        runs = [asyncio.create_task(trigger_of(n, pid)) for n, pid in enumerate(pids, start=1)]
+        events = await asyncio.gather(*runs)
+    finally:
+        structlog.configure(**before)
+        await aclose_shared_async_clients()
+    assert [e[0]["status"] for e in events] == ["success"] * 3
+    lines = 0
+    for entry in captured.entries:
+        text = str(entry["event"]) % tuple(entry.get("positional_args", ()))
+        for n, pid in enumerate(pids, start=1):
+            if pid in text:
+                lines += 1
+                assert entry.get("trigger_id") == n, (text, entry.get("trigger_id"))
+    assert lines >= 3  # each trigger said its prediction completed, under its own name

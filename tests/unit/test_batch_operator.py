@@ -23,9 +23,12 @@ from airflow_vibedream.lifecycle.batch import (
     SubmitsStopped,
     poll_outcome,
 )
+from airflow_vibedream.lifecycle.signing import RecordSigner
 from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
 from airflow_vibedream.operators.batch import VibeDreamBatchUpscaleOperator
 from tests.helpers import FakeStateStore, FakeTI
+
+SIGNER = RecordSigner("test-record-secret")
 
 IMAGES = [f"https://example.com/{i}.png" for i in range(6)]
 
@@ -103,7 +106,7 @@ class FakeClient:
 def submitter(client: FakeClient, store: FakeStateStore, **kwargs: Any) -> BatchSubmitter:
     values: dict[str, Any] = {
         "client": client,
-        "store": SubmissionStore({"ti": FakeTI(), "task_state_store": store}),  # type: ignore[arg-type]
+        "store": SubmissionStore({"ti": FakeTI(), "task_state_store": store}, SIGNER),  # type: ignore[arg-type]
         "log": __import__("logging").getLogger("test"),
         "payload": lambda item: dict(item.spec.asked),
         "max_concurrency": 1,

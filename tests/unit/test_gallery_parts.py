@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from airflow_vibedream.lifecycle.ledger import LEDGER_DIR
 from airflow_vibedream.lifecycle.records import (
     FINISHED,
     BatchProgress,
@@ -36,6 +37,7 @@ from airflow_vibedream.plugins.thumbnails import (
     ThumbnailPool,
     make_thumbnail,
 )
+from airflow_vibedream.storage import safe_segment
 
 TI_KEY = SimpleNamespace(dag_id="d", run_id="manual__2026-01-01T00:00:00+00:00", task_id="t", map_index=3)
 
@@ -206,6 +208,32 @@ def test_roots_are_per_dag_unless_shared(root: Path) -> None:
     assert isinstance(shared, StoreLocation) and shared.root.conn_id == "aws_in" and shared.root.shared
     with pytest.raises(RootsConfigError):
         GalleryRoots.parse(json.dumps({str(root): {"conn_id": None, "shared": "yes"}}))
+
+
+@pytest.mark.parametrize("victim", ["reports", "reports_", "_reports", "reports.", "reports:x", "a/b"])
+def test_a_dag_whose_id_cleans_like_anothers_cannot_read_its_folder(tmp_path: Path, victim: str) -> None:
+    # Team B picks a DAG id that cleaning would have folded into team A's folder name.
+    root = tmp_path / "outputs"
+    roots = GalleryRoots.parse(json.dumps({str(root): None, "s3://bucket/out/": "aws_out"}))
+    folder = safe_segment(victim)
+    attackers = [
+        "reports",
+        "reports_",
+        "_reports",
+        ".reports",
+        "reports.",
+        "reports:x",
+        "reports/x",
+        "a_b",
+        "a:b",
+    ]
+    for attacker in (a for a in attackers if a != victim):
+        assert roots.locate(f"{root}/{folder}/run/t/p-0.png", attacker) is None, (attacker, folder)
+        assert roots.locate(f"s3://bucket/out/{folder}/run/t/manifest.jsonl", attacker) is None
+    assert roots.locate(f"{root}/{folder}/run/t/p-0.png", victim) is not None  # its own folder: served
+    # No DAG reads the ledger beside the DAGs' folders.
+    for dag_id in (LEDGER_DIR, LEDGER_DIR.strip("_"), f"{LEDGER_DIR}_"):
+        assert roots.locate(f"{root}/{LEDGER_DIR}/entries/k.json", dag_id) is None
 
 
 @pytest.mark.parametrize("value", [None, 3, ["/x"], {"a": "b"}])

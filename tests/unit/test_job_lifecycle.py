@@ -13,6 +13,7 @@ from airflow_vibedream.client import ClientSettings, Prediction
 from airflow_vibedream.errors import VibeDreamNotFoundError, VibeDreamSubmissionStateUnknownError
 from airflow_vibedream.lifecycle.fingerprint import JobSpec, fingerprint_of, what_changed
 from airflow_vibedream.lifecycle.job import STATE_KEY
+from airflow_vibedream.lifecycle.signing import MAC_FIELD, RecordSigner
 from airflow_vibedream.operators.vibedream import XCOM_PREDICTION_ID, VibeDreamUpscaleImageOperator
 from tests.helpers import COMPLETED, NEW_PID, PID, SUBMITTED, FakeStateStore, FakeTI
 
@@ -29,8 +30,17 @@ def operator(**kwargs: Any) -> VibeDreamUpscaleImageOperator:
     return VibeDreamUpscaleImageOperator(**values)
 
 
+#: The deployment's signer in these tests: the connection's API key is "k", no record_secret set.
+SIGNER = RecordSigner("k")
+
+
 def record_of(task: VibeDreamUpscaleImageOperator, prediction_id: str = PID) -> dict[str, Any]:
-    """What a try of ``task`` would have recorded for ``prediction_id``."""
+    """What a try of ``task`` would have recorded for ``prediction_id`` (signed, as tasks sign)."""
+    return SIGNER.signed(unsigned_record_of(task, prediction_id))
+
+
+def unsigned_record_of(task: VibeDreamUpscaleImageOperator, prediction_id: str = PID) -> dict[str, Any]:
+    """The same record as anyone could write it through the REST API: right in every field but the MAC."""
     spec = task.job_spec()
     return {
         "fingerprint": spec.fingerprint,
@@ -103,6 +113,32 @@ def test_retry_reconnects_to_a_running_prediction_made_for_the_same_input(client
     assert deferred.trigger.prediction_id == PID
     client.submit.assert_not_called()
     assert ti.xcom[XCOM_PREDICTION_ID] == PID
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda record: {k: v for k, v in record.items() if k != MAC_FIELD},  # no MAC
+        lambda record: {**record, MAC_FIELD: "0" * 64},  # a made-up one
+        lambda record: RecordSigner("a guessed key").signed(record),  # signed under another key
+        lambda record: {**record, "cost_cents": 0},  # a signed record, altered
+    ],
+    ids=["no MAC", "made-up MAC", "another key", "altered"],
+)
+def test_a_record_this_deployment_did_not_sign_is_never_adopted(
+    client: mock.MagicMock, caplog: pytest.LogCaptureFixture, forge: Any
+) -> None:
+    # Written by a "user" account through the REST API: the fingerprint is right (anyone can compute
+    # it from the input), the prediction is someone else's job.
+    client.get_prediction.return_value = COMPLETED
+    task = operator()
+    store = FakeStateStore({STATE_KEY: forge(record_of(task))})
+    deferred, _ = run(task, store)
+    client.get_prediction.assert_not_called()  # the named job is not even looked at
+    client.submit.assert_called_once()
+    assert deferred.trigger.prediction_id == NEW_PID
+    assert SIGNER.verified(store.values[STATE_KEY])["prediction_id"] == NEW_PID
+    assert "is not one this deployment signed" in caplog.text
 
 
 def test_retry_finishes_at_once_when_the_prediction_completed(client: mock.MagicMock) -> None:

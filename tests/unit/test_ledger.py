@@ -27,7 +27,10 @@ from airflow_vibedream.lifecycle.ledger import (
     new_entry,
 )
 from airflow_vibedream.lifecycle.ledger_store import LocalStore, intact
+from airflow_vibedream.lifecycle.signing import RecordSigner
 from airflow_vibedream.storage import StoredOutput
+
+SIGNER = RecordSigner("test-record-secret")
 
 ASK = {"image": "s3://b/a.png", "target_resolution": "2k", "output_format": "png", "enable_sync_mode": False}
 BYTES = s3_identity('"abc123"', 1000)
@@ -115,7 +118,7 @@ def test_a_fresh_intent_is_followed_an_old_one_is_unknown() -> None:
 
 
 def test_an_entry_is_a_small_readable_json_document(tmp_path: Path) -> None:
-    ledger = Ledger(str(tmp_path), None)
+    ledger = Ledger(str(tmp_path), None, SIGNER)
     intent = new_entry("image-upscaler", ASK, BYTES, ME)
     assert ledger.claim(intent) is None
     path = tmp_path / "_vibedream_ledger" / "entries" / f"{intent.key}.json"
@@ -137,7 +140,7 @@ def test_a_claim_is_won_once_even_by_racing_threads(tmp_path: Path) -> None:
 
 
 def test_the_losing_claim_gets_the_winners_entry(tmp_path: Path) -> None:
-    ledger = Ledger(str(tmp_path), None)
+    ledger = Ledger(str(tmp_path), None, SIGNER)
     first = new_entry("image-upscaler", ASK, BYTES, OTHER)
     assert ledger.claim(first) is None
     held = ledger.claim(new_entry("image-upscaler", ASK, BYTES, ME))
@@ -145,7 +148,7 @@ def test_the_losing_claim_gets_the_winners_entry(tmp_path: Path) -> None:
 
 
 def test_an_unreadable_entry_is_ignored_not_trusted(tmp_path: Path) -> None:
-    ledger = Ledger(str(tmp_path), None)
+    ledger = Ledger(str(tmp_path), None, SIGNER)
     key = new_entry("image-upscaler", ASK, BYTES, ME).key
     (tmp_path / "_vibedream_ledger" / "entries").mkdir(parents=True)
     (tmp_path / "_vibedream_ledger" / "entries" / f"{key}.json").write_text('{"state": "completed"}')
@@ -153,7 +156,7 @@ def test_an_unreadable_entry_is_ignored_not_trusted(tmp_path: Path) -> None:
 
 
 def test_a_batch_intent_finds_its_id_in_the_group_journal(tmp_path: Path) -> None:
-    ledger = Ledger(str(tmp_path), None)
+    ledger = Ledger(str(tmp_path), None, SIGNER)
     journal = GroupJournal(ledger, ME, every=3600)
     intent = new_entry("image-upscaler", ASK, BYTES, ME, group=journal.name)
     ledger.claim(intent)
@@ -172,7 +175,7 @@ def stored(tmp_path: Path, name: str, data: bytes) -> StoredOutput:
 
     path = tmp_path / name
     path.write_bytes(data)
-    return StoredOutput(path.as_uri(), len(data), hashlib.sha256(data).hexdigest(), 4, 3, "PNG")
+    return StoredOutput(path.as_uri(), len(data), hashlib.sha256(data).hexdigest(), 2048, 1536, "PNG")
 
 
 class CountingStore(LocalStore):
@@ -186,7 +189,7 @@ class CountingStore(LocalStore):
 
 
 def test_a_batch_lookup_reads_pages_not_one_entry_per_image(tmp_path: Path) -> None:
-    ledger = Ledger(str(tmp_path / "out"), None)
+    ledger = Ledger(str(tmp_path / "out"), None, SIGNER)
     completed = []
     for i in range(50):
         identity = s3_identity(f"etag{i}", 1000)
@@ -213,3 +216,96 @@ def test_outputs_are_intact_only_with_the_recorded_size_and_hash(tmp_path: Path)
     assert not intact(recorded, {"bytes": 5, "sha256": "0" * 64})
     assert not intact({**recorded, "etag": "a"}, {"bytes": 5, "etag": "b"})
     assert not intact(recorded, {"bytes": 5, "etag": "b"})  # an S3 output recorded without its ETag
+
+
+# -- documents written by someone else (whoever can write into output_path) --------------------------
+
+VICTIM = s3_identity('"victim"', 5000)  # the image a later run asks about
+ATTACKER = s3_identity('"attacker"', 7000)  # another image, whose upscale the attacker wants reused
+
+
+def completed_entry(tmp_path: Path, identity: ContentIdentity, name: str, edge: int = 2048) -> LedgerEntry:
+    import hashlib
+
+    path = tmp_path / name
+    path.write_bytes(b"pixels of " + name.encode())
+    data = path.read_bytes()
+    out = StoredOutput(path.as_uri(), len(data), hashlib.sha256(data).hexdigest(), edge, edge * 3 // 4, "PNG")
+    entry = new_entry("image-upscaler", ASK, identity, OTHER).moved_to(SUBMITTED, prediction_id="p-" + name)
+    return Ledger(str(tmp_path), None, SIGNER).completed(entry, [out])
+
+
+def entries_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "_vibedream_ledger" / "entries"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_an_unsigned_entry_under_the_victims_key_is_no_entry_and_never_blocks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger = Ledger(str(tmp_path), None, SIGNER)
+    forged = completed_entry(tmp_path, VICTIM, "forged.png")  # right key, right content, no MAC
+    (entries_dir(tmp_path) / f"{forged.key}.json").write_text(forged.model_dump_json())
+    assert ledger.read(forged.key) is None
+    assert ledger.lookup([forged.key]) == {}
+    assert "MAC does not verify" in caplog.text
+    # Nor does it hold the image: the claim replaces it with this task's intent.
+    intent = new_entry("image-upscaler", ASK, VICTIM, ME)
+    assert ledger.claim(intent) is None
+    assert ledger.read(intent.key) == intent
+
+
+def test_a_signed_entry_copied_under_another_images_key_is_refused(tmp_path: Path) -> None:
+    ledger = Ledger(str(tmp_path), None, SIGNER)
+    genuine = completed_entry(tmp_path, ATTACKER, "attacker.png")  # signed: a real earlier job
+    victim_key = new_entry("image-upscaler", ASK, VICTIM, ME).key
+    # The whole signed document, under the victim's name; then with its key rewritten and re-signed
+    # by someone without the secret (impossible), and as a signed page line.
+    (entries_dir(tmp_path) / f"{victim_key}.json").write_bytes(ledger.dumps(genuine))
+    assert ledger.read(victim_key) is None
+    assert ledger.lookup([victim_key]) == {}
+    relabelled = genuine.model_copy(update={"key": victim_key})
+    forged_line = json.dumps({**relabelled.model_dump(mode="json"), "mac": SIGNER.mac({"x": 1})})
+    pages = tmp_path / "_vibedream_ledger" / "pages"
+    pages.mkdir(parents=True)
+    (pages / "p.jsonl").write_text(forged_line + "\n")
+    assert victim_key not in ledger.lookup([victim_key])
+
+
+def test_a_page_entry_signed_but_not_for_what_it_claims_is_refused(tmp_path: Path) -> None:
+    # Even a document with a valid MAC (say, signed by a deployment that shares the secret but has
+    # a bug) is only accepted under the key that is the hash of its own content.
+    ledger = Ledger(str(tmp_path), None, SIGNER)
+    genuine = completed_entry(tmp_path, ATTACKER, "attacker.png")
+    victim_key = new_entry("image-upscaler", ASK, VICTIM, ME).key
+    relabelled = genuine.model_copy(update={"key": victim_key})
+    pages = tmp_path / "_vibedream_ledger" / "pages"
+    pages.mkdir(parents=True)
+    (pages / "p.jsonl").write_bytes(ledger.dumps(relabelled))
+    assert ledger.lookup([victim_key]) == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "serves"),
+    [({}, True), ({"format": "JPEG"}, False), ({"width": 1024, "height": 768}, False)],
+    ids=["as asked", "another format", "another long edge"],
+)
+def test_reuse_needs_outputs_verified_as_what_the_ask_asks(
+    tmp_path: Path, change: dict[str, Any], serves: bool
+) -> None:
+    ledger = Ledger(str(tmp_path), None, SIGNER)
+    entry = completed_entry(tmp_path, VICTIM, "out.png")
+    entry = entry.model_copy(update={"outputs": [entry.outputs[0].model_copy(update=change)]})
+    assert ledger.outputs_intact([entry])[entry.key] is serves
+
+
+def test_a_group_document_not_signed_names_no_ids(tmp_path: Path) -> None:
+    ledger = Ledger(str(tmp_path), None, SIGNER)
+    intent = new_entry("image-upscaler", ASK, VICTIM, ME, group="g1")
+    ledger.claim(intent)
+    groups = tmp_path / "_vibedream_ledger" / "groups"
+    groups.mkdir(parents=True)
+    (groups / "g1.json").write_text(json.dumps({"predictions": {intent.key: {"prediction_id": "stolen"}}}))
+    found = ledger.read(intent.key)
+    assert found is not None and found.prediction_id is None
