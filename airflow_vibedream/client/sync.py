@@ -107,7 +107,7 @@ class VibeDreamClient:
         on_unavailable: OutageReport | None = None,
         reread: Callable[[], VibeDreamClient | None] | None = None,
         model_id: str | None = None,
-        large_answers: bool = False,
+        large_answers: bool = True,
     ) -> Prediction:
         """Poll until the prediction is terminal, riding out outages; raise
         :class:`VibeDreamTimeoutError` at ``deadline`` (epoch seconds). Returns the terminal
@@ -120,7 +120,8 @@ class VibeDreamClient:
             None); without it a refusal is final.
         :param model_id: the model the prediction was asked of, if known (an answer naming another
             model, or another prediction, is never adopted).
-        :param large_answers: base64 outputs were asked: the final answer carries the images.
+        :param large_answers: base64 outputs may have been asked (the final answer then carries the
+            images); False reads a status answer's size at most.
         """
         # Imported here: the waiting package builds on this client, not the other way round.
         from airflow_vibedream.waiting.blocking import WorkerHooks, wait_in_worker

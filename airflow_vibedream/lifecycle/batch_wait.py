@@ -103,7 +103,12 @@ def wait_for_batch_in_worker(
         client,
         [
             PredictionWait(
-                pid, interval=how.interval, deadline=how.deadline, kind=how.kind, model_id=how.model_id
+                pid,
+                interval=how.interval,
+                deadline=how.deadline,
+                kind=how.kind,
+                model_id=how.model_id,
+                large_answers=False,  # a batch asks no base64 outputs: status answers only
             )
             for pid in ids
         ],

@@ -81,8 +81,10 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         has settled in Airflow (see :mod:`airflow_vibedream.lifecycle.settle`); None: at once.
     :param model_id: the model the prediction was asked of, if known: an answer naming another model
         (or another prediction) is never adopted.
-    :param large_answers: base64 outputs were asked, so the final answer carries the images: polls
-        read up to the connection's ``max_response_bytes``, not a status answer's size.
+    :param large_answers: base64 outputs may have been asked, so the final answer may carry the
+        images: polls read up to the connection's ``max_response_bytes``. The operators pass False
+        when they asked none: polls then read a status answer's size at most (64 KiB), so a hostile
+        API cannot fill the triggerer's memory.
     """
 
     def __init__(
@@ -95,7 +97,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
         created_at: float | None = None,
         fire_not_before: float | None = None,
         model_id: str | None = None,
-        large_answers: bool = False,
+        large_answers: bool = True,
     ) -> None:
         super().__init__()
         self.prediction_id = prediction_id
@@ -191,6 +193,8 @@ class VibeDreamBatchTrigger(BaseTrigger):
     :param fire_not_before: epoch seconds before which the event is held back (see
         :class:`VibeDreamPredictionTrigger`).
     :param model_id: the model the jobs were asked of (see :class:`VibeDreamPredictionTrigger`).
+
+    A batch never asks base64 outputs: its polls read a status answer's size at most.
     """
 
     def __init__(
@@ -295,6 +299,7 @@ class _BatchWait:
             deadline=trigger.end_time,
             kind=trigger.duration_kind or "default",
             model_id=trigger.model_id,
+            large_answers=False,
         )
         scheduler = loop_scheduler(trigger.vibedream_conn_id, self.hook.get_shared_async_client)
         try:

@@ -102,8 +102,9 @@ class PredictionWait:
     :param rng: jitter of the first poll of a job of unknown age (tests pass a seeded one).
     :param model_id: the model the prediction was asked of, if known: an answer naming another
         model is not this prediction's.
-    :param large_answers: the answer carries base64 outputs (read up to ``max_response_bytes``);
-        else a poll reads a status answer's size at most (see ``client.calls.STATUS_ANSWER_BYTES``).
+    :param large_answers: the answer may carry base64 outputs, or nobody knows (read up to
+        ``max_response_bytes``); False, when the waiter knows no base64 was asked: a poll then reads
+        a status answer's size at most (see ``client.calls.STATUS_ANSWER_BYTES``).
     """
 
     __slots__ = (
@@ -134,7 +135,7 @@ class PredictionWait:
         durations: DurationModel | None = None,
         rng: random.Random | None = None,
         model_id: str | None = None,
-        large_answers: bool = False,
+        large_answers: bool = True,
     ) -> None:
         self.prediction_id = prediction_id
         self.model_id = model_id

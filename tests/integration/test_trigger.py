@@ -38,7 +38,7 @@ def test_serialize_round_trip_carries_no_secret() -> None:
         "created_at": None,
         "fire_not_before": None,
         "model_id": None,
-        "large_answers": False,
+        "large_answers": True,
     }
     assert VibeDreamPredictionTrigger(**kwargs).serialize() == (classpath, kwargs)
 
