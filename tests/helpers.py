@@ -55,6 +55,10 @@ class FakeStateStore:
         self.values[key] = value
         self.writes.append(key)
 
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+        self.writes.append(f"-{key}")
+
 
 def until(condition: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition") -> Any:
     """Wait for an observable state (a count, a flag) that has no event to wait on; a bounded poll,

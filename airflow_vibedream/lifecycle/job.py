@@ -36,7 +36,7 @@ from airflow_vibedream.lifecycle.ledger import (
 )
 from airflow_vibedream.lifecycle.outputs import download_policy
 from airflow_vibedream.lifecycle.signing import RecordSigner
-from airflow_vibedream.lifecycle.store import SubmissionRecord, SubmissionStore
+from airflow_vibedream.lifecycle.store import INTENT, UNKNOWN, SubmissionRecord, SubmissionStore
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -69,6 +69,8 @@ class SingleJob:
     :param durable: record the submission and reconnect to it on a later try.
     :param signer: signs the task's record and checks it when read back.
     :param ledger: how the task uses the ledger (None: it does not).
+    :param resubmit_unknown: without a ledger, submit again when an earlier try of this task left an
+        intent with no id (killed while its submit was in flight); else that is *state unknown*.
     """
 
     def __init__(
@@ -79,9 +81,11 @@ class SingleJob:
         durable: bool,
         signer: RecordSigner,
         ledger: LedgerUse | None = None,
+        resubmit_unknown: bool = False,
     ) -> None:
         self.log = log
         self.durable = durable
+        self.resubmit_unknown = resubmit_unknown
         self.store = SubmissionStore(context, signer)
         self.ledger = ledger
         self.task = TaskRef.of(context["ti"])
@@ -212,7 +216,10 @@ class SingleJob:
     def reconnect(self, client: VibeDreamClient, spec: JobSpec) -> Prediction | None:
         """The prediction an earlier try recorded, if it was made for this input and still serves."""
         record = self.store.get(STATE_KEY) if self.durable else None
-        if record is None or record.prediction_id is None:
+        if record is None:
+            return None
+        if record.prediction_id is None:
+            self._refuse_unknown(record, spec)
             return None
         if record.fingerprint != spec.fingerprint:
             self.log.warning(
@@ -222,6 +229,26 @@ class SingleJob:
             )
             return None
         return self._adopt(client, record.prediction_id, record.cost_cents, "an earlier try")
+
+    def _refuse_unknown(self, record: SubmissionRecord, spec: JobSpec) -> None:
+        """An earlier try's intent (or lost answer) with no id, for this very ask: the job may exist and
+        be billed, so it is not sent again unless the user said so."""
+        if record.fingerprint != spec.fingerprint or record.state not in (INTENT, UNKNOWN):
+            return  # another ask: nothing of it can be this one's job
+        if self.resubmit_unknown:
+            self.log.warning(
+                "VibeDream: an earlier try of this task may have submitted this image already (%s); "
+                "resubmit_unknown=True: submitting again",
+                record.error or "killed while its submit was in flight",
+            )
+            return
+        raise VibeDreamSubmissionStateUnknownError(
+            "VibeDream submission state unknown: an earlier try of this task recorded its intent to submit "
+            f"{spec.asked.get('image', 'this input')!r} but never a prediction id "
+            f"({record.error or 'killed while its submit was in flight'}). The job may exist and be billed, "
+            "so it is NOT sent again. Check the VibeDream dashboard; to submit it again, clear the task "
+            "with resubmit_unknown=True (or set output_path: the ledger then also reuses what was paid)"
+        )
 
     def _adopt(
         self, client: VibeDreamClient, prediction_id: str, cost_cents: int | None, source: str
@@ -274,11 +301,32 @@ class SingleJob:
     ) -> Prediction:
         """Submit and record at once: from here on a crash of this try must not cost a second job.
 
-        A submit whose outcome is unknown raises ``VibeDreamSubmissionStateUnknownError`` (permanent):
-        it is not recorded, so only a person (a clear, after checking the dashboard) sends it again.
+        Without a ledger, on Airflow 3.3+ an intent is recorded before the POST and withdrawn only when
+        the POST surely made no job. A submit whose outcome is unknown raises
+        ``VibeDreamSubmissionStateUnknownError`` (permanent) and leaves the record ``unknown``: a later
+        try says so too, and only ``resubmit_unknown=True`` sends it again.
         """
-        # A sync-mode read is bounded by the operator's timeout, not only by the server's own wait.
-        submitted = client.submit(spec.model_id, payload, wait_at_most=wait_at_most)
+        # Without a ledger, the task's own store holds the intent (Airflow 3.3+): a try killed while
+        # the POST is in flight leaves it, and the next try says "state unknown" instead of paying again.
+        intent = self.durable and self.ledger is None and self.store.durable
+        if intent:
+            self.store.set(
+                STATE_KEY, SubmissionRecord(spec.fingerprint, dict(spec.asked), None, state=INTENT)
+            )
+        try:
+            # A sync-mode read is bounded by the operator's timeout, not only by the server's own wait.
+            submitted = client.submit(spec.model_id, payload, wait_at_most=wait_at_most)
+        except VibeDreamSubmissionStateUnknownError as exc:
+            if intent:  # the job may exist: the intent stays, with why
+                record = SubmissionRecord(
+                    spec.fingerprint, dict(spec.asked), None, state=UNKNOWN, error=str(exc)
+                )
+                self.store.set(STATE_KEY, record)
+            raise
+        except VibeDreamError:
+            if intent:
+                self.store.delete(STATE_KEY)  # surely no job (refused, rate limited, never sent)
+            raise
         if self.durable:
             self.store.set(
                 STATE_KEY,

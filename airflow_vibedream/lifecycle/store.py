@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
-#: Record states. ``unknown``: the submit was sent but its answer was lost or unreadable, so the job
-#: may exist (and be billed); it is never sent again automatically.
+#: Record states. ``intent``: written before the POST (a try killed while its submit is in flight
+#: leaves it behind); ``unknown``: the submit was sent but its answer was lost or unreadable. In
+#: both the job may exist (and be billed): it is never sent again automatically.
+INTENT = "intent"
 SUBMITTED = "submitted"
 UNKNOWN = "unknown"
 
@@ -35,7 +37,7 @@ class SubmissionRecord:
     :param asked: what was asked, as the user named it (small; for the "input changed" log line).
     :param prediction_id: the id the API returned (None when the state is unknown).
     :param cost_cents: the submit answer's cost (poll answers do not repeat it).
-    :param state: ``submitted`` or ``unknown``.
+    :param state: ``intent``, ``submitted`` or ``unknown``.
     :param error: why the state is unknown.
     :param ledger_key: the image's ledger key, when the ledger is used (see :mod:`.ledger`).
     :param identity: the input's content identity the key was made from.
@@ -76,7 +78,7 @@ class SubmissionRecord:
             asked=dict(value.get("asked") or {}),
             prediction_id=prediction_id if isinstance(prediction_id, str) else None,
             cost_cents=cost if isinstance(cost, int) and not isinstance(cost, bool) else None,
-            state=UNKNOWN if value.get("state") == UNKNOWN else SUBMITTED,
+            state=value["state"] if value.get("state") in (INTENT, UNKNOWN) else SUBMITTED,
             error=value.get("error") if isinstance(value.get("error"), str) else None,
             ledger_key=value.get("ledger_key") if isinstance(value.get("ledger_key"), str) else None,
             identity=dict(value["identity"]) if isinstance(value.get("identity"), dict) else None,
@@ -113,7 +115,8 @@ class SubmissionStore:
         if not self.durable:
             log.warning(
                 "task_state_store is not available (Airflow < 3.3): a retry of this task cannot reconnect to "
-                "its prediction and will submit a new one"
+                "its prediction and will submit a new one, so a try killed while its submit is in flight "
+                "can pay twice. Set output_path: the ledger beside it records the intent before the submit"
             )
 
     def get(self, key: str) -> SubmissionRecord | None:
@@ -137,6 +140,13 @@ class SubmissionStore:
             self._backend.set(key, signed)
         else:
             self._memory[key] = signed
+
+    def delete(self, key: str) -> None:
+        """Withdraw a record (an intent whose submit surely made no job)."""
+        if self._backend is not None:
+            self._backend.delete(key)
+        else:
+            self._memory.pop(key, None)
 
     def hand_over(self) -> None:
         """Below 3.3, before deferring: push the records of this try for ``execute_complete``."""

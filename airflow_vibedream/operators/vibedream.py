@@ -191,7 +191,12 @@ class VibeDreamGenerateOperator(BaseOperator):
             spec = self.job_spec()  # every rendered value checked before any request
             client = self.hook.get_client()
             job = SingleJob(
-                context, self.log, durable=self.durable, signer=self._signer(), ledger=self.ledger_use(spec)
+                context,
+                self.log,
+                durable=self.durable,
+                signer=self._signer(),
+                ledger=self.ledger_use(spec),
+                resubmit_unknown=self.resubmit_unknown,
             )
             started = job.start(client, spec, lambda: self.payload(spec), wait_at_most=self.timeout)
             if isinstance(started, LedgerEntry):

@@ -50,14 +50,19 @@ with DAG(
 ):
     VibeDreamBatchUpscaleOperator(task_id="upscale", **BATCH)
 
-for dag_id, resubmit in (("vibedream_ledger_inflight", False), ("vibedream_ledger_inflight_resubmit", True)):
+for dag_id, resubmit, output_path in (
+    ("vibedream_ledger_inflight", False, f"s3://{BUCKET}/out"),
+    ("vibedream_ledger_inflight_resubmit", True, f"s3://{BUCKET}/out"),
+    # No ledger: on Airflow 3.3+ the task's own state store holds the intent.
+    ("vibedream_ledger_inflight_no_output", False, None),
+):
     with DAG(dag_id=dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
         VibeDreamUpscaleImageOperator(
             task_id="upscale",
             image=f"s3://{BUCKET}/single/{{{{ dag_run.conf['name'] }}}}",
             target_resolution="2k",
             output_format="jpeg",
-            output_path=f"s3://{BUCKET}/out",
+            output_path=output_path,
             poll_interval=1,
             deferrable=False,
             retries=1,

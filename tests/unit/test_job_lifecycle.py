@@ -217,14 +217,57 @@ def test_a_completed_prediction_whose_outputs_expired_is_submitted_anew(
     assert "HTTP 410" in log
 
 
-def test_an_unknown_submission_state_fails_without_retry_and_records_nothing(client: mock.MagicMock) -> None:
+def test_an_unknown_submission_state_fails_without_retry_and_says_so_to_the_next_try(
+    client: mock.MagicMock,
+) -> None:
     client.submit.side_effect = VibeDreamSubmissionStateUnknownError(
         "submission state unknown (HTTP 200 ...)"
     )
     store = FakeStateStore()
     with pytest.raises(AirflowFailException, match="submission state unknown"):
         run(operator(), store)
-    assert store.values == {}
+    record = SIGNER.verified(store.values[STATE_KEY])
+    assert record is not None and record["state"] == "unknown" and record["prediction_id"] is None
+    # A clear or a retry of the task does not send it again.
+    client.submit.reset_mock()
+    with pytest.raises(AirflowFailException, match=r"never a prediction id .*HTTP 200"):
+        run(operator(), store)
+    client.submit.assert_not_called()
+
+
+def test_the_intent_is_recorded_before_the_post_without_a_ledger(client: mock.MagicMock) -> None:
+    """On Airflow 3.3+ without output_path, the task's own store holds the intent: a try killed while
+    its POST is in flight leaves it behind, and the next try does not pay again."""
+    store = FakeStateStore()
+    seen_at_post: list[Any] = []
+    client.submit.side_effect = lambda *a, **k: (
+        seen_at_post.append(SIGNER.verified(store.values.get(STATE_KEY))),
+        Prediction(id=NEW_PID, status="processing", cost_cents=2),
+    )[1]
+    run(operator(), store)
+    assert seen_at_post[0]["state"] == "intent" and seen_at_post[0]["prediction_id"] is None
+    assert SIGNER.verified(store.values[STATE_KEY])["prediction_id"] == NEW_PID  # type: ignore[index]
+
+
+def test_an_intent_left_by_a_killed_try_is_state_unknown_unless_asked(client: mock.MagicMock) -> None:
+    task = operator()
+    intent = SIGNER.signed({**unsigned_record_of(task), "prediction_id": None, "state": "intent"})
+    with pytest.raises(AirflowFailException, match="killed while its submit was in flight"):
+        run(task, FakeStateStore({STATE_KEY: intent}))
+    client.submit.assert_not_called()
+    deferred, _ = run(operator(resubmit_unknown=True), FakeStateStore({STATE_KEY: intent}))
+    client.submit.assert_called_once()
+    assert deferred.trigger.prediction_id == NEW_PID
+
+
+def test_a_refused_submit_withdraws_the_intent(client: mock.MagicMock) -> None:
+    from airflow_vibedream.errors import VibeDreamValidationError
+
+    client.submit.side_effect = VibeDreamValidationError("HTTP 422: bad image", field="image")
+    store = FakeStateStore()
+    with pytest.raises(AirflowFailException, match="422"):
+        run(operator(), store)
+    assert STATE_KEY not in store.values and store.writes == [STATE_KEY, f"-{STATE_KEY}"]
 
 
 def test_durable_false_ignores_the_store(client: mock.MagicMock) -> None:
