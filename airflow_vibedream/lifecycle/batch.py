@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_vibedream.client.models import Prediction
@@ -71,6 +71,13 @@ class SubmitsStopped(Exception):
     """The batch's submits were stopped (``on_kill``): the queued images were not sent."""
 
 
+class TaskStateGone(Exception):
+    """The task's own state could not be written (the task instance was cleared, marked or deleted
+    while it submitted: Airflow answers 404/409): this try is no longer the task's, so it sends
+    nothing more. Every id that came back is in the ledger's journal first; this is never read as a
+    failed submit."""
+
+
 class RateLimiter:
     """At most ``per_minute`` acquisitions a minute, evenly spaced; thread-safe. None: no limit.
     A wait ends early when ``stop`` is set (then :class:`SubmitsStopped` is raised)."""
@@ -98,10 +105,12 @@ class SubmitResult:
 
     :param records: recorded submissions by key (new ones; an id that came back is always here).
     :param errors: images whose submit surely created no job, with the reason (sent again by a retry).
+    :param never_sent: images whose POST was never made (stopped first, or cancelled while queued).
     """
 
     records: dict[str, SubmissionRecord]
     errors: dict[str, str]
+    never_sent: set[str] = field(default_factory=set)
 
 
 class BatchSubmitter:
@@ -144,6 +153,8 @@ class BatchSubmitter:
         self.request_timeout = request_timeout
         self._stopped = threading.Event()
         self._limiter = RateLimiter(requests_per_minute, self._stopped)
+        #: Why the task's own state could not be written, once it could not (this try is over).
+        self.state_gone: BaseException | None = None
 
     def stop(self) -> None:
         """Send nothing more (safe from a signal handler: it only sets a flag)."""
@@ -176,6 +187,12 @@ class BatchSubmitter:
                 for future in done:
                     handled.add(future)  # first: an error read from it must not be read again
                     self._record(futures[future], future, result)
+                if self.state_gone is not None:
+                    raise TaskStateGone(
+                        "VibeDream batch: this task's state can no longer be written (the task instance "
+                        f"was cleared, marked or deleted while it submitted: {self.state_gone}); sending "
+                        "nothing more. Every id that came back is in the ledger"
+                    ) from self.state_gone
                 if self._stopped.is_set():
                     raise SubmitsStopped("VibeDream batch submits were stopped (the task was killed)")
         except BaseException:
@@ -192,12 +209,8 @@ class BatchSubmitter:
         in_flight = {future for future in unhandled if not future.cancelled()}
         done, still_running = wait(in_flight, timeout=self.request_timeout)
         for future in done:
-            try:
-                self._record(unhandled[future], future, result)
-            except Exception as exc:  # the error already being raised is the one the task reports
-                self.log.warning(
-                    "VibeDream batch: submit of %s also failed: %s", unhandled[future].image, exc
-                )
+            self._record(unhandled[future], future, result)
+        result.never_sent.update(unhandled[future].key for future in unhandled if future.cancelled())
         for future in still_running:
             # Its answer may yet create a job this process will never see: never send it again.
             self._record_unknown(
@@ -215,6 +228,7 @@ class BatchSubmitter:
         try:
             prediction = future.result()
         except SubmitsStopped:
+            result.never_sent.add(item.key)
             return
         except VibeDreamSubmissionStateUnknownError as exc:
             self._record_unknown(item, str(exc), result)
@@ -223,16 +237,33 @@ class BatchSubmitter:
             # Surely no job (refused, rate limited, never sent): a retry may send it.
             result.errors[item.key] = str(exc)
             return
+        # Record first, then everything else: the job exists and is billed. The ledger's journal
+        # (outside Airflow) hears of it before the task's own state, whose write can fail.
         record = item.record(prediction.id, prediction.cost_cents)
-        self.store.set(item.key, record)
         result.records[item.key] = record
         if self.on_submitted is not None:
             self.on_submitted(item, prediction)
+        self._keep(item, record)
 
     def _record_unknown(self, item: BatchImage, reason: str, result: SubmitResult) -> None:
         record = item.record(None, state=UNKNOWN, error=reason)
-        self.store.set(item.key, record)
         result.records[item.key] = record
+        self._keep(item, record)
+
+    def _keep(self, item: BatchImage, record: SubmissionRecord) -> None:
+        """The record in the task's own state; a write that fails ends the try's sending (the task
+        instance is no longer this try's), never the record of what was submitted."""
+        if self.state_gone is not None:
+            return
+        try:
+            self.store.set(item.key, record)
+        except Exception as exc:
+            self.state_gone = exc
+            self._stopped.set()
+            self.log.warning(
+                "VibeDream batch: the task's state could not be written (%s); no more submits this try",
+                exc,
+            )
 
 
 # -- reading poll answers: the same for the trigger and the worker loop ---------------------------------

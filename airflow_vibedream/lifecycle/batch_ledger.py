@@ -216,9 +216,13 @@ class BatchLedger:
             try:
                 result = submitter.submit_all(claimed)
             except BaseException:
-                # Interrupted: the images never sent (or surely refused) are new again; those in
-                # flight keep their intent (state unknown), those with an id are journalled.
-                self.withdraw([item for item in claimed if item.key not in submitter.result.records])
+                # Interrupted: only the images surely never sent (or surely refused) are new again;
+                # those in flight keep their intent (state unknown), those with an id are journalled.
+                # An image this try cannot account for keeps its intent too: unknown beats paid twice.
+                sent = submitter.result
+                self.withdraw(
+                    [item for item in claimed if item.key in sent.never_sent or item.key in sent.errors]
+                )
                 raise
             finally:
                 self.journal.flush()

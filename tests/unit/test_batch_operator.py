@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from airflow_vibedream.lifecycle.batch import (
     PENDING,
     BatchSubmitter,
     SubmitsStopped,
+    TaskStateGone,
     poll_outcome,
 )
 from airflow_vibedream.lifecycle.signing import RecordSigner
@@ -161,6 +163,46 @@ def test_an_in_flight_submit_that_outlives_the_wind_down_is_recorded_unknown() -
     never.set()
     states = {SubmissionRecord.from_json(v).state for v in store.values.values()}  # type: ignore[union-attr]
     assert states == {UNKNOWN} and len(store.values) == 2  # may exist: never resent automatically
+
+
+class StateGoneAfter(FakeStateStore):
+    """Airflow's state API once the task instance was cleared: every write after the first
+    ``writes`` answers 404."""
+
+    def __init__(self, writes: int) -> None:
+        super().__init__()
+        self.allowed = writes
+
+    def set(self, key: str, value: Any) -> None:
+        if len(self.values) >= self.allowed:
+            raise RuntimeError("404 Task instance not found")
+        super().set(key, value)
+
+
+class SlowClient(FakeClient):
+    """Each submit takes a moment, as a real API's does."""
+
+    def submit(self, model_id: str, payload: dict[str, Any]) -> Prediction:
+        time.sleep(0.2)
+        return super().submit(model_id, payload)
+
+
+def test_a_failed_write_of_the_tasks_state_is_never_a_failed_submit() -> None:
+    """Cleared while it submits: the id that came back is journalled first, the record of it kept,
+    and nothing more is sent; every image is accounted for (recorded, or surely never sent)."""
+    items = operator().batch_images()
+    answers = [Prediction(id=f"p{i}", status="processing", cost_cents=2) for i in range(len(items))]
+    client = SlowClient(answers)
+    journal: list[str] = []
+    runner = submitter(client, StateGoneAfter(2), on_submitted=lambda item, p: journal.append(p.id))
+    with pytest.raises(TaskStateGone, match="cleared, marked or deleted"):
+        runner.submit_all(items)
+    # Two recorded; the third's write failed while the fourth was in flight: nothing sent after it.
+    assert client.sent == 4
+    assert journal == ["p0", "p1", "p2", "p3"]  # every id reached the ledger's journal all the same
+    assert [r.prediction_id for r in runner.result.records.values()] == journal
+    assert runner.result.never_sent == {item.key for item in items[4:]}
+    assert runner.result.errors == {}  # nothing read as a refused submit
 
 
 @pytest.mark.parametrize(
