@@ -202,16 +202,19 @@ class SingleJob:
         body: Mapping[str, Any],
         wait_at_most: float | None,
     ) -> Prediction:
+        def journal(submitted: Prediction) -> None:
+            self.entry = intent.moved_to(
+                SUBMITTED, prediction_id=submitted.id, cost_cents=submitted.cost_cents
+            )
+            ledger.write(self.entry)
+
         try:
-            submitted = self.submit(client, spec, body, wait_at_most=wait_at_most)
+            return self.submit(client, spec, body, wait_at_most=wait_at_most, journal=journal)
         except VibeDreamSubmissionStateUnknownError:
             raise  # the intent stays: the job may exist, it is never sent again automatically
         except VibeDreamError:
             ledger.delete(intent.key)  # surely no job (refused, rate limited, never sent)
             raise
-        self.entry = intent.moved_to(SUBMITTED, prediction_id=submitted.id, cost_cents=submitted.cost_cents)
-        ledger.write(self.entry)
-        return submitted
 
     def reconnect(self, client: VibeDreamClient, spec: JobSpec) -> Prediction | None:
         """The prediction an earlier try recorded, if it was made for this input and still serves."""
@@ -298,8 +301,11 @@ class SingleJob:
         payload: Mapping[str, Any],
         *,
         wait_at_most: float | None = None,
+        journal: Callable[[Prediction], None] | None = None,
     ) -> Prediction:
         """Submit and record at once: from here on a crash of this try must not cost a second job.
+        ``journal`` (the ledger) hears of the new id first, before the task's own state, whose write
+        can fail (a task instance cleared meanwhile): the job exists and is billed either way.
 
         Without a ledger, on Airflow 3.3+ an intent is recorded before the POST and withdrawn only when
         the POST surely made no job. A submit whose outcome is unknown raises
@@ -327,6 +333,8 @@ class SingleJob:
             if intent:
                 self.store.delete(STATE_KEY)  # surely no job (refused, rate limited, never sent)
             raise
+        if journal is not None:
+            journal(submitted)
         if self.durable:
             self.store.set(
                 STATE_KEY,
