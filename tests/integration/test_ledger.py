@@ -303,3 +303,22 @@ def test_a_copy_of_an_image_another_task_claims_mid_batch_shares_that_tasks_job(
 def first_id(s3: MotoS3, summary: dict[str, Any]) -> str:
     [prediction_id] = {line["prediction_id"] for line in s3_lines(s3, summary)}
     return prediction_id
+
+
+def test_a_failed_write_of_the_tasks_state_after_the_post_leaves_the_id_in_the_ledger(
+    vibedream_conn: EmulatorServer, tmp_path: Path
+) -> None:
+    """The task instance was cleared while its POST was out: Airflow refuses the write of its state.
+    The job exists and is billed; the ledger heard of it first, so the next try reconnects to it."""
+    from tests.helpers import FakeStateStore
+
+    class Gone(FakeStateStore):
+        def set(self, key: str, value: Any) -> None:
+            raise RuntimeError("404 Task instance not found")
+
+    with pytest.raises(Exception, match="404 Task instance not found"):
+        upscale(vibedream_conn, tmp_path).execute({"ti": FakeTI(), "task_state_store": Gone()})
+    [entry] = entries(tmp_path)
+    assert entry["state"] == "submitted" and entry["prediction_id"]  # not withdrawn, not unknown
+    again = run(upscale(vibedream_conn, tmp_path))
+    assert jobs(vibedream_conn) == 1 and again["id"] == entry["prediction_id"]
