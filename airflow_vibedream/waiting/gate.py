@@ -24,7 +24,7 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.settings import RetryPolicy
@@ -308,6 +308,17 @@ def poll_patiently(
 # -- one poll of a client, patiently ------------------------------------------------------------------
 
 
+def poll_options(wait: PredictionWait) -> dict[str, Any]:
+    """How one poll of ``wait`` is made: once (the patient poll retries), for its model only, a status
+    answer's size unless base64 outputs may come, and never read past the wait's deadline."""
+    return {
+        "retry": False,
+        "model_id": wait.model_id,
+        "status_only": not wait.large_answers,
+        "until": wait.deadline,
+    }
+
+
 async def poll_client_async(
     client: AsyncVibeDreamClient,
     wait: PredictionWait,
@@ -320,13 +331,7 @@ async def poll_client_async(
     client.hold()  # held across an outage's waits, so a retirement (a rotated key) waits for it
     try:
         return await poll_patiently_async(
-            lambda: client.get_prediction(
-                wait.prediction_id,
-                retry=False,
-                model_id=wait.model_id,
-                status_only=not wait.large_answers,
-                until=wait.deadline,
-            ),
+            lambda: client.get_prediction(wait.prediction_id, **poll_options(wait)),
             gate=loop_gate(client.settings.base_url),
             wait=wait,
             policy=client.settings.retry,
@@ -342,13 +347,7 @@ def poll_client(
 ) -> Prediction:
     """The blocking twin of :func:`poll_client_async`, through the process's gate of the API."""
     return poll_patiently(
-        lambda: client.get_prediction(
-            wait.prediction_id,
-            retry=False,
-            model_id=wait.model_id,
-            status_only=not wait.large_answers,
-            until=wait.deadline,
-        ),
+        lambda: client.get_prediction(wait.prediction_id, **poll_options(wait)),
         gate=process_gate(client.settings.base_url),
         wait=wait,
         policy=client.settings.retry,
