@@ -60,6 +60,18 @@ class FakeStateStore:
         self.writes.append(f"-{key}")
 
 
+def recorded(signer: Any, record: dict[str, Any], ti: Any = None) -> dict[str, Any]:
+    """``record`` as the task instance ``ti`` (a :class:`FakeTI` by default) writes it to its store:
+    signed, and bound to that task instance."""
+    from airflow_vibedream.lifecycle.store import SubmissionRecord, SubmissionStore
+
+    backend = FakeStateStore()
+    parsed = SubmissionRecord.from_json(record)
+    assert parsed is not None
+    SubmissionStore({"ti": ti or FakeTI(), "task_state_store": backend}, signer).set("k", parsed)  # type: ignore[typeddict-item]
+    return dict(backend.values["k"])
+
+
 def until(condition: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition") -> Any:
     """Wait for an observable state (a count, a flag) that has no event to wait on; a bounded poll,
     so a state that never comes is a clear failure, not a hang."""

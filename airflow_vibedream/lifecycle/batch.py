@@ -155,6 +155,8 @@ class BatchSubmitter:
         self._limiter = RateLimiter(requests_per_minute, self._stopped)
         #: Why the task's own state could not be written, once it could not (this try is over).
         self.state_gone: BaseException | None = None
+        #: Images whose request failed to be built: surely never POSTed (set.add is thread-safe).
+        self._not_posted: set[str] = set()
 
     def stop(self) -> None:
         """Send nothing more (safe from a signal handler: it only sets a flag)."""
@@ -163,7 +165,11 @@ class BatchSubmitter:
     def _submit_one(self, item: BatchImage) -> Prediction:
         if self._stopped.is_set():
             raise SubmitsStopped
-        body = self.payload(item)
+        try:
+            body = self.payload(item)  # presigning, the input check: before any POST
+        except BaseException:
+            self._not_posted.add(item.key)
+            raise
         self._limiter.acquire()
         if self._stopped.is_set():
             raise SubmitsStopped
@@ -237,6 +243,10 @@ class BatchSubmitter:
             # Surely no job (refused, rate limited, never sent): a retry may send it.
             result.errors[item.key] = str(exc)
             return
+        except BaseException:
+            if item.key in self._not_posted:  # its request was never built: the image is new again
+                result.never_sent.add(item.key)
+            raise
         # Record first, then everything else: the job exists and is billed. The ledger's journal
         # (outside Airflow) hears of it before the task's own state, whose write can fail.
         record = item.record(prediction.id, prediction.cost_cents)

@@ -21,12 +21,13 @@ entry is only ever found under the key of the very image and ask it records.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -52,6 +53,8 @@ COMPLETED: State = "completed"
 
 #: Reads of entries and outputs at once (each is one small request).
 LOOKUP_THREADS = 16
+#: Lines of one page that are no entry (junk, forged, altered) before the rest of it is skipped.
+MAX_REFUSED_LINES = 100
 #: The longest to wait for another task's fresh claim to record its job's id, seconds.
 CLAIM_WAIT = 30.0
 
@@ -356,7 +359,8 @@ class Ledger:
         and were they verified as what its ask asks (format, long edge)? Only then may they be
         handed downstream as this image's result."""
         completed = [entry for entry in entries if entry.state == COMPLETED and entry.outputs]
-        now = stored_facts([out.uri for entry in completed for out in entry.outputs], self.conn_id)
+        recorded = {out.uri: out.bytes for entry in completed for out in entry.outputs}
+        now = stored_facts(recorded, self.conn_id, recorded_sizes=recorded)
         return {
             entry.key: serves_its_ask(entry)
             and all(intact(out.facts(), now.get(out.uri)) for out in entry.outputs)
@@ -418,12 +422,9 @@ class Ledger:
         present = {name.removesuffix(".json") for name in self.store.names("entries")} & wanted
         found: dict[str, LedgerEntry] = {}
         for name in sorted(self.store.names("pages")):
-            for line in (self.store.read(f"pages/{name}") or b"").splitlines():
-                entry = self._parse(line, f"pages/{name}")
-                if (
-                    entry is not None
-                    and entry.key in wanted
-                    and entry.updated_at >= getattr(found.get(entry.key), "updated_at", "")
+            for entry in self._page(name):
+                if entry.key in wanted and entry.updated_at >= getattr(
+                    found.get(entry.key), "updated_at", ""
                 ):
                     found[entry.key] = entry
         intact_now = self.outputs_intact(found.values())
@@ -446,10 +447,33 @@ class Ledger:
             return entry
 
         with ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="vibedream-ledger") as pool:
-            for key, entry in zip(to_read, pool.map(read_one, to_read), strict=True):
-                if entry is not None:  # the entry itself says more than a page whose outputs changed
-                    found[key] = entry
+            for key, read in zip(to_read, pool.map(read_one, to_read), strict=True):
+                if read is not None:  # the entry itself says more than a page whose outputs changed
+                    found[key] = read
         return found
+
+    def _page(self, name: str) -> Iterator[LedgerEntry]:
+        """A page's entries, a line at a time (a page of millions of tiny junk lines must not become
+        millions of objects at once); a page whose lines are no entries of this deployment's is
+        abandoned after :data:`MAX_REFUSED_LINES` of them (its remaining images are then found
+        through their own entries, or paid again: never taken from junk)."""
+        refused = 0
+        for raw in io.BytesIO(self.store.read(f"pages/{name}") or b""):
+            line = raw.strip()
+            if not line:
+                continue
+            entry = self._parse(line, f"pages/{name}")
+            if entry is not None:
+                yield entry
+                continue
+            refused += 1
+            if refused >= MAX_REFUSED_LINES:
+                log.warning(
+                    "VibeDream ledger page %s abandoned: %d of its lines are no entries of this deployment",
+                    name,
+                    refused,
+                )
+                return
 
     def claim_many(self, entries: list[LedgerEntry]) -> dict[str, LedgerEntry | None]:
         """Claim a group's intents at once (in parallel): ``{key: None}`` when claimed, else the

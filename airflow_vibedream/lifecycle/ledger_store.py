@@ -288,17 +288,22 @@ def open_store(root_uri: str, conn_id: str | None) -> LedgerStore:
 # -- stored outputs as they are now -----------------------------------------------------------------
 
 
-def stored_facts(uris: Iterable[str], conn_id: str | None) -> dict[str, dict[str, Any]]:
+def stored_facts(
+    uris: Iterable[str], conn_id: str | None, recorded_sizes: dict[str, int] | None = None
+) -> dict[str, dict[str, Any]]:
     """``{uri: {"bytes": size, "sha256"|"etag": ...}}`` of the outputs that exist now. ``s3://``
     outputs are read with one listing per folder (not one request per object) and carry their
-    ETag; local files are hashed (SHA-256); other stores give their size only."""
+    ETag; local files are hashed (SHA-256) when their size is the recorded one (``recorded_sizes``),
+    else their hash is None unread: a file swapped for a huge (or sparse) one costs no read at all;
+    other stores give their size only."""
+    sizes = recorded_sizes or {}
     facts: dict[str, dict[str, Any]] = {}
     by_folder: dict[str, list[str]] = defaultdict(list)
     for uri in uris:
         if uri.startswith("s3://"):
             by_folder[uri.rsplit("/", 1)[0]].append(uri)
         elif uri.startswith("file://"):
-            found = _local_facts(Path(uri[len("file://") :]))
+            found = _local_facts(Path(uri[len("file://") :]), sizes.get(uri))
             if found is not None:
                 facts[uri] = found
         else:
@@ -318,7 +323,11 @@ def stored_facts(uris: Iterable[str], conn_id: str | None) -> dict[str, dict[str
     return facts
 
 
-def _local_facts(path: Path) -> dict[str, Any] | None:
+#: The most of a local output hashed to tell whether it is intact (the largest output downloaded).
+MAX_HASHED_BYTES = 512 * 1024 * 1024
+
+
+def _local_facts(path: Path, recorded_size: int | None = None) -> dict[str, Any] | None:
     """The size and SHA-256 of the regular file at ``path``, None when there is none. Opened as an
     untrusted file: a link at the name is not followed (``O_NOFOLLOW``), a FIFO does not block the
     open (``O_NONBLOCK``) and is not read, nor is a folder or device: each counts as no output (so
@@ -332,12 +341,14 @@ def _local_facts(path: Path) -> dict[str, Any] | None:
         facts = os.fstat(handle.fileno())
         if not stat.S_ISREG(facts.st_mode):
             return None
+        if (recorded_size is not None and facts.st_size != recorded_size) or facts.st_size > MAX_HASHED_BYTES:
+            return {"bytes": facts.st_size, "sha256": None}  # not the recorded output: nothing to read
         digest = hashlib.sha256()
         size = 0
-        while chunk := handle.read(1 << 20):
+        while size <= MAX_HASHED_BYTES and (chunk := handle.read(1 << 20)):
             digest.update(chunk)
             size += len(chunk)
-    return {"bytes": size, "sha256": digest.hexdigest()}
+    return {"bytes": size, "sha256": digest.hexdigest() if size <= MAX_HASHED_BYTES else None}
 
 
 def intact(recorded: dict[str, Any], now: dict[str, Any] | None) -> bool:

@@ -5,11 +5,14 @@ XCom that :meth:`SubmissionStore.hand_over` writes before deferring.
 
 Both can be written by others: Airflow's REST API lets a UI "user" account write a task's state
 store and its XComs. A record decides which job a later try adopts, so each is signed
-(:mod:`.signing`) and one whose MAC does not verify is no record at all.
+(:mod:`.signing`) together with the task instance it belongs to (DAG, run, task, map index): one
+whose MAC does not verify, or a genuine record copied from another task instance (whose job was
+made from whatever that task's input was then), is no record at all.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 from airflow_vibedream.lifecycle.signing import RecordSigner
 
 log = logging.getLogger(__name__)
+
+#: The field of a record that names the task instance it was written by (and for).
+OWNER_FIELD = "task_instance"
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -119,8 +125,15 @@ class SubmissionStore:
                 "can pay twice. Set output_path: the ledger beside it records the intent before the submit"
             )
 
+    @property
+    def owner(self) -> str:
+        """The task instance a record belongs to (signed with it)."""
+        ti = self.context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        return json.dumps([ti.dag_id, ti.run_id, ti.task_id, -1 if map_index is None else map_index])
+
     def get(self, key: str) -> SubmissionRecord | None:
-        """The record under ``key`` if this deployment wrote it (its MAC verifies); else None."""
+        """The record under ``key`` if this deployment wrote it for this very task instance; else None."""
         raw = self._backend.get(key) if self._backend is not None else self._memory.get(key)
         if raw is None:
             return None
@@ -132,10 +145,15 @@ class SubmissionStore:
                 key,
             )
             return None
+        if verified.get(OWNER_FIELD) != self.owner:
+            log.warning(
+                "VibeDream record %r was written for another task instance (copied here): ignored", key
+            )
+            return None
         return SubmissionRecord.from_json(verified)
 
     def set(self, key: str, record: SubmissionRecord) -> None:
-        signed = self.signer.signed(record.to_json())
+        signed = self.signer.signed({**record.to_json(), OWNER_FIELD: self.owner})
         if self._backend is not None:
             self._backend.set(key, signed)
         else:

@@ -21,7 +21,7 @@ from airflow_vibedream.lifecycle.store import SubmissionRecord
 from airflow_vibedream.operators.batch import XCOM_SUBMISSIONS, VibeDreamBatchUpscaleOperator
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger
 from tests.conftest import TEST_KEY, MotoS3, emulator_stats
-from tests.helpers import FakeStateStore, FakeTI
+from tests.helpers import FakeStateStore, FakeTI, recorded
 from tests.integration.emulated import fire
 
 
@@ -50,13 +50,14 @@ def recorded_earlier(
     items = operator.batch_images()
     return {
         # Signed as a task signs (no record_secret: the connection's API key).
-        items[i].key: RecordSigner(TEST_KEY).signed(
+        items[i].key: recorded(
+            RecordSigner(TEST_KEY),
             SubmissionRecord(
                 items[i].spec.fingerprint,
                 dict(items[i].spec.asked),
                 client.upscale(UpscaleRequest(items[i].image, "2k", "jpeg")).id,
                 cost,
-            ).to_json()
+            ).to_json(),
         )
         for i in indices
     }

@@ -19,7 +19,7 @@ from airflow_vibedream.lifecycle.signing import RecordSigner
 from airflow_vibedream.lifecycle.store import SubmissionRecord
 from airflow_vibedream.operators.batch import VibeDreamBatchUpscaleOperator
 from tests.conftest import TEST_KEY, emulator_stats
-from tests.helpers import FakeStateStore, FakeTI
+from tests.helpers import FakeStateStore, FakeTI, recorded
 from tests.integration.emulated import faults, jobs, upscale
 
 
@@ -186,7 +186,9 @@ def test_a_404_fails_one_image_in_the_worker_loop_not_the_batch(
     summary = operator.execute(
         {
             "ti": FakeTI(),
-            "task_state_store": FakeStateStore({gone.key: RecordSigner(TEST_KEY).signed(record.to_json())}),
+            "task_state_store": FakeStateStore(
+                {gone.key: recorded(RecordSigner(TEST_KEY), record.to_json())}
+            ),
         }
     )
     assert (summary["completed"], summary["failed"]) == (2, 1)

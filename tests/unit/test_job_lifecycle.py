@@ -15,7 +15,7 @@ from airflow_vibedream.lifecycle.fingerprint import JobSpec, fingerprint_of, wha
 from airflow_vibedream.lifecycle.job import STATE_KEY
 from airflow_vibedream.lifecycle.signing import MAC_FIELD, RecordSigner
 from airflow_vibedream.operators.vibedream import XCOM_PREDICTION_ID, VibeDreamUpscaleImageOperator
-from tests.helpers import COMPLETED, NEW_PID, PID, SUBMITTED, FakeStateStore, FakeTI
+from tests.helpers import COMPLETED, NEW_PID, PID, SUBMITTED, FakeStateStore, FakeTI, recorded
 
 
 def operator(**kwargs: Any) -> VibeDreamUpscaleImageOperator:
@@ -34,9 +34,15 @@ def operator(**kwargs: Any) -> VibeDreamUpscaleImageOperator:
 SIGNER = RecordSigner("k")
 
 
+class AnotherRun(FakeTI):
+    """The same task in another DAG run (yesterday's, whose input was other bytes under the same URL)."""
+
+    run_id = "scheduled__yesterday"
+
+
 def record_of(task: VibeDreamUpscaleImageOperator, prediction_id: str = PID) -> dict[str, Any]:
     """What a try of ``task`` would have recorded for ``prediction_id`` (signed, as tasks sign)."""
-    return SIGNER.signed(unsigned_record_of(task, prediction_id))
+    return recorded(SIGNER, unsigned_record_of(task, prediction_id))
 
 
 def unsigned_record_of(task: VibeDreamUpscaleImageOperator, prediction_id: str = PID) -> dict[str, Any]:
@@ -121,9 +127,10 @@ def test_retry_reconnects_to_a_running_prediction_made_for_the_same_input(client
         lambda record: {k: v for k, v in record.items() if k != MAC_FIELD},  # no MAC
         lambda record: {**record, MAC_FIELD: "0" * 64},  # a made-up one
         lambda record: RecordSigner("a guessed key").signed(record),  # signed under another key
+        lambda record: recorded(SIGNER, record, ti=AnotherRun()),  # genuine, from another task instance
         lambda record: {**record, "cost_cents": 0},  # a signed record, altered
     ],
-    ids=["no MAC", "made-up MAC", "another key", "altered"],
+    ids=["no MAC", "made-up MAC", "another key", "altered", "another task instance"],
 )
 def test_a_record_this_deployment_did_not_sign_is_never_adopted(
     client: mock.MagicMock, caplog: pytest.LogCaptureFixture, forge: Any
@@ -138,7 +145,7 @@ def test_a_record_this_deployment_did_not_sign_is_never_adopted(
     client.submit.assert_called_once()
     assert deferred.trigger.prediction_id == NEW_PID
     assert SIGNER.verified(store.values[STATE_KEY])["prediction_id"] == NEW_PID
-    assert "is not one this deployment signed" in caplog.text
+    assert "is not one this deployment signed" in caplog.text or "for another task instance" in caplog.text
 
 
 def test_retry_finishes_at_once_when_the_prediction_completed(client: mock.MagicMock) -> None:
@@ -251,7 +258,7 @@ def test_the_intent_is_recorded_before_the_post_without_a_ledger(client: mock.Ma
 
 def test_an_intent_left_by_a_killed_try_is_state_unknown_unless_asked(client: mock.MagicMock) -> None:
     task = operator()
-    intent = SIGNER.signed({**unsigned_record_of(task), "prediction_id": None, "state": "intent"})
+    intent = recorded(SIGNER, {**unsigned_record_of(task), "prediction_id": None, "state": "intent"})
     with pytest.raises(AirflowFailException, match="killed while its submit was in flight"):
         run(task, FakeStateStore({STATE_KEY: intent}))
     client.submit.assert_not_called()

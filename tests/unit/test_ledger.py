@@ -309,3 +309,36 @@ def test_a_group_document_not_signed_names_no_ids(tmp_path: Path) -> None:
     (groups / "g1.json").write_text(json.dumps({"predictions": {intent.key: {"prediction_id": "stolen"}}}))
     found = ledger.read(intent.key)
     assert found is not None and found.prediction_id is None
+
+
+def test_an_output_swapped_for_a_huge_sparse_file_is_not_read_at_all(tmp_path: Path) -> None:
+    from airflow_vibedream.lifecycle.ledger_store import stored_facts
+
+    ledger = Ledger(str(tmp_path), None, SIGNER)
+    entry = completed_entry(tmp_path, VICTIM, "out.png")
+    output = Path(entry.outputs[0].uri.removeprefix("file://"))
+    with output.open("r+b") as handle:
+        handle.truncate(8 * 1024**3)  # 8 GiB of nothing on disk: hashing it took 17 s
+    recorded = {entry.outputs[0].uri: entry.outputs[0].bytes}
+    assert stored_facts(recorded, None, recorded_sizes=recorded)[entry.outputs[0].uri]["sha256"] is None
+    assert ledger.outputs_intact([entry]) == {entry.key: False}
+
+
+def test_a_page_of_junk_lines_is_abandoned_after_a_hundred(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = Ledger(str(tmp_path), None, SIGNER)
+    genuine = completed_entry(tmp_path, VICTIM, "out.png")
+    pages = tmp_path / "_vibedream_ledger" / "pages"
+    pages.mkdir(parents=True)
+    (pages / "a-genuine.jsonl").write_bytes(ledger.dumps(genuine))
+    (pages / "b-junk.jsonl").write_bytes(b"12\n" * 500_000)  # 22 million of these took 100 s and 1.2 GiB
+    parsed: list[str] = []
+    real_parse = ledger._parse
+    monkeypatch.setattr(
+        ledger, "_parse", lambda data, name, key=None: parsed.append(name) or real_parse(data, name, key)
+    )
+    found = ledger.lookup([genuine.key])
+    assert found[genuine.key].prediction_id == genuine.prediction_id  # the genuine page still counts
+    assert parsed.count("pages/b-junk.jsonl") == 100
+    assert "VibeDream ledger page b-junk.jsonl abandoned" in caplog.text
