@@ -227,7 +227,7 @@ class BatchSubmitter:
             "unknown, %d not sent",
             len(result.records),
             len(still_running),
-            sum(1 for future in unhandled if future.cancelled()),
+            len(result.never_sent),
         )
 
     def _record(self, item: BatchImage, future: Future[Prediction], result: SubmitResult) -> None:

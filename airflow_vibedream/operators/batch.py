@@ -406,7 +406,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             identified, self._not_submitted = ledger.identify(todo, self._listed, self._identity_of)
             sorted_ = ledger.sort(identified)
             self._reused = sorted_.reused
-            records.update(sorted_.records)
+            records.update(self._kept(store, sorted_.records))
             todo = sorted_.todo
             taken_elsewhere = dict(sorted_.held)
         check_budget(len(todo), records, self.cost_cents_per_image, self.max_cost_cents, self.log)
@@ -424,8 +424,17 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             self._took(self._submitter.submit_all(todo), records)
         else:
             self._took(ledger.submit(todo, self._submitter), records)
-            records.update(ledger.follow(taken_elsewhere))
+            records.update(self._kept(store, ledger.follow(taken_elsewhere)))
         return records
+
+    @staticmethod
+    def _kept(store: SubmissionStore, found: dict[str, SubmissionRecord]) -> dict[str, SubmissionRecord]:
+        """Jobs the ledger names (an earlier try's, another task's), kept in the task's own records
+        too: after a deferral only those are read, and an image that has none would be reported as
+        never submitted, its job unpaid for in the summary and never fetched."""
+        for key, record in found.items():
+            store.set(key, record)
+        return found
 
     def _took(self, result: SubmitResult, records: dict[str, SubmissionRecord]) -> None:
         self._not_submitted.update(result.errors)
