@@ -108,8 +108,10 @@ class BatchLedger:
         }
         return [answer for answer in answers if isinstance(answer, BatchImage)], errors
 
-    def sort(self, items: list[BatchImage]) -> Sorted:
-        """Decide every image with one lookup (listings and the completed pages)."""
+    def sort(self, items: list[BatchImage], *, say: bool = True) -> Sorted:
+        """Decide every image with one lookup (listings and the completed pages).
+
+        :param say: log the tally (a resumed task, which submits nothing, only looks the reused up)."""
         found = self.ledger.lookup(item.ledger_key for item in items if item.ledger_key)
         intact = self.ledger.outputs_intact(found.values())
         result = Sorted()
@@ -137,6 +139,8 @@ class BatchLedger:
                 if entry is not None:
                     self._replace.add(item.ledger_key)
                 result.todo.append(item)
+        if not say:
+            return result
         self.log.info(
             "VibeDream ledger %s: %d images reused (nothing to pay), %d follow a recorded job, %d with "
             "submission state unknown, %d to submit",

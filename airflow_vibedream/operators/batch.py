@@ -347,7 +347,8 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         if ledger is not None:  # the images reused before the deferral: found again the same way
             unsettled = [item for item in {i.key: i for i in items}.values() if item.key not in records]
             identified, _ = ledger.identify(unsettled, self._listed, self._identity_of)
-            self._reused = ledger.sort(identified).reused
+            # Only to find them: nothing is submitted after a resume, so no "to submit" tally is said.
+            self._reused = ledger.sort(identified, say=False).reused
         return self._finish(context, items, records, outcome, ledger)
 
     def on_kill(self) -> None:
