@@ -18,15 +18,17 @@ from airflow_vibedream.lifecycle.ledger import (
     CLAIM_WAIT,
     COMPLETED,
     LOOKUP_THREADS,
-    RECONNECT,
-    REUSE,
-    UNKNOWN,
     GroupJournal,
     Ledger,
     LedgerEntry,
     TaskRef,
-    decide,
     new_entry,
+)
+from airflow_vibedream.lifecycle.ledger_decision import (
+    RECONNECT,
+    REUSE,
+    UNKNOWN,
+    decide,
     unknown_message,
 )
 from airflow_vibedream.lifecycle.store import UNKNOWN as RECORD_UNKNOWN

@@ -23,15 +23,17 @@ from airflow_vibedream.lifecycle.identity import ContentIdentity
 from airflow_vibedream.lifecycle.ledger import (
     CLAIM_WAIT,
     COMPLETED,
-    NEW,
-    RECONNECT,
-    REUSE,
     SUBMITTED,
     Ledger,
     LedgerEntry,
     TaskRef,
-    decide,
     new_entry,
+)
+from airflow_vibedream.lifecycle.ledger_decision import (
+    NEW,
+    RECONNECT,
+    REUSE,
+    decide,
     unknown_message,
 )
 from airflow_vibedream.lifecycle.outputs import download_policy

@@ -29,7 +29,6 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -202,46 +201,7 @@ def _where(exc: ValidationError) -> str:
     return f"{'.'.join(str(part) for part in first['loc']) or 'document'}: {first['type']}"
 
 
-# -- what to do with an entry -------------------------------------------------------------------------
-
-NEW = "new"
-REUSE = "reuse"
-RECONNECT = "reconnect"
-UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the ledger says about one image before its submit.
-
-    :param kind: ``new`` (claim and submit), ``reuse`` (completed, outputs intact: nothing to pay),
-        ``reconnect`` (a job exists: wait for it / fetch it), ``unknown`` (an intent with no id).
-    :param entry: the entry it was decided on (None for ``new`` with no entry).
-    """
-
-    kind: str
-    entry: LedgerEntry | None = None
-
-
-def decide(
-    entry: LedgerEntry | None,
-    me: TaskRef,
-    *,
-    reuse: bool,
-    resubmit_unknown: bool,
-    outputs_intact: bool,
-) -> Decision:
-    """The ledger's rule, for single images and batches alike."""
-    if entry is None:
-        return Decision(NEW)
-    own = entry.task.same_instance(me)  # a retry or a clear of the very task that wrote it
-    if not (reuse or own):
-        return Decision(NEW, entry)  # a deliberate re-run pays
-    if entry.state == COMPLETED and outputs_intact:
-        return Decision(REUSE, entry)
-    if entry.prediction_id:
-        return Decision(RECONNECT, entry)
-    return Decision(NEW if resubmit_unknown else UNKNOWN, entry)
+# -- what reuse needs of an entry ---------------------------------------------------------------------
 
 
 def serves_its_ask(entry: LedgerEntry) -> bool:
@@ -257,16 +217,6 @@ def serves_its_ask(entry: LedgerEntry) -> bool:
         if edge is not None and max(out.width or 0, out.height or 0) != edge:
             return False
     return True
-
-
-def unknown_message(entry: LedgerEntry, entry_uri: str) -> str:
-    who = f"{entry.task.dag_id}/{entry.task.run_id}/{entry.task.task_id}"
-    return (
-        f"VibeDream submission state unknown for {entry.input}: {who} recorded its intent to submit at "
-        f"{entry.updated_at} but never recorded a prediction id (killed while the submit was in flight, "
-        "or its answer was lost). The job may exist and be billed, so it is NOT sent again. Check the "
-        f"VibeDream dashboard; to submit it again, delete {entry_uri} or set resubmit_unknown=True"
-    )
 
 
 # -- the ledger -------------------------------------------------------------------------------------

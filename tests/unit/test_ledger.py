@@ -13,18 +13,20 @@ import pytest
 from airflow_vibedream.lifecycle.identity import ContentIdentity, decisive_ask, ledger_key, s3_identity
 from airflow_vibedream.lifecycle.ledger import (
     COMPLETED,
-    NEW,
-    RECONNECT,
-    REUSE,
     SUBMITTED,
-    UNKNOWN,
     GroupJournal,
     Ledger,
     LedgerEntry,
     LedgerOutput,
     TaskRef,
-    decide,
     new_entry,
+)
+from airflow_vibedream.lifecycle.ledger_decision import (
+    NEW,
+    RECONNECT,
+    REUSE,
+    UNKNOWN,
+    decide,
 )
 from airflow_vibedream.lifecycle.ledger_store import LocalStore, intact
 from airflow_vibedream.lifecycle.signing import RecordSigner
