@@ -49,12 +49,21 @@ class _AiohttpSender:
         )
         self._client_error = aiohttp.ClientError
         self._per_phase = settings.timeout
+        self._client_timeout = aiohttp.ClientTimeout  # bound once: this is every poll's path
+        # Most polls are far from their deadline: their whole-answer budget is the timeout itself.
+        self._whole_answer = self._client_timeout(
+            total=settings.timeout,
+            connect=settings.timeout,
+            sock_connect=settings.timeout,
+            sock_read=settings.timeout,
+        )
 
     def _timeout_within(self, budget: float) -> aiohttp.ClientTimeout:
-        import aiohttp
-
+        """The per-phase timeouts, and ``budget`` seconds for the whole answer."""
+        if budget == self._per_phase:
+            return self._whole_answer
         phase = self._per_phase
-        return aiohttp.ClientTimeout(total=budget, connect=phase, sock_connect=phase, sock_read=phase)
+        return self._client_timeout(total=budget, connect=phase, sock_connect=phase, sock_read=phase)
 
     async def send(self, call: ApiCall) -> Prediction | None:
         body = CappedBody(self._limit, call)
