@@ -44,6 +44,11 @@ class VibeDreamValidationError(VibeDreamError, ValueError):
         self.field = field
 
 
+class VibeDreamInputRefusedError(VibeDreamValidationError):
+    """The input's bytes are not an image the API accepts (its format, its header): the same bytes
+    are refused every time, so the ledger records them as a known-bad input."""
+
+
 class VibeDreamAuthError(VibeDreamError):
     """401/403: the API key is missing, wrong or not allowed to do this."""
 

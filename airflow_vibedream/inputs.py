@@ -13,7 +13,7 @@ from PIL import Image
 
 from airflow_vibedream.client.request import validate_http_url
 from airflow_vibedream.downloads import DownloadPolicy, download_chunks
-from airflow_vibedream.errors import OutputStorageError, VibeDreamValidationError
+from airflow_vibedream.errors import OutputStorageError, VibeDreamInputRefusedError, VibeDreamValidationError
 from airflow_vibedream.s3 import s3_client, split_s3_uri
 
 #: SigV4 presigned URLs live at most seven days.
@@ -32,10 +32,30 @@ def validate_image_source(field_name: str, value: Any) -> str:
     try:
         return validate_http_url(field_name, value)
     except VibeDreamValidationError:
+        if _is_local_path(value):
+            raise VibeDreamValidationError(local_path_message(field_name, value), field=field_name) from None
         raise VibeDreamValidationError(
             f"{field_name} must be an http(s) URL or s3://bucket/key of an image; got {value!r}",
             field=field_name,
         ) from None
+
+
+def _is_local_path(value: Any) -> bool:
+    """A file of this machine, as people write one: ``/data/a.png``, ``./a.png``, ``~/a.png``,
+    ``file://...``. (``photos/a.png`` could as well be a URL without its scheme: not said to be a
+    path.)"""
+    return isinstance(value, str) and value.strip().startswith(("/", "./", "../", "~", "file:"))
+
+
+def local_path_message(field_name: str, value: str) -> str:
+    """What to do with a local file: the API downloads every input itself, so it must have a URL."""
+    return (
+        f"{field_name} is a local path ({value!r}), which VibeDream cannot download: it fetches every "
+        "input itself. Put the images in S3 and pass s3://bucket/key (presigned for the job), or serve "
+        "the folder over http(s) where the API can reach it and pass its URLs (for the emulator on this "
+        "machine: `python -m http.server 8000 --bind 127.0.0.1` in the folder, then "
+        "http://127.0.0.1:8000/<file name>)"
+    )
 
 
 def presign_seconds(timeout: float, retries: int | None) -> float:
@@ -81,14 +101,18 @@ def probe_input(image: str, *, aws_conn_id: str | None, policy: DownloadPolicy) 
             return opened.size[0], opened.size[1], str(opened.format)
     except Exception:
         kind = _sniff(head)
-        raise VibeDreamValidationError(
+        raise VibeDreamInputRefusedError(
             f"image {image!r} is {kind}; VibeDream accepts JPEG, PNG, GIF or WebP images", field="image"
         ) from None
 
 
 def _sniff(head: bytes) -> str:
+    if not head:
+        return "empty (0 bytes)"
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "a TIFF image"
+    if len(head) < PROBE_BYTES:  # the whole file was read: say how little there is
+        return f"not a JPEG, PNG, GIF or WebP image ({len(head)} bytes)"
     return "not a JPEG, PNG, GIF or WebP image (or its header is not within the first 1 MiB)"
 
 

@@ -20,11 +20,13 @@ from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.sync import VibeDreamClient
 from airflow_vibedream.errors import (
     VibeDreamError,
+    VibeDreamInputRefusedError,
     VibeDreamNotFoundError,
     VibeDreamSubmissionStateUnknownError,
 )
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.identity import ContentIdentity
+from airflow_vibedream.lifecycle.rules import is_permanent
 from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
 
 #: task_state_store key of one image's record.
@@ -106,11 +108,16 @@ class SubmitResult:
     :param records: recorded submissions by key (new ones; an id that came back is always here).
     :param errors: images whose submit surely created no job, with the reason (sent again by a retry).
     :param never_sent: images whose POST was never made (stopped first, or cancelled while queued).
+    :param permanent: images among ``errors`` that no retry can help (a refused input, a 400/422).
+    :param known_bad: images among ``permanent`` whose bytes are not an image the API accepts (the
+        ledger records them, so later runs skip them at no cost).
     """
 
     records: dict[str, SubmissionRecord]
     errors: dict[str, str]
     never_sent: set[str] = field(default_factory=set)
+    permanent: set[str] = field(default_factory=set)
+    known_bad: set[str] = field(default_factory=set)
 
 
 class BatchSubmitter:
@@ -240,8 +247,13 @@ class BatchSubmitter:
             self._record_unknown(item, str(exc), result)
             return
         except VibeDreamError as exc:
-            # Surely no job (refused, rate limited, never sent): a retry may send it.
+            # Surely no job (refused, rate limited, never sent): a retry may send it, unless no retry
+            # can change the answer (the input's bytes, a request the API refuses).
             result.errors[item.key] = str(exc)
+            if is_permanent(exc):
+                result.permanent.add(item.key)
+            if isinstance(exc, VibeDreamInputRefusedError):
+                result.known_bad.add(item.key)
             return
         except BaseException:
             if item.key in self._not_posted:  # its request was never built: the image is new again

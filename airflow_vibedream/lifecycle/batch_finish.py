@@ -13,10 +13,11 @@ from airflow_vibedream.errors import InvalidOutputError, VibeDreamError
 from airflow_vibedream.lifecycle.manifest import (
     STATUS_INVALID_OUTPUT,
     STATUS_REUSED,
+    STATUS_SKIPPED,
     STATUS_UNKNOWN,
     line_before_download,
 )
-from airflow_vibedream.lifecycle.rules import is_permanent
+from airflow_vibedream.lifecycle.rules import input_is_bad, is_permanent
 
 if TYPE_CHECKING:
     from airflow_vibedream.client.sync import VibeDreamClient
@@ -44,6 +45,8 @@ class ImageLines:
     :param outcome: each prediction's ``(pending|done|failed, error)``.
     :param reused: images the ledger says are done, by request key.
     :param not_submitted: why an image was not submitted, by request key.
+    :param permanent: images among ``not_submitted`` that no retry can help (a refused input, a
+        known-bad one).
     :param log: the task's log.
     """
 
@@ -57,6 +60,7 @@ class ImageLines:
     outcome: dict[str, tuple[str, str | None]]
     reused: dict[str, LedgerEntry]
     not_submitted: dict[str, str]
+    permanent: set[str]
     log: Any
     #: The outputs stored, by request key (for the ledger).
     stored_by_key: dict[str, list[StoredOutput]] = field(default_factory=dict)
@@ -75,7 +79,7 @@ class ImageLines:
             }
         record = self.records.get(item.key)
         base, to_fetch = line_before_download(
-            item.image, record, self.outcome, self.not_submitted.get(item.key)
+            item.image, record, self.outcome, self.not_submitted.get(item.key), item.key in self.permanent
         )
         if not to_fetch or record is None or record.prediction_id is None:
             return base
@@ -116,17 +120,20 @@ def complete_in_ledger(
     stored_by_key: dict[str, list[StoredOutput]],
 ) -> None:
     """The ledger after the outputs were stored: each stored image completed with its outputs; a job
-    that failed for good forgotten, so the next run submits its image anew."""
+    that failed because of its input's bytes recorded as a known-bad input (later runs skip it at no
+    cost); any other job that failed for good forgotten, so the next run submits its image anew."""
     ledger.record_completed(
         [(item, records[item.key], stored_by_key[item.key]) for item in unique if item.key in stored_by_key]
     )
-    ledger.forget(
-        [
-            records[key]
-            for key, value in by_key.items()
-            if value["status"] == "failed" and not value.get("retryable") and key in records
-        ]
-    )
+    failed = [
+        (item, records[item.key], by_key[item.key].get("error") or "")
+        for item in unique
+        if item.key in records
+        and by_key[item.key]["status"] == "failed"
+        and not by_key[item.key].get("retryable")
+    ]
+    ledger.record_failed([one for one in failed if input_is_bad(one[2])])
+    ledger.forget([record for _, record, error in failed if not input_is_bad(error)])
 
 
 def summary_of(
@@ -140,6 +147,7 @@ def summary_of(
         "completed": completed,
         "reused": reused,
         "failed": len(lines) - completed - reused,
+        "skipped": sum(1 for item in lines if item["status"] == STATUS_SKIPPED),
         "unknown": sum(1 for item in lines if item["status"] == STATUS_UNKNOWN),
         "total_cost_cents": sum(r.cost_cents or 0 for r in records.values()),
         "manifest": manifest,
@@ -160,4 +168,8 @@ def fail_for(summary: dict[str, Any], unknown: list[str], retryable: bool) -> No
         )
     if retryable:
         raise AirflowException(message)
-    raise AirflowFailException(message)
+    raise AirflowFailException(
+        f"{message}. Every failure is final for its input (a refused or known-bad input, a failed job, "
+        "an output that is not what was asked, a state unknown): no retry is made, a retry would change "
+        "nothing"
+    )

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow_vibedream.client.models import Prediction
@@ -17,6 +18,7 @@ from airflow_vibedream.lifecycle.identity import ContentIdentity, decisive_ask, 
 from airflow_vibedream.lifecycle.ledger import (
     CLAIM_WAIT,
     COMPLETED,
+    FAILED,
     LOOKUP_THREADS,
     GroupJournal,
     Ledger,
@@ -25,10 +27,12 @@ from airflow_vibedream.lifecycle.ledger import (
     new_entry,
 )
 from airflow_vibedream.lifecycle.ledger_decision import (
+    KNOWN_BAD,
     RECONNECT,
     REUSE,
     UNKNOWN,
     decide,
+    known_bad_message,
     unknown_message,
 )
 from airflow_vibedream.lifecycle.store import UNKNOWN as RECORD_UNKNOWN
@@ -48,6 +52,7 @@ class Sorted:
     :param todo: to claim and submit.
     :param errors: images that could not be identified, by image key (not submitted).
     :param held: images another task claimed moments ago, to follow (see :meth:`BatchLedger.follow`).
+    :param known_bad: images whose bytes failed for good before, with the reason: skipped, unpaid.
     """
 
     reused: dict[str, LedgerEntry] = field(default_factory=dict)
@@ -55,6 +60,7 @@ class Sorted:
     todo: list[BatchImage] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     held: dict[str, tuple[BatchImage, LedgerEntry]] = field(default_factory=dict)
+    known_bad: dict[str, str] = field(default_factory=dict)
 
 
 class BatchLedger:
@@ -65,16 +71,25 @@ class BatchLedger:
     :param log: the task's logger.
     :param reuse: reuse completed images (False: a deliberate re-run pays).
     :param resubmit_unknown: submit again images whose earlier submit's outcome is unknown.
+    :param retry_failed: submit again images the ledger knows to be bad (their bytes failed for good).
     """
 
     def __init__(
-        self, ledger: Ledger, task: TaskRef, log: logging.Logger | Any, *, reuse: bool, resubmit_unknown: bool
+        self,
+        ledger: Ledger,
+        task: TaskRef,
+        log: logging.Logger | Any,
+        *,
+        reuse: bool,
+        resubmit_unknown: bool,
+        retry_failed: bool = False,
     ) -> None:
         self.ledger = ledger
         self.task = task
         self.log = log
         self.reuse = reuse
         self.resubmit_unknown = resubmit_unknown
+        self.retry_failed = retry_failed
         self.journal = GroupJournal(ledger, task)
         #: Images whose entry exists but is to be replaced (their earlier job failed, or a re-run pays).
         self._replace: set[str] = set()
@@ -126,11 +141,16 @@ class BatchLedger:
                 reuse=self.reuse,
                 resubmit_unknown=self.resubmit_unknown,
                 outputs_intact=intact.get(item.ledger_key, False),
+                retry_failed=self.retry_failed,
             )
             if decision.kind == REUSE and entry is not None:
                 result.reused[item.key] = entry
+            elif decision.kind == KNOWN_BAD and entry is not None:
+                result.known_bad[item.key] = known_bad_message(entry, self.ledger.entry_uri(entry.key))
             elif decision.kind == RECONNECT and entry is not None:
-                result.records[item.key] = item.record(entry.prediction_id, entry.cost_cents)
+                # Its cost is this task instance's only when one of its own tries made the job.
+                cost = entry.cost_cents if entry.task.same_instance(self.task) else 0
+                result.records[item.key] = item.record(entry.prediction_id, cost)
             elif decision.kind == UNKNOWN and entry is not None and entry.is_fresh_intent():
                 result.held[item.key] = (item, entry)  # being submitted elsewhere right now: follow it
             elif decision.kind == UNKNOWN and entry is not None:
@@ -145,11 +165,12 @@ class BatchLedger:
             return result
         self.log.info(
             "VibeDream ledger %s: %d images reused (nothing to pay), %d follow a recorded job, %d with "
-            "submission state unknown, %d to submit",
+            "submission state unknown, %d known bad (skipped: retry_failed=True sends them), %d to submit",
             self.ledger.root_uri,
             len(result.reused),
             sum(1 for r in result.records.values() if r.prediction_id),
             sum(1 for r in result.records.values() if not r.prediction_id),
+            len(result.known_bad),
             len(result.todo),
         )
         return result
@@ -226,15 +247,16 @@ class BatchLedger:
                 # those in flight keep their intent (state unknown), those with an id are journalled.
                 # An image this try cannot account for keeps its intent too: unknown beats paid twice.
                 sent = submitter.result
-                self.withdraw(
-                    [item for item in claimed if item.key in sent.never_sent or item.key in sent.errors]
-                )
+                self.settle_refused(claimed, sent)
+                self.withdraw([item for item in claimed if item.key in sent.never_sent])
                 raise
             finally:
                 self.journal.flush()
-            self.withdraw([item for item in claimed if item.key in result.errors])
+            self.settle_refused(claimed, result)
             done.records.update(result.records)
             done.errors.update(result.errors)
+            done.permanent.update(result.permanent)
+            done.known_bad.update(result.known_bad)
         for item in todo:
             leader = leaders[item.ledger_key].key
             if item.key == leader:
@@ -243,6 +265,8 @@ class BatchLedger:
                 done.records[item.key] = replace(done.records[leader], cost_cents=0)
             elif leader in done.errors:
                 done.errors[item.key] = done.errors[leader]
+                if leader in done.permanent:
+                    done.permanent.add(item.key)
             else:  # its leader was claimed by another task: resolved with it by :meth:`follow`
                 self._followers[item.key] = leader
         return done
@@ -250,6 +274,47 @@ class BatchLedger:
     def submitted(self, item: BatchImage, prediction: Prediction) -> None:
         if item.ledger_key:
             self.journal.add(item.ledger_key, prediction.id, prediction.cost_cents)
+
+    def settle_refused(self, claimed: list[BatchImage], result: SubmitResult) -> None:
+        """The intents of images whose submit made no job: a known-bad input's becomes its failure
+        (later runs skip it, with the reason); any other's is withdrawn (the image is new again)."""
+        refused = [item for item in claimed if item.key in result.errors]
+        self.record_failed(
+            [(item, None, result.errors[item.key]) for item in refused if item.key in result.known_bad]
+        )
+        self.withdraw([item for item in refused if item.key not in result.known_bad])
+
+    def record_failed(self, failed: list[tuple[BatchImage, SubmissionRecord | None, str]]) -> None:
+        """Known-bad inputs (each with its job's record, if it had one, and the reason), so that later
+        runs skip them at no cost, saying why (see :func:`.ledger_decision.decide`)."""
+        entries = []
+        for item, record, reason in failed:
+            # The image's key and identity: read this try (a refused submit), or recorded with its job.
+            key = item.ledger_key or (record.ledger_key if record else None)
+            identity = item.identity.to_json() if item.identity else (record.identity if record else None)
+            if not (key and identity):
+                continue
+            entries.append(
+                LedgerEntry(
+                    key=key,
+                    state=FAILED,
+                    model_id=item.spec.model_id,
+                    ask=decisive_ask(item.spec.asked),
+                    input=item.image,
+                    identity=identity,
+                    prediction_id=record.prediction_id if record else None,
+                    cost_cents=record.cost_cents if record else None,
+                    reason=reason[:2000],
+                    task=self.task,
+                    updated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                )
+            )
+        if entries:
+            self.ledger.write_many(entries)
+            self.log.info(
+                "VibeDream ledger: %d known-bad inputs recorded (later runs skip them at no cost)",
+                len(entries),
+            )
 
     def withdraw(self, items: list[BatchImage]) -> None:
         """Intents whose submit surely made no job (refused, never sent): the image is new again."""

@@ -15,6 +15,7 @@ from airflow_vibedream.client.sync import VibeDreamClient
 from airflow_vibedream.downloads import first_gone_output
 from airflow_vibedream.errors import (
     VibeDreamError,
+    VibeDreamInputRefusedError,
     VibeDreamNotFoundError,
     VibeDreamSubmissionStateUnknownError,
 )
@@ -30,10 +31,12 @@ from airflow_vibedream.lifecycle.ledger import (
     new_entry,
 )
 from airflow_vibedream.lifecycle.ledger_decision import (
+    KNOWN_BAD,
     NEW,
     RECONNECT,
     REUSE,
     decide,
+    known_bad_message,
     unknown_message,
 )
 from airflow_vibedream.lifecycle.outputs import download_policy
@@ -55,12 +58,14 @@ class LedgerUse:
     :param identity: reads the input's content identity (called only when the ledger is consulted).
     :param reuse: reuse another task's completed outputs (False: a deliberate re-run pays).
     :param resubmit_unknown: submit again an image whose earlier submit's outcome is unknown.
+    :param retry_failed: submit again an input the ledger knows to be bad (its bytes failed for good).
     """
 
     ledger: Ledger
     identity: Callable[[], ContentIdentity]
     reuse: bool = True
     resubmit_unknown: bool = False
+    retry_failed: bool = False
 
 
 class SingleJob:
@@ -154,8 +159,18 @@ class SingleJob:
             entry is not None and entry.state == COMPLETED and use.ledger.outputs_intact([entry])[entry.key]
         )
         decision = decide(
-            entry, self.task, reuse=use.reuse, resubmit_unknown=use.resubmit_unknown, outputs_intact=intact
+            entry,
+            self.task,
+            reuse=use.reuse,
+            resubmit_unknown=use.resubmit_unknown,
+            outputs_intact=intact,
+            retry_failed=use.retry_failed,
         )
+        if decision.kind == KNOWN_BAD and entry is not None:
+            raise VibeDreamInputRefusedError(
+                f"VibeDream {entry.input}: {known_bad_message(entry, use.ledger.entry_uri(entry.key))}",
+                field="image",
+            )
         if decision.kind == REUSE and entry is not None:
             self.entry = entry
             self.log.info(
@@ -168,13 +183,16 @@ class SingleJob:
             )
             return entry
         if decision.kind == RECONNECT and entry is not None and entry.prediction_id:
-            prediction = self._adopt(client, entry.prediction_id, entry.cost_cents, "the ledger")
+            # Its cost is this task instance's only when one of its own tries made the job; following
+            # another task's job pays nothing more.
+            cost = entry.cost_cents if entry.task.same_instance(self.task) else 0
+            prediction = self._adopt(client, entry.prediction_id, cost, "the ledger")
             if prediction is not None:
                 self.entry = entry
                 if self.durable:  # the fast path for this task's next try (Airflow 3.3+)
                     self.store.set(
                         STATE_KEY,
-                        SubmissionRecord(spec.fingerprint, dict(spec.asked), prediction.id, entry.cost_cents),
+                        SubmissionRecord(spec.fingerprint, dict(spec.asked), prediction.id, cost),
                     )
                 return prediction
             return None

@@ -45,10 +45,13 @@ log = logging.getLogger(__name__)
 #: The reserved folder under ``output_path``.
 LEDGER_DIR = "_vibedream_ledger"
 
-State = Literal["intent", "submitted", "completed"]
+State = Literal["intent", "submitted", "completed", "failed"]
 INTENT: State = "intent"
 SUBMITTED: State = "submitted"
 COMPLETED: State = "completed"
+#: A known-bad input: its job failed (or it was refused) for a reason those bytes will always give.
+#: Later runs skip it at no cost, with the reason, unless asked to retry failures.
+FAILED: State = "failed"
 
 #: Reads of entries and outputs at once (each is one small request).
 LOOKUP_THREADS = 16
@@ -111,7 +114,8 @@ class LedgerEntry(BaseModel):
     """One image-and-ask.
 
     :param key: SHA-256 of the model, the decisive ask and the input's content identity.
-    :param state: ``intent`` (about to POST), ``submitted`` (id known) or ``completed`` (outputs stored).
+    :param state: ``intent`` (about to POST), ``submitted`` (id known), ``completed`` (outputs stored)
+        or ``failed`` (a known-bad input: ``reason`` says why).
     :param model_id: the model.
     :param ask: what decides the output besides the input (resolution, format...).
     :param input: the input as named when the entry was written.
@@ -120,6 +124,7 @@ class LedgerEntry(BaseModel):
     :param cost_cents: the submit's cost, once known.
     :param group: the batch group whose document carries the id (batch intents).
     :param outputs: the stored outputs (completed).
+    :param reason: why the input is known bad (failed).
     :param task: who wrote it.
     :param updated_at: when (UTC, ISO 8601).
     """
@@ -137,6 +142,7 @@ class LedgerEntry(BaseModel):
     cost_cents: int | None = None
     group: str | None = None
     outputs: list[LedgerOutput] = []
+    reason: Annotated[str | None, Field(max_length=2000)] = None
     task: TaskRef
     updated_at: str = ""
 

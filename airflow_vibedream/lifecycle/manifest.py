@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_vibedream.lifecycle.batch import FAILED, PENDING
-from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord
+from airflow_vibedream.lifecycle.store import REFUSED, SKIPPED, UNKNOWN, SubmissionRecord
 from airflow_vibedream.storage import safe_segment, storage_uri
 
 #: Manifest statuses beyond the API's own (``completed``, ``failed``).
@@ -18,6 +18,8 @@ STATUS_TIMEOUT = "timeout"
 STATUS_REUSED = "reused"
 #: A complete output that is not what was asked (format, size, aspect): never stored, never retried.
 STATUS_INVALID_OUTPUT = "invalid_output"
+#: Not sent because no try could make it succeed: its input is refused, or known bad (the ledger).
+STATUS_SKIPPED = "skipped"
 
 
 def manifest_uri(output_path: str, dag_id: str, run_id: str, task_id: str, map_index: int | None) -> str:
@@ -44,15 +46,31 @@ def line_before_download(
     record: SubmissionRecord | None,
     outcome: dict[str, tuple[str, str | None]],
     not_submitted_reason: str | None,
+    permanent: bool = False,
 ) -> tuple[dict[str, Any], bool]:
-    """(the line's fields so far, whether its outputs are still to be fetched)."""
+    """(the line's fields so far, whether its outputs are still to be fetched). A line that a retry
+    of the task could change says ``"retryable": True`` (the task drops the field from the manifest).
+
+    :param permanent: the image was not submitted for a reason no retry can change."""
     base = {
         "input": image,
         "prediction_id": record.prediction_id if record else None,
         "cost_cents": record.cost_cents if record else None,
     }
+    if record is not None and record.state in (REFUSED, SKIPPED):
+        not_submitted_reason, permanent = record.error, record.state == SKIPPED
+        record = None
+        base.update(prediction_id=None, cost_cents=None)
     if record is None:
-        return {**base, "status": STATUS_NOT_SUBMITTED, "outputs": None, "error": not_submitted_reason}, False
+        if permanent:
+            return {**base, "status": STATUS_SKIPPED, "outputs": None, "error": not_submitted_reason}, False
+        return {
+            **base,
+            "status": STATUS_NOT_SUBMITTED,
+            "outputs": None,
+            "error": not_submitted_reason or "not submitted (no reason recorded)",
+            "retryable": True,
+        }, False
     if record.state == UNKNOWN or record.prediction_id is None:
         return {**base, "status": STATUS_UNKNOWN, "outputs": None, "error": record.error}, False
     state, error = outcome.get(record.prediction_id, ("", None))
@@ -62,6 +80,7 @@ def line_before_download(
             "status": STATUS_TIMEOUT,
             "outputs": None,
             "error": "did not finish before the deadline",
+            "retryable": True,
         }, False
     if state == FAILED:
         return {**base, "status": "failed", "outputs": None, "error": error}, False

@@ -46,8 +46,6 @@ from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.identity import ContentIdentity, identity_of, s3_identity
 from airflow_vibedream.lifecycle.ledger import Ledger, LedgerEntry, TaskRef
 from airflow_vibedream.lifecycle.manifest import (
-    STATUS_NOT_SUBMITTED,
-    STATUS_TIMEOUT,
     STATUS_UNKNOWN,
     manifest_uri,
 )
@@ -56,7 +54,7 @@ from airflow_vibedream.lifecycle.records import PROGRESS_XCOM_KEY, BatchProgress
 from airflow_vibedream.lifecycle.rules import permanent_errors_fail_the_task
 from airflow_vibedream.lifecycle.settle import fire_not_before
 from airflow_vibedream.lifecycle.signing import RecordSigner, signer_for
-from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
+from airflow_vibedream.lifecycle.store import REFUSED, SKIPPED, UNKNOWN, SubmissionRecord, SubmissionStore
 from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
 from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
 from airflow_vibedream.links import VibeDreamGalleryLink, VibeDreamManifestLink
@@ -79,8 +77,9 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     """Upscales many images in one task: bounded, rate-limited submits, then one deferral to one
     trigger that polls them all, then a JSONL manifest next to the outputs.
 
-    Returns a small summary: ``{"total", "completed", "reused", "failed", "unknown",
-    "total_cost_cents", "manifest"}``. Each manifest line: ``{"input", "prediction_id", "status",
+    Returns a small summary: ``{"total", "completed", "reused", "failed", "skipped", "unknown",
+    "total_cost_cents", "manifest"}`` (``total_cost_cents``: what the API billed for every job this
+    task instance made, in any try). Each manifest line: ``{"input", "prediction_id", "status",
     "outputs", "error", "cost_cents"}``. Pay once per image, ever: the ledger beside the outputs
     (``<output_path>/_vibedream_ledger/``) records an intent before each submit and every id as it
     returns; an image already upscaled from the same bytes with the same resolution and format (by
@@ -89,7 +88,10 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     ``task_state_store`` (Airflow 3.3+), keyed by the fingerprint of its request: a retry or a clear
     reuses each image's own job (never another image's). An image whose submit outcome is unknown
     (an answer lost after sending, a task killed mid-submit) is never resubmitted automatically: it
-    is listed as ``submission_state_unknown`` in the manifest and in the task's error.
+    is listed as ``submission_state_unknown`` in the manifest and in the task's error. An input whose
+    bytes fail for good (refused, or its job failed as undecodable) is recorded in the ledger: later
+    runs skip it at no cost, saying why (``skipped``), and a batch whose only failures are final ends
+    without Airflow retries.
 
     :param images: image URLs / ``s3://`` objects (a list, or a templated XCom/JSON list).
     :param s3_prefix: instead of ``images``: every image object under this ``s3://bucket/prefix``.
@@ -117,6 +119,8 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     :param reuse_outputs: reuse images the ledger says are done (False: a deliberate re-run pays).
     :param resubmit_unknown: submit again images whose earlier submit's outcome is unknown (they may
         exist and be billed); by default they are listed, never resent.
+    :param retry_failed: submit again inputs the ledger knows to be bad (their bytes were refused or
+        their job failed as undecodable); by default they are skipped at no cost, with the reason.
     """
 
     template_fields: Sequence[str] = (
@@ -151,11 +155,13 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         progress_interval: float = 30.0,
         reuse_outputs: bool = True,
         resubmit_unknown: bool = False,
+        retry_failed: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.reuse_outputs = validate_bool("reuse_outputs", reuse_outputs)
         self.resubmit_unknown = validate_bool("resubmit_unknown", resubmit_unknown)
+        self.retry_failed = validate_bool("retry_failed", retry_failed)
         # Checked here, at parse time, the same way as every other operator's parameters.
         non_negative(max_cost_cents, "max_cost_cents", allow_none=True)
         non_negative(cost_cents_per_image, "cost_cents_per_image")
@@ -191,6 +197,8 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         #: Images the ledger says are done, by image key.
         self._reused: dict[str, LedgerEntry] = {}
         self._not_submitted: dict[str, str] = {}
+        #: Images among ``_not_submitted`` that no retry can help (refused, known bad).
+        self._permanent: set[str] = set()
 
     @cached_property
     def hook(self) -> VibeDreamHook:
@@ -278,6 +286,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             self.log,
             reuse=self.reuse_outputs,
             resubmit_unknown=self.resubmit_unknown,
+            retry_failed=self.retry_failed,
         )
 
     def _identity_of(self, image: str) -> ContentIdentity:
@@ -293,6 +302,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         client = self.hook.get_client()
         ledger = self.ledger_use(context)
         records = self._submit_all(store, client, items, ledger)
+        records.update(self._kept_reasons(store, items))
         ids = sorted({r.prediction_id for r in records.values() if r.prediction_id})
         progress = self._progress(items, records, jobs=len(ids))
         context["ti"].xcom_push(key=PROGRESS_XCOM_KEY, value=progress.to_json())
@@ -386,7 +396,13 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         records: dict[str, SubmissionRecord] = {}
         for item in unique:
             record = store.get(item.key)
-            if record is not None and record.fingerprint == item.spec.fingerprint:
+            # A job of an earlier try is adopted; its "not submitted" note is not: the image is looked
+            # at again (a transient reason may have passed; a known-bad one is found in the ledger).
+            if (
+                record is not None
+                and record.fingerprint == item.spec.fingerprint
+                and record.state not in (REFUSED, SKIPPED)
+            ):
                 records[item.key] = record
         if records:
             unknown = sum(1 for r in records.values() if r.state == UNKNOWN)
@@ -407,6 +423,8 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             identified, self._not_submitted = ledger.identify(todo, self._listed, self._identity_of)
             sorted_ = ledger.sort(identified)
             self._reused = sorted_.reused
+            self._not_submitted.update(sorted_.known_bad)
+            self._permanent.update(sorted_.known_bad)
             records.update(self._kept(store, sorted_.records))
             todo = sorted_.todo
             taken_elsewhere = dict(sorted_.held)
@@ -439,7 +457,28 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
 
     def _took(self, result: SubmitResult, records: dict[str, SubmissionRecord]) -> None:
         self._not_submitted.update(result.errors)
+        self._permanent.update(result.permanent)
         records.update(result.records)
+
+    def _kept_reasons(self, store: SubmissionStore, items: list[BatchImage]) -> dict[str, SubmissionRecord]:
+        """Why each image was not submitted, in the task's own records too: the manifest written after
+        a deferral gives every skipped image its reason (and whether a retry can help)."""
+        kept = {}
+        for item in {i.key: i for i in items}.values():
+            if (reason := self._not_submitted.get(item.key)) is None:
+                continue
+            state = SKIPPED if item.key in self._permanent else REFUSED
+            kept[item.key] = SubmissionRecord(
+                item.spec.fingerprint, dict(item.spec.asked), None, state=state, error=reason
+            )
+        try:
+            for key, record in kept.items():
+                store.set(key, record)
+        except Exception as exc:  # only the reasons are lost: the images' own lines say "no reason"
+            self.log.warning(
+                "VibeDream batch: why %d images were not submitted is not kept: %s", len(kept), exc
+            )
+        return kept
 
     # -- results -----------------------------------------------------------------------------------
 
@@ -469,6 +508,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             outcome=outcome,
             reused=self._reused,
             not_submitted=self._not_submitted,
+            permanent=self._permanent,
             log=self.log,
         )
         # One download per distinct job (repeated images share one), then one manifest line per image.
@@ -478,10 +518,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         if ledger is not None:
             complete_in_ledger(ledger, unique, records, by_key, lines_of.stored_by_key)
         lines = [{**by_key[item.key], "input": item.image} for item in items]
-        retryable = any(
-            item["status"] in (STATUS_NOT_SUBMITTED, STATUS_TIMEOUT) or item.get("retryable", False)
-            for item in lines
-        )
+        retryable = any(item.get("retryable", False) for item in lines)
         for item in lines:
             item.pop("retryable", None)
         manifest = manifest_uri(self.output_path, ti.dag_id, ti.run_id, ti.task_id, ti.map_index)

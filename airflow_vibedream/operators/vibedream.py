@@ -31,10 +31,10 @@ from airflow_vibedream.lifecycle.events import log_unavailable, prediction_from_
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.identity import identity_of
 from airflow_vibedream.lifecycle.job import LedgerUse, SingleJob
-from airflow_vibedream.lifecycle.ledger import Ledger, LedgerEntry
+from airflow_vibedream.lifecycle.ledger import FAILED, Ledger, LedgerEntry
 from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy, input_facts
 from airflow_vibedream.lifecycle.records import RESULT_XCOM_KEY, image_record
-from airflow_vibedream.lifecycle.rules import permanent_errors_fail_the_task
+from airflow_vibedream.lifecycle.rules import input_is_bad, permanent_errors_fail_the_task
 from airflow_vibedream.lifecycle.settle import fire_not_before
 from airflow_vibedream.lifecycle.signing import RecordSigner, signer_for
 from airflow_vibedream.lifecycle.validation import choice, is_templated, positive_seconds
@@ -91,6 +91,8 @@ class VibeDreamGenerateOperator(BaseOperator):
         ``"reused": True`` and costs 0 (see the ledger in the docs). False: a deliberate re-run pays.
     :param resubmit_unknown: submit again an image whose earlier submit's outcome is unknown (it
         may exist and be billed); by default such an image fails the task and is never resent.
+    :param retry_failed: submit again an input the ledger knows to be bad (its job failed because its
+        bytes cannot be decoded); by default such an input fails the task at once, unpaid, saying why.
     """
 
     template_fields: Sequence[str] = ("model_id", "input", "output_path", "vibedream_conn_id")
@@ -114,12 +116,14 @@ class VibeDreamGenerateOperator(BaseOperator):
         output_conn_id: str | None = None,
         reuse_outputs: bool = True,
         resubmit_unknown: bool = False,
+        retry_failed: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.durable = durable
         self.reuse_outputs = validate_bool("reuse_outputs", reuse_outputs)
         self.resubmit_unknown = validate_bool("resubmit_unknown", resubmit_unknown)
+        self.retry_failed = validate_bool("retry_failed", retry_failed)
         self._ledger_entry: LedgerEntry | None = None
         self.aws_conn_id = aws_conn_id
         self.output_conn_id = output_conn_id
@@ -178,6 +182,7 @@ class VibeDreamGenerateOperator(BaseOperator):
             ),
             reuse=self.reuse_outputs,
             resubmit_unknown=self.resubmit_unknown,
+            retry_failed=self.retry_failed,
         )
 
     def _signer(self) -> RecordSigner:
@@ -252,7 +257,13 @@ class VibeDreamGenerateOperator(BaseOperator):
         with permanent_errors_fail_the_task():
             ti = context["ti"]
             cost_cents = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_COST_CENTS, map_indexes=ti.map_index)
-            prediction = prediction_from_event(event, lambda pid: self.hook.get_client().get_prediction(pid))
+            try:
+                prediction = prediction_from_event(
+                    event, lambda pid: self.hook.get_client().get_prediction(pid)
+                )
+            except VibeDreamPredictionFailedError as exc:
+                self._record_failed(context, exc.prediction_id, exc.api_message)
+                raise
             return self._finish(context, prediction.with_cost(cost_cents))
 
     def _reused(self, context: Context, spec: JobSpec, entry: LedgerEntry) -> dict[str, Any]:
@@ -283,24 +294,42 @@ class VibeDreamGenerateOperator(BaseOperator):
         )
         return result
 
-    def _record_completed(self, context: Context, prediction: Prediction, stored: list[Any]) -> None:
-        """The ledger entry of this job, completed with its stored outputs (only the entry that
-        records this very prediction: the key read back from XCom is checked, not trusted)."""
+    def _own_entry(self, context: Context, prediction_id: str | None) -> tuple[Ledger, LedgerEntry] | None:
+        """The ledger entry of this job (only the entry that records this very prediction: the key
+        read back from XCom is checked, not trusted)."""
         entry = self._ledger_entry
-        if not self.output_path or not stored:
-            return
+        if not self.output_path:
+            return None
         ledger = Ledger(self.output_path, self.output_conn_id or self.aws_conn_id, self._signer())
         if entry is None:  # resumed after deferring: this try's key, from XCom
             ti = context["ti"]
             key = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_LEDGER_KEY, map_indexes=ti.map_index)
             if not (isinstance(key, str) and len(key) == 64):
-                return  # no ledger for this task (no image input, or it is turned off)
+                return None  # no ledger for this task (no image input, or it is turned off)
             entry = ledger.read(key)
-        if entry is not None and entry.prediction_id == prediction.id:
+        if entry is not None and prediction_id and entry.prediction_id == prediction_id:
+            return ledger, entry
+        return None
+
+    def _record_completed(self, context: Context, prediction: Prediction, stored: list[Any]) -> None:
+        """The ledger entry of this job, completed with its stored outputs."""
+        if stored and (own := self._own_entry(context, prediction.id)) is not None:
+            ledger, entry = own
             ledger.write(ledger.completed(entry, stored))
+
+    def _record_failed(self, context: Context, prediction_id: str | None, error: str | None) -> None:
+        """A job that failed because of its input's bytes: the input is known bad in the ledger, so a
+        later run does not pay for the same failure again (``retry_failed=True`` does)."""
+        if input_is_bad(error) and (own := self._own_entry(context, prediction_id)) is not None:
+            ledger, entry = own
+            ledger.write(entry.moved_to(FAILED, reason=(error or "")[:2000]))
+            self.log.info(
+                "VibeDream: %s is recorded as a known-bad input; later runs skip it at no cost", entry.input
+            )
 
     def _finish(self, context: Context, prediction: Prediction) -> dict[str, Any]:
         if not prediction.succeeded:
+            self._record_failed(context, prediction.id, prediction.error)
             raise VibeDreamPredictionFailedError.of(prediction.id, prediction.error)
         result = prediction.to_result()
         self.log.info(

@@ -267,3 +267,26 @@ def test_without_task_state_store_the_ids_cross_the_deferral_in_xcom(
     summary = operator.execute_complete({"ti": ti}, event)
     assert summary["completed"] == 5 and summary["total_cost_cents"] == 10
     assert emulator_stats(vibedream_conn.base_url)["accepted_submissions"] == 5
+
+
+def test_why_an_image_was_not_submitted_crosses_the_deferral(
+    vibedream_conn: EmulatorServer, tmp_path: Path
+) -> None:
+    """The manifest is written by ``execute_complete`` in another process: each image that was not
+    submitted keeps its reason there (and whether a retry can help), not ``"error": null``."""
+    import asyncio
+
+    ti = FakeTI()
+    images = [f"{vibedream_conn.base_url}/samples/100x80.png", f"{vibedream_conn.base_url}/samples/gone.png"]
+    operator = batch(vibedream_conn, tmp_path, images=images, deferrable=True)
+    with pytest.raises(TaskDeferred) as info:
+        operator.execute({"ti": ti, "task_state_store": (store := FakeStateStore())})
+    event = asyncio.run(fire(info.value.trigger))
+    resumed = batch(vibedream_conn, tmp_path, images=images, deferrable=True)  # a new process's task
+    with pytest.raises(AirflowException, match="1 of 2 images failed") as failed:
+        resumed.execute_complete({"ti": ti, "task_state_store": store}, event)
+    assert type(failed.value) is AirflowException  # an unreadable URL may be readable on a retry
+    [manifest] = tmp_path.rglob("manifest.jsonl")
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert lines[0]["status"] == "completed"
+    assert lines[1]["status"] == "not_submitted" and "404" in lines[1]["error"]

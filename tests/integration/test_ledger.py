@@ -4,6 +4,7 @@ whose submit outcome is unknown is never resent unless asked."""
 
 from __future__ import annotations
 
+import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException
+from PIL import Image
 
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.emulator.imaging import sample_image
@@ -322,3 +324,89 @@ def test_a_failed_write_of_the_tasks_state_after_the_post_leaves_the_id_in_the_l
     assert entry["state"] == "submitted" and entry["prediction_id"]  # not withdrawn, not unknown
     again = run(upscale(vibedream_conn, tmp_path))
     assert jobs(vibedream_conn) == 1 and again["id"] == entry["prediction_id"]
+
+
+# -- known-bad inputs: paid once, then skipped with their reason -------------------------------------
+
+
+def lines_by_name(s3: MotoS3, prefix: str, run_id: str) -> dict[str, dict[str, Any]]:
+    lines = s3_lines(s3, {"manifest": manifest_of(s3, prefix, run_id)})
+    return {Path(line["input"]).name: line for line in lines}
+
+
+def put_broken(s3: MotoS3, prefix: str) -> None:
+    """One good image, one truncated PNG whose header reads fine (the API fails it as undecodable)."""
+    put_images(s3, prefix, 0, 1)
+    whole = sample_image(64, 48, "PNG", noise=True)
+    s3.client().put_object(Bucket=s3.bucket, Key=f"{prefix}/in/truncated.png", Body=whole[: len(whole) // 2])
+
+
+def test_a_truncated_input_is_paid_once_across_three_runs_then_retried_only_when_asked(
+    vibedream_conn: EmulatorServer, moto_s3: MotoS3
+) -> None:
+    put_broken(moto_s3, "broken")
+    with pytest.raises(AirflowFailException, match="no retry is made") as first:
+        run(s3_batch(moto_s3, "broken"), "scheduled__1")
+    assert jobs(vibedream_conn) == 2
+    assert "1 of 2 images failed" in str(first.value)
+    lines = lines_by_name(moto_s3, "broken", "scheduled__1")
+    assert lines["truncated.png"]["status"] == "failed"
+    assert "could not be decoded" in lines["truncated.png"]["error"]
+    assert lines["truncated.png"]["cost_cents"] == 2
+
+    for run_id in ("scheduled__2", "scheduled__3"):
+        with pytest.raises(AirflowFailException, match="1 of 2 images failed"):
+            run(s3_batch(moto_s3, "broken"), run_id)
+        lines = lines_by_name(moto_s3, "broken", run_id)
+        skipped = lines["truncated.png"]
+        assert skipped["status"] == "skipped" and skipped["cost_cents"] is None
+        assert "known bad input" in skipped["error"] and "could not be decoded" in skipped["error"]
+        assert "retry_failed=True" in skipped["error"]
+        assert lines["img000.png"]["status"] == "reused"
+    quiet = run(s3_batch(moto_s3, "broken", fail_on_error=False), "scheduled__4")
+    assert (quiet["skipped"], quiet["reused"], quiet["total_cost_cents"]) == (1, 1, 0)
+    assert jobs(vibedream_conn) == 2  # four runs, one job for the broken image
+
+    with pytest.raises(AirflowFailException):
+        run(s3_batch(moto_s3, "broken", retry_failed=True), "manual__retry")
+    assert jobs(vibedream_conn) == 3  # asked: sent again (and failed again, recorded again)
+
+
+def test_a_batch_whose_only_failure_is_a_refused_input_ends_without_retries(
+    vibedream_conn: EmulatorServer, moto_s3: MotoS3
+) -> None:
+    put_images(moto_s3, "tiff", 0, 1)
+    tiff = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(tiff, "TIFF")
+    moto_s3.client().put_object(
+        Bucket=moto_s3.bucket, Key="tiff/in/scan.png", Body=tiff.getvalue()
+    )  # a TIFF under an image name: listed, then refused by its header
+    with pytest.raises(AirflowFailException, match="no retry is made"):
+        run(s3_batch(moto_s3, "tiff"), "scheduled__1")
+    assert jobs(vibedream_conn) == 1
+    lines = lines_by_name(moto_s3, "tiff", "scheduled__1")
+    assert lines["scan.png"]["status"] == "skipped" and "TIFF" in lines["scan.png"]["error"]
+    # Recorded: the next run does not even read its header again, and says why.
+    with pytest.raises(AirflowFailException):
+        run(s3_batch(moto_s3, "tiff"), "scheduled__2")
+    second = lines_by_name(moto_s3, "tiff", "scheduled__2")
+    assert "known bad input" in second["scan.png"]["error"] and "TIFF" in second["scan.png"]["error"]
+    assert jobs(vibedream_conn) == 1
+
+
+def test_a_single_image_whose_job_failed_as_undecodable_is_not_paid_again(
+    vibedream_conn: EmulatorServer, moto_s3: MotoS3, tmp_path: Path
+) -> None:
+    put_broken(moto_s3, "single")
+    image = f"s3://{moto_s3.bucket}/single/in/truncated.png"
+    with pytest.raises(AirflowFailException, match="could not be decoded"):
+        run(upscale(vibedream_conn, tmp_path, image=image), "scheduled__1")
+    [entry] = entries(tmp_path)
+    assert entry["state"] == "failed" and "could not be decoded" in entry["reason"]
+    with pytest.raises(AirflowFailException, match="known bad input, not sent") as second:
+        run(upscale(vibedream_conn, tmp_path, image=image), "scheduled__2")
+    assert "retry_failed=True" in str(second.value)
+    assert jobs(vibedream_conn) == 1
+    with pytest.raises(AirflowFailException, match="could not be decoded"):
+        run(upscale(vibedream_conn, tmp_path, image=image, retry_failed=True), "scheduled__3")
+    assert jobs(vibedream_conn) == 2

@@ -171,7 +171,7 @@ def test_the_batch_verifies_every_line(
     [manifest] = tmp_path.rglob("manifest.jsonl")
     lines = [json.loads(line) for line in manifest.read_text().splitlines()]
     statuses = [line["status"] for line in lines]
-    assert statuses[3] == "not_submitted" and "a TIFF image" in lines[3]["error"]
+    assert statuses[3] == "skipped" and "a TIFF image" in lines[3]["error"]
     assert sorted(statuses[:3]) == ["completed", "completed", "invalid_output"]
     invalid = next(line for line in lines if line["status"] == "invalid_output")
     assert "long edge 64 px, asked 2048 px" in invalid["error"] and invalid["outputs"] is None

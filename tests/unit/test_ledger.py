@@ -13,6 +13,7 @@ import pytest
 from airflow_vibedream.lifecycle.identity import ContentIdentity, decisive_ask, ledger_key, s3_identity
 from airflow_vibedream.lifecycle.ledger import (
     COMPLETED,
+    FAILED,
     SUBMITTED,
     GroupJournal,
     Ledger,
@@ -22,6 +23,7 @@ from airflow_vibedream.lifecycle.ledger import (
     new_entry,
 )
 from airflow_vibedream.lifecycle.ledger_decision import (
+    KNOWN_BAD,
     NEW,
     RECONNECT,
     REUSE,
@@ -106,6 +108,16 @@ def test_decide(
 ) -> None:
     decision = decide(found, ME, reuse=reuse, resubmit_unknown=resubmit, outputs_intact=outputs_intact)
     assert decision.kind == expected
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_a_known_bad_input_is_skipped_unless_failures_are_retried(reuse: bool) -> None:
+    bad = entry(FAILED, prediction_id="p").model_copy(update={"reason": "could not be decoded"})
+    # A deliberate re-run (reuse=False) would only buy the same failure: skipped all the same.
+    skipped = decide(bad, ME, reuse=reuse, resubmit_unknown=False, outputs_intact=False)
+    assert (skipped.kind, skipped.entry) == (KNOWN_BAD, bad)
+    retried = decide(bad, ME, reuse=reuse, resubmit_unknown=False, outputs_intact=False, retry_failed=True)
+    assert retried.kind == NEW and retried.entry == bad  # replaced by the new intent
 
 
 def test_a_fresh_intent_is_followed_an_old_one_is_unknown() -> None:
