@@ -474,6 +474,7 @@ def persist_outputs(
     conn_id: str | None = None,
     policy: DownloadPolicy | None = None,
     check: OutputCheck | None = None,
+    fixed_name: str | None = None,
 ) -> list[StoredOutput]:
     """Store every output of one prediction under ``output_path``, each verified by ``check``
     (see :func:`store_output`; None: outputs of a model whose outputs are not known to be images).
@@ -485,6 +486,9 @@ def persist_outputs(
     :param name_template: relative name of each output, a ``str.format`` template.
     :param policy: the bounds of each download (size, total time, destinations).
     :param conn_id: the Airflow connection of a remote store (e.g. ``aws_default`` for ``s3://``).
+    :param fixed_name: instead of ``name_template``, the first output's relative name (the dataset
+        layout: made by :func:`~airflow_vibedream.sources.dataset_name`, each segment a plain name);
+        any further output gets ``-<index>`` before its extension.
     """
     base = as_storage_path(output_path, conn_id)
     base_uri = storage_uri(output_path).rstrip("/")
@@ -494,9 +498,13 @@ def persist_outputs(
     stored: list[StoredOutput] = []
     with httpx.Client(follow_redirects=False) as http:
         for index, output in enumerate(outputs):
-            relative = name_template.format(
-                **fields, index=index, ext=output_extension(output, output_format)
-            )
+            if fixed_name is not None:
+                stem, _, ext = fixed_name.rpartition(".")
+                relative = fixed_name if index == 0 else f"{stem}-{index}.{ext}"
+            else:
+                relative = name_template.format(
+                    **fields, index=index, ext=output_extension(output, output_format)
+                )
             stored.append(
                 store_output(
                     output,
@@ -533,4 +541,41 @@ def write_text_atomically(
         raise
     return StoredOutput(
         uri=storage_uri(uri), bytes=len(data), sha256=inspector.sha256(), width=None, height=None, format=None
+    )
+
+
+def copy_output(
+    source_uri: str, target_uri: str, *, conn_id: str | None = None, root: str | None = None
+) -> StoredOutput:
+    """Copy a stored output (one the ledger names, its hash verified) to another name, atomically:
+    the dataset layout puts a reused image where its input's relative path says.
+
+    :param source_uri: where the output is.
+    :param target_uri: where it goes.
+    :param conn_id: the connection of a remote store.
+    :param root: the ``output_path`` that ``target_uri`` lies below (see :func:`write_text_atomically`).
+    """
+    inspector = _Inspector()
+    target = as_storage_path(target_uri, conn_id)
+    source = as_storage_path(source_uri, conn_id)
+    local_root = _local_root(as_storage_path(root)) if root and target.protocol in _LOCAL_PROTOCOLS else None
+
+    def chunks() -> Iterator[bytes]:
+        with source.open("rb") as handle:
+            while chunk := handle.read(1024 * 1024):
+                yield chunk
+
+    try:
+        _write_atomically(target, chunks(), inspector, root=local_root)
+    except BaseException:
+        inspector.close()
+        raise
+    width, height, image_format = inspector.identify()
+    return StoredOutput(
+        uri=storage_uri(target_uri),
+        bytes=inspector.size,
+        sha256=inspector.sha256(),
+        width=width,
+        height=height,
+        format=image_format,
     )

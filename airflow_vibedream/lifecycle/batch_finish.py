@@ -18,6 +18,7 @@ from airflow_vibedream.lifecycle.manifest import (
     line_before_download,
 )
 from airflow_vibedream.lifecycle.rules import input_is_bad, is_permanent
+from airflow_vibedream.storage import copy_output, storage_uri
 
 if TYPE_CHECKING:
     from airflow_vibedream.client.sync import VibeDreamClient
@@ -48,6 +49,8 @@ class ImageLines:
     :param permanent: images among ``not_submitted`` that no retry can help (a refused input, a
         known-bad one).
     :param log: the task's log.
+    :param fixed_names: the dataset layout's output name of each image, by request key (empty: the
+        name template's).
     """
 
     client: VibeDreamClient
@@ -62,18 +65,25 @@ class ImageLines:
     not_submitted: dict[str, str]
     permanent: set[str]
     log: Any
+    fixed_names: dict[str, str] = field(default_factory=dict)
     #: The outputs stored, by request key (for the ledger).
     stored_by_key: dict[str, list[StoredOutput]] = field(default_factory=dict)
+    #: The first output's facts (``sha256``, ``width``, ``height``) of each image present, by key.
+    facts_by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def line(self, item: BatchImage) -> dict[str, Any]:
         """One image's manifest line: reused, decided before any download, or its outputs stored (and
         checked against what was asked) now. Never raises: one image's trouble is its line's."""
         if (reused := self.reused.get(item.key)) is not None:
+            outputs = [out.uri for out in reused.outputs]
+            if reused.outputs:
+                self.facts_by_key[item.key] = reused.outputs[0].model_dump()
+                outputs = self._in_place(item, outputs)
             return {
                 "input": item.image,
                 "prediction_id": reused.prediction_id,
                 "status": STATUS_REUSED,
-                "outputs": [out.uri for out in reused.outputs],
+                "outputs": outputs,
                 "error": None,
                 "cost_cents": 0,
             }
@@ -88,9 +98,16 @@ class ImageLines:
             if not prediction.succeeded:
                 return {**base, "status": prediction.status, "outputs": None, "error": prediction.error}
             stored = self.target.store(
-                prediction, self.ti, self.output_format, self.policy, self.expectation(item)
+                prediction,
+                self.ti,
+                self.output_format,
+                self.policy,
+                self.expectation(item),
+                fixed_name=self.fixed_names.get(item.key),
             )
             self.stored_by_key[item.key] = stored
+            if stored:
+                self.facts_by_key[item.key] = stored[0].to_dict()
             return {
                 **base,
                 "status": "completed",
@@ -110,6 +127,25 @@ class ImageLines:
                 "error": str(exc) if isinstance(exc, VibeDreamError) else f"{type(exc).__name__}: {exc}",
                 "retryable": not is_permanent(exc),  # e.g. a download cut short
             }
+
+    def _in_place(self, item: BatchImage, outputs: list[str]) -> list[str]:
+        """The dataset layout: a reused image's output where its input's relative path says (copied
+        there, nothing paid, when an earlier run stored it elsewhere)."""
+        name = self.fixed_names.get(item.key)
+        if name is None:
+            return outputs
+        wanted = f"{storage_uri(self.target.output_path).rstrip('/')}/{name}"
+        if outputs[0] == wanted:
+            return outputs
+        try:
+            placed = copy_output(
+                outputs[0], wanted, conn_id=self.target.conn_id, root=self.target.output_path
+            )
+        except Exception as exc:  # it stays where it is: still reused, still listed in the manifest
+            self.log.warning("VibeDream batch: %s could not be copied into the dataset: %s", outputs[0], exc)
+            return outputs
+        self.facts_by_key[item.key] = placed.to_dict()
+        return [placed.uri, *outputs[1:]]
 
 
 def complete_in_ledger(

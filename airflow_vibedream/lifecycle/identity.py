@@ -23,6 +23,7 @@ import httpx
 from airflow_vibedream.downloads import DownloadPolicy, download_chunks
 from airflow_vibedream.errors import VibeDreamValidationError
 from airflow_vibedream.s3 import s3_client, split_s3_uri
+from airflow_vibedream.sources import needs_staging, sha256_of
 
 #: Request flags that change how the answer is delivered, not which image comes out.
 DELIVERY_ONLY = ("enable_sync_mode", "enable_base64_output")
@@ -63,6 +64,8 @@ def identity_of(image: str, *, aws_conn_id: str | None, policy: DownloadPolicy) 
             bucket, key = split_s3_uri(image)
             head = s3_client(aws_conn_id).head_object(Bucket=bucket, Key=key)
             return s3_identity(head["ETag"], head["ContentLength"], head.get("VersionId"))
+        if needs_staging(image):  # a local file or another store's object: its bytes where they lie
+            return ContentIdentity("sha256", *sha256_of(image, aws_conn_id))
         digest = hashlib.sha256()
         size = 0
         with httpx.Client(follow_redirects=False) as http:

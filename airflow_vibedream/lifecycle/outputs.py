@@ -47,9 +47,11 @@ class OutputTarget:
         output_format: str | None,
         policy: DownloadPolicy,
         expectation: Expectation | None = None,
+        fixed_name: str | None = None,
     ) -> list[StoredOutput]:
         """Persist every output of ``prediction`` for the task instance ``ti``, within ``policy``,
-        each verified against ``expectation`` (None: not an image model's outputs, not judged)."""
+        each verified against ``expectation`` (None: not an image model's outputs, not judged);
+        ``fixed_name``: the dataset layout's name instead of the template's."""
         return persist_outputs(
             prediction.outputs or [],
             self.output_path,
@@ -65,6 +67,7 @@ class OutputTarget:
             conn_id=self.conn_id,
             policy=policy,
             check=None if expectation is None else _check(expectation),
+            fixed_name=fixed_name,
         )
 
 

@@ -25,7 +25,7 @@ from airflow_vibedream.errors import (
     VibeDreamValidationError,
 )
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
-from airflow_vibedream.inputs import list_s3_images, presign_seconds, resolve_image, validate_image_source
+from airflow_vibedream.inputs import presign_seconds, resolve_image, validate_image_source
 from airflow_vibedream.lifecycle.batch import (
     FAILED,
     PENDING,
@@ -37,6 +37,7 @@ from airflow_vibedream.lifecycle.batch_finish import ImageLines, complete_in_led
 from airflow_vibedream.lifecycle.batch_ledger import BatchLedger
 from airflow_vibedream.lifecycle.batch_wait import WorkerWait, wait_for_batch_in_worker
 from airflow_vibedream.lifecycle.budget import check_budget
+from airflow_vibedream.lifecycle.dataset import PRESENT, metadata_line, relative_name, write_metadata
 from airflow_vibedream.lifecycle.events import (
     EVENT_SUCCESS,
     EVENT_TIMEOUT,
@@ -58,8 +59,22 @@ from airflow_vibedream.lifecycle.store import REFUSED, SKIPPED, UNKNOWN, Submiss
 from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
 from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
 from airflow_vibedream.links import VibeDreamGalleryLink, VibeDreamManifestLink
+from airflow_vibedream.sources import (
+    DEFAULT_INCLUDE,
+    LAYOUT_DATASET,
+    LAYOUT_PER_RUN,
+    LAYOUTS,
+    Staging,
+    dataset_names,
+    input_file_name,
+    list_source,
+    needs_staging,
+    sha256_of,
+    staging_folder,
+)
 from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,
+    output_extension,
     validate_name_template,
     write_text_atomically,
 )
@@ -93,8 +108,22 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     runs skip it at no cost, saying why (``skipped``), and a batch whose only failures are final ends
     without Airflow retries.
 
-    :param images: image URLs / ``s3://`` objects (a list, or a templated XCom/JSON list).
-    :param s3_prefix: instead of ``images``: every image object under this ``s3://bucket/prefix``.
+    :param source: the images: a list (URLs, ``s3://`` objects, local files), a local folder (or
+        ``file://`` URI), an ``s3://`` prefix or any other prefix ``ObjectStoragePath`` reads; a folder
+        or prefix is walked recursively (``include`` picks the files) and each image keeps its path
+        relative to it. Images the API cannot fetch (local files, other stores) are staged under
+        ``staging_path``. Templated.
+    :param include: file name patterns a folder or prefix walk picks (``fnmatch``, any letter case;
+        a pattern with ``/`` matches the relative path). Default: the API's formats' extensions.
+    :param staging_path: an ``s3://bucket/prefix`` where images the API cannot fetch are copied for
+        the length of their jobs (a folder per task instance, deleted when the batch ends; a later
+        try deletes what an earlier one left), written with ``aws_conn_id`` and presigned.
+    :param output_layout: ``per_run`` (``output_name_template``, by default a folder per run) or
+        ``dataset``: each output at ``<output_path>/<the input's relative path, extension
+        replaced>``, the same for every run, with ``metadata.jsonl`` (Hugging Face ImageFolder) at
+        ``output_path`` listing the images present, so ``output_path`` is the training set.
+    :param images: the same as a list ``source`` (kept for existing DAGs).
+    :param s3_prefix: the same as an ``s3://`` ``source`` (kept for existing DAGs).
     :param target_resolution: ``2k``, ``4k`` or ``8k``. Templated.
     :param output_format: ``jpeg``, ``png`` or ``webp``. Templated.
     :param output_path: where outputs and the manifest go (local directory or object-store URI).
@@ -124,6 +153,8 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = (
+        "source",
+        "staging_path",
         "images",
         "s3_prefix",
         "target_resolution",
@@ -138,6 +169,10 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         target_resolution: str,
         output_format: str,
         output_path: str,
+        source: list[str] | str | None = None,
+        include: Sequence[str] = DEFAULT_INCLUDE,
+        staging_path: str | None = None,
+        output_layout: str = LAYOUT_PER_RUN,
         images: list[str] | str | None = None,
         s3_prefix: str | None = None,
         output_name_template: str = DEFAULT_OUTPUT_NAME,
@@ -165,8 +200,28 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         # Checked here, at parse time, the same way as every other operator's parameters.
         non_negative(max_cost_cents, "max_cost_cents", allow_none=True)
         non_negative(cost_cents_per_image, "cost_cents_per_image")
-        if (images is None) == (s3_prefix is None):
-            raise VibeDreamValidationError("give exactly one of images or s3_prefix", field="images")
+        if sum(value is not None for value in (source, images, s3_prefix)) != 1:
+            raise VibeDreamValidationError(
+                "give exactly one of source, images or s3_prefix (source takes a list, a folder or a prefix)",
+                field="source",
+            )
+        if isinstance(include, str) or not include or not all(isinstance(p, str) and p for p in include):
+            raise VibeDreamValidationError(
+                f"include must be a list of file name patterns; got {include!r}", field="include"
+            )
+        choice("output_layout", output_layout, LAYOUTS)
+        if staging_path is not None and not (
+            isinstance(staging_path, str) and (staging_path.startswith("s3://") or "{{" in staging_path)
+        ):
+            raise VibeDreamValidationError(
+                f"staging_path must be an s3://bucket/prefix the API can be given presigned URLs of; got "
+                f"{staging_path!r}",
+                field="staging_path",
+            )
+        self.source = source
+        self.include = tuple(include)
+        self.staging_path = staging_path
+        self.output_layout = output_layout
         self.max_concurrency = positive_whole(max_concurrency, "max_concurrency")
         if requests_per_minute is not None:
             positive_seconds(requests_per_minute, "requests_per_minute")
@@ -194,6 +249,10 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         self._input_facts: dict[str, ImageFacts] = {}
         #: The identities of a prefix's images, from its listing.
         self._listed: dict[str, ContentIdentity] = {}
+        #: Each image's path relative to its folder or prefix (the dataset layout's name).
+        self._relative: dict[str, str] = {}
+        #: Where images the API cannot fetch are copied (set per try, with the task instance).
+        self._staging: Staging | None = None
         #: Images the ledger says are done, by image key.
         self._reused: dict[str, LedgerEntry] = {}
         self._not_submitted: dict[str, str] = {}
@@ -210,16 +269,40 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         """The rendered images, validated one by one (the field name says which one is wrong)."""
         choice("target_resolution", self.target_resolution, TARGET_RESOLUTIONS)
         choice("output_format", self.output_format, OUTPUT_FORMATS)
-        if self.s3_prefix is not None:
-            listed = list_s3_images(self.s3_prefix, aws_conn_id=self.aws_conn_id)
-            self._listed = {uri: s3_identity(etag, size) for uri, etag, size in listed}
-            return [uri for uri, _, _ in listed]
-        images = json.loads(self.images) if isinstance(self.images, str) else self.images
-        if not isinstance(images, list):
+        field_name, value = next(
+            (name, v)
+            for name, v in (("source", self.source), ("images", self.images), ("s3_prefix", self.s3_prefix))
+            if v is not None
+        )
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            value = json.loads(value)  # a templated XCom list
+        if isinstance(value, str):
+            found = list_source(value, self.include, aws_conn_id=self.aws_conn_id)
+            self._listed = {
+                i.uri: s3_identity(i.etag, i.size) for i in found if i.etag and i.size is not None
+            }
+            self._relative = {i.uri: i.relative for i in found if i.relative}
+            images = [i.uri for i in found]
+        elif isinstance(value, list):
+            images = [self._one_image(f"{field_name}[{index}]", image) for index, image in enumerate(value)]
+        else:
             raise VibeDreamValidationError(
-                f"images must be a list of image URLs; got {images!r}", field="images"
+                f"{field_name} must be a list of images, a folder or a prefix; got {value!r}",
+                field=field_name,
             )
-        return [validate_image_source(f"images[{index}]", image) for index, image in enumerate(images)]
+        if self.staging_path is None and (staged := next((i for i in images if needs_staging(i)), None)):
+            raise VibeDreamValidationError(
+                f"{staged!r} cannot be fetched by the API (a local file or another store's object): set "
+                "staging_path to an s3://bucket/prefix where such images are copied for their jobs",
+                field="staging_path",
+            )
+        return images
+
+    def _one_image(self, field_name: str, image: Any) -> str:
+        """One image of a list: a URL or ``s3://`` object, or (staged) a local file or store object."""
+        if isinstance(image, str) and needs_staging(image) and self.staging_path is not None:
+            return image
+        return validate_image_source(field_name, image)
 
     def batch_images(self) -> list[BatchImage]:
         """Each image with what is asked for it (the image as named: ``s3://`` is never presigned here)."""
@@ -254,7 +337,12 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             item.image, aws_conn_id=self.aws_conn_id, policy=self._download_policy
         )
         expires = presign_seconds(self.timeout, self.retries)
-        image = resolve_image(item.image, aws_conn_id=self.aws_conn_id, expires_in=expires)
+        image = item.image
+        if needs_staging(image) and self._staging is not None:
+            # Named by the bytes' hash: the identity the ledger already read, when it is one.
+            sha = item.identity.value if item.identity and item.identity.kind == "sha256" else None
+            image = self._staging.stage(image, sha or sha256_of(image, self.aws_conn_id)[0])
+        image = resolve_image(image, aws_conn_id=self.aws_conn_id, expires_in=expires)
         return UpscaleRequest(**{**item.spec.asked, "image": image}).to_payload()
 
     def _expectation(self, item: BatchImage, policy: DownloadPolicy) -> Expectation:
@@ -270,6 +358,11 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                     "VibeDream batch: the aspect ratio of %s is not checked: %s", item.image, exc
                 )
         return Expectation.for_upscale(self.target_resolution, self.output_format, facts)
+
+    def _staging_of(self, context: Context) -> Staging | None:
+        if self.staging_path is None:
+            return None
+        return Staging(self.staging_path, staging_folder(context["ti"]), self.aws_conn_id)
 
     def _store(self, context: Context) -> SubmissionStore:
         return SubmissionStore(context, self._signer(), handover_key=XCOM_SUBMISSIONS)
@@ -298,6 +391,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         with permanent_errors_fail_the_task():
             items = self.batch_images()  # every input checked before any request
         self.log.info("VibeDream batch of %d images", len(items))
+        self._staging = self._staging_of(context)
         store = self._store(context)
         client = self.hook.get_client()
         ledger = self.ledger_use(context)
@@ -482,6 +576,65 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
 
     # -- results -----------------------------------------------------------------------------------
 
+    def _dataset_names(self, items: list[BatchImage]) -> dict[str, str]:
+        """The dataset layout's output name of each image (its relative path, else its file name)."""
+        if self.output_layout != LAYOUT_DATASET:
+            return {}
+        relatives = {
+            item.key: self._relative.get(item.image) or input_file_name(item.image) for item in items
+        }
+        names = dataset_names(list(relatives.values()), output_extension("", self.output_format))
+        return {key: names[relative] for key, relative in relatives.items()}
+
+    def _write_metadata(
+        self,
+        items: list[BatchImage],
+        lines: list[dict[str, Any]],
+        records: dict[str, SubmissionRecord],
+        facts: dict[str, dict[str, Any]],
+    ) -> str:
+        """``metadata.jsonl`` at ``output_path``: every image present, loadable as an ImageFolder."""
+        found = []
+        seen: set[str] = set()
+        for item, line in zip(items, lines, strict=True):
+            output = facts.get(item.key)
+            name = relative_name(line["outputs"][0], self.output_path) if line.get("outputs") else None
+            if line["status"] not in PRESENT or output is None or name is None or name in seen:
+                continue  # not present, or a repeat of an earlier image of the list
+            seen.add(name)
+            record = records.get(item.key)
+            identity = (record.identity if record else None) or {}
+            reused = self._reused.get(item.key)
+            identity = identity or (reused.identity if reused else {})
+            found.append(
+                metadata_line(
+                    file_name=name,
+                    input_uri=item.image,
+                    input_sha256=identity.get("value") if identity.get("kind") == "sha256" else None,
+                    output=output,
+                    model=item.spec.model_id,
+                    target_resolution=self.target_resolution,
+                    prediction_id=line.get("prediction_id"),
+                    cost_cents=line.get("cost_cents"),
+                )
+            )
+        uri, count = write_metadata(self.output_path, self.output_conn_id or self.aws_conn_id, found)
+        self.log.info("VibeDream dataset: %s lists %d images", uri, count)
+        return uri
+
+    def _clean_staging(self, context: Context) -> None:
+        """Delete this task instance's staged copies (this try's and any earlier try's)."""
+        staging = self._staging or self._staging_of(context)
+        if staging is None:
+            return
+        try:
+            deleted = staging.clean()
+        except Exception as exc:  # the jobs are done: a copy left behind costs storage, not a job
+            self.log.warning("VibeDream batch: staged copies under %s not deleted: %s", staging.prefix, exc)
+            return
+        if deleted:
+            self.log.info("VibeDream batch: %d staged copies deleted from %s", deleted, staging.prefix)
+
     def _finish(
         self,
         context: Context,
@@ -510,6 +663,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             not_submitted=self._not_submitted,
             permanent=self._permanent,
             log=self.log,
+            fixed_names=self._dataset_names(items),
         )
         # One download per distinct job (repeated images share one), then one manifest line per image.
         unique = list({item.key: item for item in items}.values())
@@ -529,6 +683,9 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             root=self.output_path,  # locally, no linked folder below output_path is followed
         )
         summary = summary_of(lines, records, manifest)
+        if self.output_layout == LAYOUT_DATASET:
+            summary["metadata"] = self._write_metadata(items, lines, records, lines_of.facts_by_key)
+        self._clean_staging(context)
         self.log.info("VibeDream batch finished: %s", summary)
         jobs = {r.prediction_id for r in records.values() if r.prediction_id}
         final = (
