@@ -15,6 +15,7 @@ from airflow_vibedream.client.request import validate_http_url
 from airflow_vibedream.downloads import DownloadPolicy, download_chunks
 from airflow_vibedream.errors import OutputStorageError, VibeDreamInputRefusedError, VibeDreamValidationError
 from airflow_vibedream.s3 import s3_client, split_s3_uri
+from airflow_vibedream.sources import head_of, needs_staging
 
 #: SigV4 presigned URLs live at most seven days.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
@@ -90,7 +91,12 @@ def probe_input(image: str, *, aws_conn_id: str | None, policy: DownloadPolicy) 
     object, a bounded read of an http(s) URL. Before anything is paid, an input the API would not
     accept (not JPEG, PNG, GIF or WebP) or that cannot be read is refused, naming the field."""
     try:
-        head = _s3_head(image, aws_conn_id) if image.startswith("s3://") else _http_head(image, policy)
+        if image.startswith("s3://"):
+            head = _s3_head(image, aws_conn_id)
+        elif needs_staging(image):  # a local file or another store's object: read where it lies
+            head = head_of(image, PROBE_BYTES, aws_conn_id)
+        else:
+            head = _http_head(image, policy)
     except Exception as exc:
         raise VibeDreamValidationError(
             f"image {image!r} cannot be read to check it before submitting: {type(exc).__name__}: {exc}",
