@@ -265,3 +265,22 @@ def staging_folder(ti: Any) -> str:
     map_index = getattr(ti, "map_index", -1)
     suffix = f"/map_{map_index}" if isinstance(map_index, int) and map_index >= 0 else ""
     return f"{safe_segment(ti.dag_id)}/{safe_segment(ti.run_id)}/{safe_segment(ti.task_id)}{suffix}"
+
+
+def read_image_bytes(image: str, *, aws_conn_id: str | None, policy: Any) -> bytes:
+    """All of an input's bytes (an input resized locally): a local file or store object where it
+    lies, an ``s3://`` object, or an http(s) URL within the connection's download bounds."""
+    if needs_staging(image):
+        with open_image(image, aws_conn_id) as handle:
+            return handle.read()
+    if image.startswith("s3://"):
+        from airflow_vibedream.s3 import s3_client, split_s3_uri
+
+        bucket, key = split_s3_uri(image)
+        return bytes(s3_client(aws_conn_id).get_object(Bucket=bucket, Key=key)["Body"].read())
+    import httpx
+
+    from airflow_vibedream.downloads import download_chunks
+
+    with httpx.Client(follow_redirects=False) as http:
+        return b"".join(download_chunks(image, http, policy))

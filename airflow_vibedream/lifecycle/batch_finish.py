@@ -3,6 +3,8 @@ ledger completed, the task's summary, and the decision to fail it (and whether a
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -12,12 +14,14 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow_vibedream.errors import InvalidOutputError, VibeDreamError
 from airflow_vibedream.lifecycle.manifest import (
     STATUS_INVALID_OUTPUT,
+    STATUS_RESIZED,
     STATUS_REUSED,
     STATUS_SKIPPED,
     STATUS_UNKNOWN,
     line_before_download,
 )
 from airflow_vibedream.lifecycle.rules import input_is_bad, is_permanent
+from airflow_vibedream.lifecycle.store import LOCAL
 from airflow_vibedream.storage import copy_output, storage_uri
 
 if TYPE_CHECKING:
@@ -66,6 +70,8 @@ class ImageLines:
     permanent: set[str]
     log: Any
     fixed_names: dict[str, str] = field(default_factory=dict)
+    #: Resizes an image locally and stores it (the inputs already at or above the target's size).
+    resize: Callable[[BatchImage, str | None], list[StoredOutput]] | None = None
     #: The outputs stored, by request key (for the ledger).
     stored_by_key: dict[str, list[StoredOutput]] = field(default_factory=dict)
     #: The first output's facts (``sha256``, ``width``, ``height``) of each image present, by key.
@@ -88,6 +94,8 @@ class ImageLines:
                 "cost_cents": 0,
             }
         record = self.records.get(item.key)
+        if record is not None and record.state == LOCAL:
+            return self._resized(item)
         base, to_fetch = line_before_download(
             item.image, record, self.outcome, self.not_submitted.get(item.key), item.key in self.permanent
         )
@@ -127,6 +135,32 @@ class ImageLines:
                 "error": str(exc) if isinstance(exc, VibeDreamError) else f"{type(exc).__name__}: {exc}",
                 "retryable": not is_permanent(exc),  # e.g. a download cut short
             }
+
+    def _resized(self, item: BatchImage) -> dict[str, Any]:
+        """An input at or above the target's size: resized here, stored and verified, cost 0."""
+        base = {"input": item.image, "prediction_id": None, "cost_cents": 0}
+        try:
+            assert self.resize is not None
+            stored = self.resize(item, self.fixed_names.get(item.key))
+        except Exception as exc:  # one image's trouble never costs the manifest of the others
+            if not isinstance(exc, VibeDreamError):
+                self.log.exception("VibeDream batch: resizing %s locally failed", item.image)
+            return {
+                **base,
+                "status": "failed",
+                "outputs": None,
+                "error": f"resizing locally failed: {type(exc).__name__}: {exc}",
+                "retryable": not is_permanent(exc),
+            }
+        if stored:
+            self.facts_by_key[item.key] = stored[0].to_dict()
+        return {
+            **base,
+            "status": STATUS_RESIZED,
+            "outputs": [s.uri for s in stored],
+            "error": None,
+            "checks": list(stored[0].checks) if stored else [],
+        }
 
     def _in_place(self, item: BatchImage, outputs: list[str]) -> list[str]:
         """The dataset layout: a reused image's output where its input's relative path says (copied
@@ -172,19 +206,51 @@ def complete_in_ledger(
     ledger.forget([record for _, record, error in failed if not input_is_bad(error)])
 
 
+#: A prediction id in a reason: left out when reasons are grouped.
+_PREDICTION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: Names shown per reason in the log.
+NAMES_PER_REASON = 3
+
+
+def reason_kind(image: str, error: str) -> str:
+    """A line's reason without what names its image (the image, a prediction id), so images that
+    failed for the same reason are counted together."""
+    # A known-bad input's reason ends with who recorded it and where: the same reason for all of them.
+    error = error.split(" (recorded by ", 1)[0]
+    return _PREDICTION_ID.sub("<id>", error.replace(repr(image), "<image>").replace(image, "<image>"))
+
+
+def say_reasons(lines: list[dict[str, Any]], log: Any) -> dict[str, int]:
+    """One log line per distinct reason an image was not completed, with its count and a few
+    names; returns the counts by reason."""
+    groups: dict[str, list[str]] = {}
+    for line in lines:
+        if line.get("error"):
+            groups.setdefault(f"{line['status']}: {reason_kind(line['input'], line['error'])}", []).append(
+                line["input"]
+            )
+    for reason, images in sorted(groups.items(), key=lambda group: -len(group[1])):
+        shown = ", ".join(images[:NAMES_PER_REASON]) + (", ..." if len(images) > NAMES_PER_REASON else "")
+        log.warning("VibeDream batch: %d images %s (%s)", len(images), reason, shown)
+    return {reason: len(images) for reason, images in groups.items()}
+
+
 def summary_of(
     lines: list[dict[str, Any]], records: dict[str, SubmissionRecord], manifest: str
 ) -> dict[str, Any]:
     """The task's return value: counts by outcome, the cost of this batch's jobs, the manifest."""
     completed = sum(1 for item in lines if item["status"] == "completed")
     reused = sum(1 for item in lines if item["status"] == STATUS_REUSED)
+    resized = sum(1 for item in lines if item["status"] == STATUS_RESIZED)
     return {
         "total": len(lines),
         "completed": completed,
         "reused": reused,
-        "failed": len(lines) - completed - reused,
+        "resized_locally": resized,
+        "failed": len(lines) - completed - reused - resized,
         "skipped": sum(1 for item in lines if item["status"] == STATUS_SKIPPED),
         "unknown": sum(1 for item in lines if item["status"] == STATUS_UNKNOWN),
+        "by_status": dict(Counter(item["status"] for item in lines)),
         "total_cost_cents": sum(r.cost_cents or 0 for r in records.values()),
         "manifest": manifest,
     }

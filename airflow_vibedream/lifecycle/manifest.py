@@ -12,14 +12,16 @@ from airflow_vibedream.storage import safe_segment, storage_uri
 
 #: Manifest statuses beyond the API's own (``completed``, ``failed``).
 STATUS_UNKNOWN = "submission_state_unknown"
-STATUS_NOT_SUBMITTED = "not_submitted"
 STATUS_TIMEOUT = "timeout"
 #: Already upscaled from the same bytes with the same request (the ledger): nothing paid.
 STATUS_REUSED = "reused"
 #: A complete output that is not what was asked (format, size, aspect): never stored, never retried.
 STATUS_INVALID_OUTPUT = "invalid_output"
-#: Not sent because no try could make it succeed: its input is refused, or known bad (the ledger).
+#: Not sent, with the reason: its input is refused or known bad (the ledger), or it could not be
+#: read or sent this time (``"retryable"``: a retry of the task may send it).
 STATUS_SKIPPED = "skipped"
+#: Already at or above the target's size: resized locally (Pillow), stored and verified, cost 0.
+STATUS_RESIZED = "resized_locally"
 
 
 def manifest_uri(output_path: str, dag_id: str, run_id: str, task_id: str, map_index: int | None) -> str:
@@ -62,14 +64,12 @@ def line_before_download(
         record = None
         base.update(prediction_id=None, cost_cents=None)
     if record is None:
-        if permanent:
-            return {**base, "status": STATUS_SKIPPED, "outputs": None, "error": not_submitted_reason}, False
         return {
             **base,
-            "status": STATUS_NOT_SUBMITTED,
+            "status": STATUS_SKIPPED,
             "outputs": None,
             "error": not_submitted_reason or "not submitted (no reason recorded)",
-            "retryable": True,
+            "retryable": not permanent,
         }, False
     if record.state == UNKNOWN or record.prediction_id is None:
         return {**base, "status": STATUS_UNKNOWN, "outputs": None, "error": record.error}, False

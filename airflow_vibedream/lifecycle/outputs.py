@@ -52,15 +52,31 @@ class OutputTarget:
         """Persist every output of ``prediction`` for the task instance ``ti``, within ``policy``,
         each verified against ``expectation`` (None: not an image model's outputs, not judged);
         ``fixed_name``: the dataset layout's name instead of the template's."""
+        return self.store_outputs(
+            prediction.outputs or [], prediction.id, ti, output_format, policy, expectation, fixed_name
+        )
+
+    def store_outputs(
+        self,
+        outputs: list[str],
+        name_id: str,
+        ti: Any,
+        output_format: str | None,
+        policy: DownloadPolicy,
+        expectation: Expectation | None = None,
+        fixed_name: str | None = None,
+    ) -> list[StoredOutput]:
+        """Persist ``outputs`` (URLs or ``data:`` URIs) named by ``name_id`` in the template's
+        ``prediction_id`` field (see :meth:`store`)."""
         return persist_outputs(
-            prediction.outputs or [],
+            outputs,
             self.output_path,
             names={
                 "dag_id": ti.dag_id,
                 "run_id": ti.run_id,
                 "task_id": ti.task_id,
                 "map_index": getattr(ti, "map_index", -1),
-                "prediction_id": prediction.id,
+                "prediction_id": name_id,
             },
             output_format=output_format,
             name_template=self.name_template,

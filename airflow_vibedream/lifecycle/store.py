@@ -38,6 +38,10 @@ UNKNOWN = "unknown"
 #: and are never adopted: a retry looks at the image again.
 REFUSED = "refused"
 SKIPPED = "skipped"
+#: No job: the input is already at or above the target's size and is resized locally instead.
+LOCAL = "local"
+#: The states read back as they are (any other is ``submitted``).
+NO_JOB_STATES = (INTENT, UNKNOWN, REFUSED, SKIPPED, LOCAL)
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class SubmissionRecord:
     :param asked: what was asked, as the user named it (small; for the "input changed" log line).
     :param prediction_id: the id the API returned (None when the state is unknown).
     :param cost_cents: the submit answer's cost (poll answers do not repeat it).
-    :param state: ``intent``, ``submitted``, ``unknown``, ``refused`` or ``skipped``.
+    :param state: ``intent``, ``submitted``, ``unknown``, ``refused``, ``skipped`` or ``local``.
     :param error: why the state is unknown, or why the image was not submitted.
     :param ledger_key: the image's ledger key, when the ledger is used (see :mod:`.ledger`).
     :param identity: the input's content identity the key was made from.
@@ -89,7 +93,7 @@ class SubmissionRecord:
             asked=dict(value.get("asked") or {}),
             prediction_id=prediction_id if isinstance(prediction_id, str) else None,
             cost_cents=cost if isinstance(cost, int) and not isinstance(cost, bool) else None,
-            state=value["state"] if value.get("state") in (INTENT, UNKNOWN, REFUSED, SKIPPED) else SUBMITTED,
+            state=value["state"] if value.get("state") in NO_JOB_STATES else SUBMITTED,
             error=value.get("error") if isinstance(value.get("error"), str) else None,
             ledger_key=value.get("ledger_key") if isinstance(value.get("ledger_key"), str) else None,
             identity=dict(value["identity"]) if isinstance(value.get("identity"), dict) else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -33,7 +34,13 @@ from airflow_vibedream.lifecycle.batch import (
     BatchSubmitter,
     SubmitResult,
 )
-from airflow_vibedream.lifecycle.batch_finish import ImageLines, complete_in_ledger, fail_for, summary_of
+from airflow_vibedream.lifecycle.batch_finish import (
+    ImageLines,
+    complete_in_ledger,
+    fail_for,
+    say_reasons,
+    summary_of,
+)
 from airflow_vibedream.lifecycle.batch_ledger import BatchLedger
 from airflow_vibedream.lifecycle.batch_wait import WorkerWait, wait_for_batch_in_worker
 from airflow_vibedream.lifecycle.budget import check_budget
@@ -45,17 +52,25 @@ from airflow_vibedream.lifecycle.events import (
 )
 from airflow_vibedream.lifecycle.fingerprint import JobSpec
 from airflow_vibedream.lifecycle.identity import ContentIdentity, identity_of, s3_identity
-from airflow_vibedream.lifecycle.ledger import Ledger, LedgerEntry, TaskRef
+from airflow_vibedream.lifecycle.ledger import LOOKUP_THREADS, Ledger, LedgerEntry, TaskRef
 from airflow_vibedream.lifecycle.manifest import (
     STATUS_UNKNOWN,
     manifest_uri,
 )
 from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy, input_facts
 from airflow_vibedream.lifecycle.records import PROGRESS_XCOM_KEY, BatchProgress
+from airflow_vibedream.lifecycle.resize import is_larger_than_target, resized_data_uri
 from airflow_vibedream.lifecycle.rules import permanent_errors_fail_the_task
 from airflow_vibedream.lifecycle.settle import fire_not_before
 from airflow_vibedream.lifecycle.signing import RecordSigner, signer_for
-from airflow_vibedream.lifecycle.store import REFUSED, SKIPPED, UNKNOWN, SubmissionRecord, SubmissionStore
+from airflow_vibedream.lifecycle.store import (
+    LOCAL,
+    REFUSED,
+    SKIPPED,
+    UNKNOWN,
+    SubmissionRecord,
+    SubmissionStore,
+)
 from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
 from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
 from airflow_vibedream.links import VibeDreamGalleryLink, VibeDreamManifestLink
@@ -69,11 +84,13 @@ from airflow_vibedream.sources import (
     input_file_name,
     list_source,
     needs_staging,
+    read_image_bytes,
     sha256_of,
     staging_folder,
 )
 from airflow_vibedream.storage import (
     DEFAULT_OUTPUT_NAME,
+    StoredOutput,
     output_extension,
     validate_name_template,
     write_text_atomically,
@@ -150,6 +167,10 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         exist and be billed); by default they are listed, never resent.
     :param retry_failed: submit again inputs the ledger knows to be bad (their bytes were refused or
         their job failed as undecodable); by default they are skipped at no cost, with the reason.
+    :param upscale_larger_inputs: send inputs already at or above the target's long edge to the API
+        too (which would only shrink them, at the price of a job); by default they are resized
+        locally (Pillow, the asked format), stored and verified like the others (``resized_locally``,
+        cost 0).
     """
 
     template_fields: Sequence[str] = (
@@ -191,12 +212,14 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         reuse_outputs: bool = True,
         resubmit_unknown: bool = False,
         retry_failed: bool = False,
+        upscale_larger_inputs: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.reuse_outputs = validate_bool("reuse_outputs", reuse_outputs)
         self.resubmit_unknown = validate_bool("resubmit_unknown", resubmit_unknown)
         self.retry_failed = validate_bool("retry_failed", retry_failed)
+        self.upscale_larger_inputs = validate_bool("upscale_larger_inputs", upscale_larger_inputs)
         # Checked here, at parse time, the same way as every other operator's parameters.
         non_negative(max_cost_cents, "max_cost_cents", allow_none=True)
         non_negative(cost_cents_per_image, "cost_cents_per_image")
@@ -330,12 +353,13 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         return download_policy(self.hook.get_client().settings)
 
     def _payload(self, item: BatchImage) -> dict[str, Any]:
-        # An input the API would not accept is refused before its submit: that line is not_submitted.
+        # An input the API would not accept is refused before its submit: that line is skipped.
         # Its size is kept for the outputs' aspect check, so a try that waits in the worker reads
         # each input's header once.
-        self._input_facts[item.image] = input_facts(
-            item.image, aws_conn_id=self.aws_conn_id, policy=self._download_policy
-        )
+        if item.image not in self._input_facts:  # read once: before the submits, or here
+            self._input_facts[item.image] = input_facts(
+                item.image, aws_conn_id=self.aws_conn_id, policy=self._download_policy
+            )
         expires = presign_seconds(self.timeout, self.retries)
         image = item.image
         if needs_staging(image) and self._staging is not None:
@@ -522,6 +546,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             records.update(self._kept(store, sorted_.records))
             todo = sorted_.todo
             taken_elsewhere = dict(sorted_.held)
+        todo = self._resize_larger(store, todo, records)
         check_budget(len(todo), records, self.cost_cents_per_image, self.max_cost_cents, self.log)
         self._submitter = BatchSubmitter(
             client=client,
@@ -539,6 +564,59 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             self._took(ledger.submit(todo, self._submitter), records)
             records.update(self._kept(store, ledger.follow(taken_elsewhere)))
         return records
+
+    def _resize_larger(
+        self, store: SubmissionStore, todo: list[BatchImage], records: dict[str, SubmissionRecord]
+    ) -> list[BatchImage]:
+        """Inputs already at or above the target's long edge: not sent (the API would only shrink
+        them, for the price of a job) but resized locally at the end; recorded so, across the
+        deferral. Their headers are read here, once (the submits reuse what was read)."""
+        if self.upscale_larger_inputs or not todo:
+            return todo
+
+        def facts(item: BatchImage) -> ImageFacts | None:
+            try:
+                return input_facts(item.image, aws_conn_id=self.aws_conn_id, policy=self._download_policy)
+            except Exception:  # the submit reads it again and says why it is skipped
+                return None
+
+        with ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="vibedream-probe") as pool:
+            read = dict(zip((item.image for item in todo), pool.map(facts, todo), strict=True))
+        self._input_facts.update({image: found for image, found in read.items() if found is not None})
+        larger = [
+            item for item in todo if is_larger_than_target(read.get(item.image), self.target_resolution)
+        ]
+        for item in larger:
+            records[item.key] = SubmissionRecord(
+                item.spec.fingerprint, dict(item.spec.asked), None, state=LOCAL
+            )
+            store.set(item.key, records[item.key])
+        if larger:
+            self.log.info(
+                "VibeDream batch: %d inputs are already at or above %s: resized locally, nothing paid "
+                "(upscale_larger_inputs=True sends them to the API)",
+                len(larger),
+                self.target_resolution,
+            )
+        return [item for item in todo if item.key not in records]
+
+    def _resize(self, context: Context, item: BatchImage, fixed_name: str | None) -> list[StoredOutput]:
+        """Resize one input locally and store it as its output (verified as any output is)."""
+        data = read_image_bytes(item.image, aws_conn_id=self.aws_conn_id, policy=self._download_policy)
+        target = OutputTarget(
+            self.output_path, self.output_name_template, self.output_conn_id or self.aws_conn_id
+        )
+        facts = self._input_facts.get(item.image)
+        name_id = f"local-{hashlib.sha256(data).hexdigest()[:20]}"
+        return target.store_outputs(
+            [resized_data_uri(data, self.target_resolution, self.output_format)],
+            name_id,
+            context["ti"],
+            self.output_format,
+            self._download_policy,
+            Expectation.for_upscale(self.target_resolution, self.output_format, facts),
+            fixed_name,
+        )
 
     @staticmethod
     def _kept(store: SubmissionStore, found: dict[str, SubmissionRecord]) -> dict[str, SubmissionRecord]:
@@ -664,6 +742,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             permanent=self._permanent,
             log=self.log,
             fixed_names=self._dataset_names(items),
+            resize=lambda item, name: self._resize(context, item, name),
         )
         # One download per distinct job (repeated images share one), then one manifest line per image.
         unique = list({item.key: item for item in items}.values())
@@ -683,6 +762,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             root=self.output_path,  # locally, no linked folder below output_path is followed
         )
         summary = summary_of(lines, records, manifest)
+        summary["reasons"] = say_reasons(lines, self.log)
         if self.output_layout == LAYOUT_DATASET:
             summary["metadata"] = self._write_metadata(items, lines, records, lines_of.facts_by_key)
         self._clean_staging(context)
@@ -694,7 +774,10 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
                 done=len(jobs) - sum(1 for state, _ in outcome.values() if state == PENDING),
                 failed=sum(1 for state, _ in outcome.values() if state == FAILED),
             )
-            .finished(completed_images=summary["completed"] + summary["reused"], manifest=manifest)
+            .finished(
+                completed_images=summary["completed"] + summary["reused"] + summary["resized_locally"],
+                manifest=manifest,
+            )
         )
         ti.xcom_push(key=PROGRESS_XCOM_KEY, value=final.to_json())
         if self.fail_on_error and summary["failed"]:

@@ -289,4 +289,4 @@ def test_why_an_image_was_not_submitted_crosses_the_deferral(
     [manifest] = tmp_path.rglob("manifest.jsonl")
     lines = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert lines[0]["status"] == "completed"
-    assert lines[1]["status"] == "not_submitted" and "404" in lines[1]["error"]
+    assert lines[1]["status"] == "skipped" and "404" in lines[1]["error"]

@@ -31,6 +31,7 @@ def tree(root: Path) -> dict[str, bytes]:
         "cats/b.jpg": sample_image(60, 40, "JPEG"),
         "dogs/deep/c.webp": sample_image(50, 50, "WEBP"),
         "dogs/mon chien é.png": sample_image(40, 30, "PNG"),
+        "big/large.jpg": sample_image(2500, 1400, "JPEG"),  # above 2k already: resized locally
         "empty.png": b"",
     }
     tiff = io.BytesIO()
@@ -82,22 +83,30 @@ def test_a_local_folder_becomes_a_dataset_folder_paid_once(
     tree(source)
     first = run(dataset_batch(source, output, moto_s3), "scheduled__1")
     assert jobs(vibedream_conn) == 4 and first["completed"] == 4 and first["skipped"] == 2
-    assert first["total_cost_cents"] == 8
+    assert first["resized_locally"] == 1 and first["total_cost_cents"] == 8
+    assert first["reasons"] == {
+        "skipped: image <image> is a TIFF image; VibeDream accepts JPEG, PNG, GIF or WebP images": 1,
+        "skipped: image <image> is empty (0 bytes); VibeDream accepts JPEG, PNG, GIF or WebP images": 1,
+    }
     present = sorted(
         p.relative_to(output).as_posix() for p in output.rglob("*.png") if "_vibedream" not in str(p)
     )
-    assert present == ["cats/a.png", "cats/b.png", "dogs/deep/c.png", "dogs/mon chien é.png"]
+    assert present == ["big/large.png", "cats/a.png", "cats/b.png", "dogs/deep/c.png", "dogs/mon chien é.png"]
     lines = metadata(output)
     assert sorted(line["file_name"] for line in lines) == present
     for line in lines:
         stored = Image.open(output / line["file_name"])
         assert (line["width"], line["height"]) == stored.size and max(stored.size) == 2048
+        if line["file_name"] == "big/large.png":  # resized here: no job, nothing paid
+            assert (line["cost_cents"], line["prediction_id"], stored.size) == (0, None, (2048, 1147))
+            continue
         assert line["model"] == "image-upscaler" and line["cost_cents"] == 2 and line["prediction_id"]
         assert len(line["input_sha256"]) == 64 and len(line["output_sha256"]) == 64
     assert staged(moto_s3) == []  # every staged copy deleted once the jobs ended
 
     second = run(dataset_batch(source, output, moto_s3), "scheduled__2")
     assert jobs(vibedream_conn) == 4 and second["reused"] == 4 and second["total_cost_cents"] == 0
+    assert second["resized_locally"] == 1
     assert sorted(line["file_name"] for line in metadata(output)) == present
 
     (source / "cats/new.png").write_bytes(sample_image(30, 20, "PNG"))
@@ -106,7 +115,7 @@ def test_a_local_folder_becomes_a_dataset_folder_paid_once(
     third = run(dataset_batch(source, output, moto_s3), "scheduled__3")
     assert jobs(vibedream_conn) == 6 and third["completed"] == 2 and third["reused"] == 3
     assert (output / "cats/a.png").read_bytes() != before and (output / "cats/new.png").is_file()
-    assert len(metadata(output)) == 5
+    assert len(metadata(output)) == 6
 
 
 def test_local_images_without_staging_path_are_refused_before_any_request(
