@@ -297,6 +297,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             for name, v in (("source", self.source), ("images", self.images), ("s3_prefix", self.s3_prefix))
             if v is not None
         )
+        self.staging_path = self.staging_path or None  # a template that rendered empty: none given
         if isinstance(value, str) and value.lstrip().startswith("["):
             value = json.loads(value)  # a templated XCom list
         if isinstance(value, str):

@@ -67,7 +67,7 @@ def example_case(
         return conf, lambda: local_images(output_dir), 2048, 1
     if dag_id == "example_vibedream_dataset_prep":
         conf = {"sample_base": emulator.base_url, "count": 4, "output_path": str(output_dir)}
-        return conf, lambda: local_images(output_dir), 2048, 8  # 4 through the batch, 4 mapped
+        return conf, lambda: local_images(output_dir), 2048, 4
     if dag_id == "example_vibedream_s3":
         s3.client().put_object(Bucket=s3.bucket, Key="raw/example.png", Body=sample_image(320, 240, "PNG"))
         conf = {
@@ -100,6 +100,38 @@ def test_example_dag_runs_against_the_emulator(
     sizes = images()
     assert len(sizes) == submissions and all(max(size) == long_edge for size in sizes)
     assert TEST_KEY.encode() not in airflow_db.read_bytes()
+
+
+def test_the_dataset_recipe_pays_once_and_hands_the_same_split_downstream(
+    dags_folder: Path, airflow_db: Path, vibedream_conn: EmulatorServer, moto_s3: MotoS3, tmp_path: Path
+) -> None:
+    """A local folder (nested) to a dataset folder, twice: the second run pays nothing and the
+    training task gets the same train/validation split."""
+    source = tmp_path / "raw"
+    for i in range(6):
+        folder = source / ("cats" if i % 2 else "dogs")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"img {i}.png").write_bytes(sample_image(40 + i, 30, "PNG"))
+    dag = load_dag(dags_folder / "example_vibedream_dataset_prep.py")
+    conf = {
+        "source": str(source),
+        "staging_path": f"s3://{moto_s3.bucket}/recipe-staging",
+        "output_path": str(tmp_path / "dataset"),
+        "validation_percent": 50,
+    }
+    splits = []
+    for _ in range(2):
+        run = dag.test(run_conf=conf)
+        assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+        [split] = [ti for ti in run.get_task_instances() if ti.task_id == "split"]
+        splits.append(split.xcom_pull(task_ids="split"))
+    assert emulator_stats(vibedream_conn.base_url)["accepted_submissions"] == 6  # the second run: 0
+    assert (splits[0]["cost_cents"], splits[1]["cost_cents"]) == (12, 0)
+    assert [splits[0][k] for k in ("train", "validation")] == [splits[1][k] for k in ("train", "validation")]
+    assert sorted(splits[0]["train"] + splits[0]["validation"]) == sorted(
+        f"{'cats' if i % 2 else 'dogs'}/img {i}.png" for i in range(6)
+    )
+    assert moto_s3.keys("recipe-staging/") == []  # staged copies deleted
 
 
 def test_examples_run_end_to_end_have_their_test() -> None:
