@@ -42,7 +42,9 @@ DEFAULT_OUTPUT_NAME = "{dag_id}/{run_id}/{task_id}{map_suffix}/{prediction_id}-{
 #: The only extensions a stored output gets, by format or suffix; anything else is ``bin``.
 _EXTENSIONS = {"JPEG": "jpg", "JPG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
 #: The fields an ``output_name_template`` may use.
-NAME_FIELDS = frozenset({"dag_id", "run_id", "task_id", "map_suffix", "prediction_id", "index", "ext"})
+NAME_FIELDS = frozenset(
+    {"dag_id", "run_id", "task_id", "map_suffix", "prediction_id", "index", "ext", "input_stem", "input_path"}
+)
 #: Characters a folder name keeps as they are: ASCII letters and digits, ``.``, ``_``, ``=``, ``-``
 #: (what every file system and object store treats alike). Any run of others becomes one ``_``.
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
@@ -447,7 +449,15 @@ def validate_name_template(template: Any, field_name: str = "output_name_templat
     # Stand-ins for the opaque fields (see the docstring); map_suffix takes each value it can take.
     for map_suffix in ("", "/map_0"):
         sample = template.format(
-            dag_id="x", run_id="x", task_id="x", prediction_id="x", index=0, ext="x", map_suffix=map_suffix
+            dag_id="x",
+            run_id="x",
+            task_id="x",
+            prediction_id="x",
+            index=0,
+            ext="x",
+            map_suffix=map_suffix,
+            input_stem="x",
+            input_path="x/x",  # its segments are plain names (see sources.dataset_name)
         )
         segments = sample.replace("\\", "/").split("/")
         if (
@@ -493,7 +503,10 @@ def persist_outputs(
     base = as_storage_path(output_path, conn_id)
     base_uri = storage_uri(output_path).rstrip("/")
     map_index = names.get("map_index", -1)
-    fields = {key: safe_segment(value) for key, value in names.items()}
+    fields = {key: safe_segment(value) for key, value in names.items() if key != "input_path"}
+    # The input's relative path: made of plain segments already (sources.dataset_name), kept as it is.
+    fields["input_path"] = str(names.get("input_path") or fields.get("input_stem") or "input")
+    fields.setdefault("input_stem", "input")
     fields["map_suffix"] = f"/map_{map_index}" if isinstance(map_index, int) and map_index >= 0 else ""
     stored: list[StoredOutput] = []
     with httpx.Client(follow_redirects=False) as http:

@@ -70,6 +70,8 @@ class ImageLines:
     permanent: set[str]
     log: Any
     fixed_names: dict[str, str] = field(default_factory=dict)
+    #: Each image's relative path (or file name), by request key: the name template's input fields.
+    input_names: dict[str, str] = field(default_factory=dict)
     #: Resizes an image locally and stores it (the inputs already at or above the target's size).
     resize: Callable[[BatchImage, str | None], list[StoredOutput]] | None = None
     #: The outputs stored, by request key (for the ledger).
@@ -112,6 +114,7 @@ class ImageLines:
                 self.policy,
                 self.expectation(item),
                 fixed_name=self.fixed_names.get(item.key),
+                input_name=self.input_names.get(item.key),
             )
             self.stored_by_key[item.key] = stored
             if stored:

@@ -11,6 +11,7 @@ from airflow_vibedream.client.settings import ClientSettings
 from airflow_vibedream.downloads import DownloadPolicy, is_non_public_host
 from airflow_vibedream.inputs import probe_input
 from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
+from airflow_vibedream.sources import dataset_name
 from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, StoredOutput, persist_outputs
 
 
@@ -48,12 +49,21 @@ class OutputTarget:
         policy: DownloadPolicy,
         expectation: Expectation | None = None,
         fixed_name: str | None = None,
+        input_name: str | None = None,
     ) -> list[StoredOutput]:
         """Persist every output of ``prediction`` for the task instance ``ti``, within ``policy``,
         each verified against ``expectation`` (None: not an image model's outputs, not judged);
-        ``fixed_name``: the dataset layout's name instead of the template's."""
+        ``fixed_name``: the dataset layout's name instead of the template's; ``input_name``: the
+        input's relative path or file name (the template's ``input_stem`` and ``input_path``)."""
         return self.store_outputs(
-            prediction.outputs or [], prediction.id, ti, output_format, policy, expectation, fixed_name
+            prediction.outputs or [],
+            prediction.id,
+            ti,
+            output_format,
+            policy,
+            expectation,
+            fixed_name,
+            input_name,
         )
 
     def store_outputs(
@@ -65,6 +75,7 @@ class OutputTarget:
         policy: DownloadPolicy,
         expectation: Expectation | None = None,
         fixed_name: str | None = None,
+        input_name: str | None = None,
     ) -> list[StoredOutput]:
         """Persist ``outputs`` (URLs or ``data:`` URIs) named by ``name_id`` in the template's
         ``prediction_id`` field (see :meth:`store`)."""
@@ -77,6 +88,7 @@ class OutputTarget:
                 "task_id": ti.task_id,
                 "map_index": getattr(ti, "map_index", -1),
                 "prediction_id": name_id,
+                **input_fields(input_name),
             },
             output_format=output_format,
             name_template=self.name_template,
@@ -85,6 +97,15 @@ class OutputTarget:
             check=None if expectation is None else _check(expectation),
             fixed_name=fixed_name,
         )
+
+
+def input_fields(input_name: str | None) -> dict[str, str]:
+    """The template's input fields: ``input_stem`` (the file name without its extension) and
+    ``input_path`` (the relative path without it, each segment a plain name)."""
+    if not input_name:
+        return {}
+    path = dataset_name(input_name, "x").removesuffix(".x")
+    return {"input_stem": path.rsplit("/", 1)[-1], "input_path": path}
 
 
 def _check(expectation: Expectation) -> Any:

@@ -617,6 +617,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             self._download_policy,
             Expectation.for_upscale(self.target_resolution, self.output_format, facts),
             fixed_name,
+            self._relative.get(item.image) or input_file_name(item.image),
         )
 
     @staticmethod
@@ -743,6 +744,9 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             permanent=self._permanent,
             log=self.log,
             fixed_names=self._dataset_names(items),
+            input_names={
+                item.key: self._relative.get(item.image) or input_file_name(item.image) for item in items
+            },
             resize=lambda item, name: self._resize(context, item, name),
         )
         # One download per distinct job (repeated images share one), then one manifest line per image.

@@ -41,6 +41,7 @@ from airflow_vibedream.lifecycle.validation import choice, is_templated, positiv
 from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
 from airflow_vibedream.links import VibeDreamOutputLink
 from airflow_vibedream.operators.lineage import input_image_of, lineage_for, output_asset
+from airflow_vibedream.sources import input_file_name
 from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, validate_name_template
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
 
@@ -341,8 +342,14 @@ class VibeDreamGenerateOperator(BaseOperator):
             )
             policy = download_policy(self.hook.get_client().settings)
             expectation = self.output_expectation(context, policy)
+            image = self.input.get("image") if isinstance(self.input, Mapping) else None
             stored = target.store(
-                prediction, context["ti"], self.requested_output_format(), policy, expectation
+                prediction,
+                context["ti"],
+                self.requested_output_format(),
+                policy,
+                expectation,
+                input_name=input_file_name(image) if isinstance(image, str) else None,
             )
             for item in stored:
                 self.log.info(

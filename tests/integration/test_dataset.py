@@ -147,3 +147,21 @@ def test_colliding_names_are_resolved_the_same_way_every_run() -> None:
     assert names["a.jpg"] == "a.jpg.png" and names["a.png"] == "a.png.png"
     assert names["b/c.gif"] == "b/c.png"
     assert ".." not in names["../x.png"].split("/") and not names["_vibedream_ledger/y.png"].startswith("_")
+
+
+def test_the_per_run_layout_names_outputs_by_their_input(
+    vibedream_conn: EmulatorServer, moto_s3: MotoS3, tmp_path: Path
+) -> None:
+    source, output = tmp_path / "raw", tmp_path / "out"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "photo one.png").write_bytes(sample_image(40, 30, "PNG"))
+    task = dataset_batch(
+        source,
+        output,
+        moto_s3,
+        output_layout="per_run",
+        output_name_template="{run_id}/{input_path}-{index}.{ext}",
+    )
+    run(task, "run1")
+    assert (output / "run1" / "sub" / "photo one-0.png").is_file()
+    assert not (output / "metadata.jsonl").exists()  # only the dataset layout writes the index
