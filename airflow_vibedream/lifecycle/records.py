@@ -164,6 +164,10 @@ class BatchProgress(Cost):
     :param done: jobs finished (completed or failed).
     :param failed: jobs failed so far.
     :param unsubmitted: images with no job to wait for (not submitted, or submission state unknown).
+    :param reused: images among them done before (the ledger), nothing paid.
+    :param resized: images among them resized locally (already at or above the target), nothing paid.
+    :param skipped: images among them not sent, each with its reason in the manifest.
+    :param by_status: images by manifest status (when finished).
     :param cost_cents: what the submitted predictions cost (billed at submit).
     :param state: ``running`` or ``finished``.
     :param completed_images: images with stored outputs (when finished).
@@ -178,6 +182,10 @@ class BatchProgress(Cost):
     done: Count = 0
     failed: Count = 0
     unsubmitted: Count = 0
+    reused: Count = 0
+    resized: Count = 0
+    skipped: Count = 0
+    by_status: Annotated[dict[Annotated[str, Field(max_length=64)], Count], Field(max_length=16)] = {}
     cost_cents: float | None = 0.0
     state: Literal["running", "finished"] = "running"
     completed_images: Count | None = None
@@ -200,13 +208,16 @@ class BatchProgress(Cost):
         """The same batch with ``done``/``failed`` jobs counted, stamped now."""
         return self.model_copy(update={"done": done, "failed": failed, "updated_at": time.time()})
 
-    def finished(self, *, completed_images: int, manifest: str | None) -> BatchProgress:
+    def finished(
+        self, *, completed_images: int, manifest: str | None, by_status: dict[str, int] | None = None
+    ) -> BatchProgress:
         """The batch once its manifest is written."""
         return self.model_copy(
             update={
                 "state": FINISHED,
                 "completed_images": completed_images,
                 "manifest": manifest,
+                "by_status": dict(list((by_status or {}).items())[:16]),
                 "updated_at": time.time(),
             }
         )

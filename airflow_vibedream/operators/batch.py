@@ -490,10 +490,14 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
     ) -> BatchProgress:
         """The batch's progress record once its submits are done (the gallery shows it)."""
         waiting = {item.key for item in items if (r := records.get(item.key)) and r.prediction_id}
+        local = {key for key, r in records.items() if r.state == LOCAL}
         return BatchProgress(
             images=len(items),
             jobs=jobs,
             unsubmitted=sum(1 for item in items if item.key not in waiting),
+            reused=sum(1 for item in items if item.key in self._reused),
+            resized=sum(1 for item in items if item.key in local),
+            skipped=sum(1 for item in items if item.key in self._not_submitted),
             cost_cents=sum(r.cost_cents or 0 for r in records.values()),
             target_resolution=self.target_resolution,
             output_format=self.output_format,
@@ -782,6 +786,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
             .finished(
                 completed_images=summary["completed"] + summary["reused"] + summary["resized_locally"],
                 manifest=manifest,
+                by_status=summary["by_status"],
             )
         )
         ti.xcom_push(key=PROGRESS_XCOM_KEY, value=final.to_json())
