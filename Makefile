@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser demo test lint bench clean package
+.PHONY: install browser demo dev test test-fast lint bench clean package
 
 install: $(STAMP)
 
@@ -14,8 +14,20 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/uv pip install --quiet --python $(PY) -e ".[test,lint]"
 	touch $(STAMP)
 
+# The example DAG against the emulator, in an AIRFLOW_HOME kept in .demo/ (with its log): any number
+# of times, the second run reuses the first's image.
 demo: $(STAMP)
 	$(PY) scripts/demo.py
+
+# The emulator and a whole Airflow wired to it, on free ports, until Ctrl-C. DEV_HOME=<dir> keeps
+# its AIRFLOW_HOME (database, runs, outputs, login); without it a throwaway one is removed at the end.
+DEV_HOME ?=
+dev: $(STAMP)
+	$(PY) scripts/dev.py $(if $(DEV_HOME),--home "$(DEV_HOME)")
+
+# The fast tests: unit and integration on the newest Airflow (a few minutes), no browser, no cluster.
+test-fast: $(STAMP)
+	$(PY) -m pytest -ra --durations=10 -m "not e2e" tests/unit tests/integration
 
 # The browser test drives Debian's Chromium. With CI=true it must run, so it is installed here when
 # missing; elsewhere the test skips and says why.
@@ -51,10 +63,14 @@ package: $(STAMP)
 	$(VENV)/bin/uv pip install --quiet --python $(WHEEL_VENV)/bin/python \
 	  "apache-airflow==$$($(PY) -c 'import airflow; print(airflow.__version__)')" dist/*.whl
 	cd $(WHEEL_VENV) && bin/python $(CURDIR)/scripts/check_wheel.py
-	$(WHEEL_VENV)/bin/python scripts/demo.py --output-dir $(WHEEL_VENV)/demo-output
+	$(WHEEL_VENV)/bin/python scripts/demo.py --output-dir $(WHEEL_VENV)/demo-output --home $(WHEEL_VENV)/demo-home
 
-test: $(STAMP) $(LOWEST_STAMP) browser package
-	$(PY) -m pytest -ra --durations=15
+# The fast tests first: a failure there stops the run before the lowest Airflow's environment, the
+# wheel and the end-to-end tests are built. Each test runs once per Airflow version.
+test: test-fast
+	$(MAKE) --no-print-directory $(LOWEST_STAMP) browser package
+	@echo "== end to end on Airflow $$($(PY) -c 'import airflow; print(airflow.__version__)'): a real Airflow in separate processes =="
+	$(PY) -m pytest -ra --durations=15 tests/e2e
 	@echo "== the same unit and integration tests on the lowest supported Airflow ($(LOWEST_AIRFLOW)) =="
 	$(LOWEST_VENV)/bin/python -m pytest -ra -m "not e2e" -p no:cacheprovider tests/unit tests/integration
 	@echo "== in a real Airflow $(LOWEST_AIRFLOW): the extra links and the gallery, the ledger, crash safety =="
@@ -67,9 +83,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(LOWEST_VENV) $(WHEEL_VENV) dist demo-output .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(LOWEST_VENV) $(WHEEL_VENV) dist demo-output .demo .pytest_cache .ruff_cache .mypy_cache

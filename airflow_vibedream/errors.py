@@ -179,3 +179,40 @@ class UnsafeLocalPathError(OutputStorageError):
         super().__init__(message)
         self.path = path
         self.reason = reason
+
+
+# -- which errors no retry can cure (no Airflow here: the rule is the API's, the tasks apply it) ------
+
+PERMANENT_ERRORS: tuple[type[Exception], ...] = (
+    VibeDreamValidationError,
+    InvalidOutputError,
+    VibeDreamAuthError,
+    VibeDreamNotFoundError,
+    VibeDreamConfigError,
+    VibeDreamPredictionFailedError,
+    VibeDreamSubmissionStateUnknownError,
+)
+
+
+#: Words of a ``failed`` prediction's error that blame the input's bytes themselves: the API would
+#: fail the same bytes the same way every time. The API text documents no error codes, so these are
+#: matched in the error's words (lower case); any other failure may pass and is tried again next run.
+INPUT_FAILURE_WORDS = (
+    "could not be decoded",
+    "cannot be decoded",
+    "unsupported input image format",
+    "cannot identify image",
+    "not a valid image",
+    "image file is truncated",
+)
+
+
+def input_is_bad(error: str | None) -> bool:
+    """True when a failed prediction's ``error`` says its input's bytes can never succeed."""
+    text = (error or "").lower()
+    return any(words in text for words in INPUT_FAILURE_WORDS)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True when no retry of the task can cure ``exc``."""
+    return isinstance(exc, PERMANENT_ERRORS)

@@ -8,6 +8,7 @@ from pathlib import Path
 from benchmarks import (
     airflow_scale,
     cold_burst,
+    dataset,
     docs,
     far_api,
     ledger,
@@ -28,6 +29,7 @@ BENCHMARKS = {
     "outage": outage.main,
     "airflow_scale": airflow_scale.main,
     "ledger": ledger.main,
+    "dataset": dataset.main,
 }
 #: Not a benchmark: rewrites docs/benchmarks.md's tables from the results (run after any of them).
 TOOLS = {"docs": docs.main}

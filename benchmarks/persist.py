@@ -63,15 +63,15 @@ def measure_in_child(variant: str, url: str, destination: str) -> dict[str, Any]
 
 
 def transfer(variant: str, url: str, destination: str, names: dict[str, str]) -> int:
-    from airflow_vibedream.downloads import DownloadPolicy
-    from airflow_vibedream.storage import CHUNK_SIZE, as_storage_path, persist_outputs
+    from airflow_vibedream.files.downloads import DownloadPolicy
+    from airflow_vibedream.files.storage import CHUNK_SIZE, as_storage_path, persist_outputs
 
     # Both sides stream in the same chunks through the same ObjectStoragePath backend.
     if variant.startswith(("provider", "verified")):
         check = None
         if variant.startswith("verified"):
-            from airflow_vibedream.lifecycle.outputs import _check
-            from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
+            from airflow_vibedream.files.outputs import _check
+            from airflow_vibedream.files.verify import Expectation, ImageFacts
 
             check = _check(Expectation.for_upscale("8k", "png", ImageFacts(*INPUT_SIZE, "PNG")))
         [stored] = persist_outputs(

@@ -153,3 +153,16 @@ def moto_s3() -> Iterator[MotoS3]:
     finally:
         os.environ.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
         server.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``make test`` runs ``-m "not e2e" tests/unit tests/integration`` (``make test-fast``), then
+    ``tests/e2e``: a test marked e2e outside ``tests/e2e``, or one there without the mark, would run
+    twice or never. Refused at collection, whatever was asked."""
+    misplaced = [
+        item.nodeid
+        for item in items
+        if (item.get_closest_marker("e2e") is not None) != item.nodeid.startswith("tests/e2e/")
+    ]
+    if misplaced:
+        raise pytest.UsageError(f"e2e tests live in tests/e2e/ and only there: {misplaced}")

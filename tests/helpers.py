@@ -63,7 +63,7 @@ class FakeStateStore:
 def recorded(signer: Any, record: dict[str, Any], ti: Any = None) -> dict[str, Any]:
     """``record`` as the task instance ``ti`` (a :class:`FakeTI` by default) writes it to its store:
     signed, and bound to that task instance."""
-    from airflow_vibedream.lifecycle.store import SubmissionRecord, SubmissionStore
+    from airflow_vibedream.jobs.submissions import SubmissionRecord, SubmissionStore
 
     backend = FakeStateStore()
     parsed = SubmissionRecord.from_json(record)

@@ -171,7 +171,9 @@ class ApiCall:
     """One request and how to read its answer. ``submits`` marks a call that creates a billed job:
     it may only be retried when the job surely was not created. ``answers_for`` (the polled
     prediction) and ``model_id`` (the model asked) are what an answer must be for: any other
-    answer is a :class:`~airflow_vibedream.errors.VibeDreamAnswerMismatchError`, never a result."""
+    answer is a :class:`~airflow_vibedream.errors.VibeDreamAnswerMismatchError`, never a result.
+    ``conn_id`` is the connection the call's settings came from: an error that asks the user to fix
+    something names it."""
 
     description: str
     method: str
@@ -184,10 +186,24 @@ class ApiCall:
     model_id: str | None = None
     max_bytes: int | None = None
     budget: float | None = None
+    conn_id: str | None = None
 
     @property
     def host(self) -> str:
         return urlsplit(self.url).hostname or self.url
+
+    @property
+    def where(self) -> str:
+        """The API's host with its port, the URL called and the connection it came from: what a user
+        checks when nothing answers (the port is said even when the URL leaves it implicit)."""
+        parts = urlsplit(self.url)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:  # not a port at all: the URL says what it is
+            return self.url
+        host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+        connection = f", connection {self.conn_id!r}" if self.conn_id else ""
+        return f"{host}:{port} ({self.url}{connection})"
 
     @cached_property
     def request(self) -> httpx.Request:
@@ -215,10 +231,18 @@ class ApiCall:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if self.submits and request_sent:
             return self.state_unknown(reason)
+        # Nothing reached the API: most often it is not running where the connection points.
+        hint = "" if request_sent else f"; {self.what_to_check()}"
         return VibeDreamTransportError(
-            f"VibeDream {self.description} failed: no answer from {self.host} ({reason})",
+            f"VibeDream {self.description} failed: no answer from {self.where} ({reason}){hint}",
             request_sent=request_sent,
         )
+
+    def what_to_check(self) -> str:
+        base = self.url.split("/api/", 1)[0]
+        if self.conn_id:
+            return f"is the API running at {base}? If not there, fix the Host of connection {self.conn_id!r}"
+        return f"is the API running at {base}?"
 
     def redirect_of(self, response: httpx.Response) -> ApiCall | None:
         """The same call at the address a poll was redirected to, if it stays on the API's origin
@@ -353,6 +377,7 @@ class Api:
             timeout=timeout,
             submits=True,
             model_id=model_id,
+            conn_id=self.settings.conn_id,
         )
 
     def get_prediction(
@@ -384,6 +409,7 @@ class Api:
             model_id=model_id,
             max_bytes=STATUS_ANSWER_BYTES if status_only else None,
             budget=budget,
+            conn_id=self.settings.conn_id,
         )
 
 

@@ -139,6 +139,8 @@ class ClientSettings:
         even when the API itself is not on one.
     :param max_polls_in_flight: the most status polls a triggerer (one event loop) keeps in flight
         to this API at once; below it the number follows the API's answers and round-trip time.
+    :param conn_id: the Airflow connection these settings came from, if any: an error that asks the
+        user to change something (no answer from the API) names it.
     """
 
     api_key: str = field(repr=False)
@@ -152,6 +154,7 @@ class ClientSettings:
     download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
     allow_private_outputs: bool = False
     max_polls_in_flight: int = 512
+    conn_id: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key.strip():

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import httpx
 import tenacity
@@ -13,11 +13,8 @@ from airflow_vibedream.client.calls import MAX_API_REDIRECTS, Api, ApiCall, Capp
 from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.client.request import UpscaleRequest
 from airflow_vibedream.client.settings import ClientSettings
-from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL, UPSCALER_MODEL_ID
+from airflow_vibedream.constants import UPSCALER_MODEL_ID
 from airflow_vibedream.errors import VibeDreamError
-
-if TYPE_CHECKING:
-    from airflow_vibedream.waiting.gate import OutageReport
 
 
 class VibeDreamClient:
@@ -94,56 +91,6 @@ class VibeDreamClient:
         :class:`~airflow_vibedream.errors.VibeDreamAnswerMismatchError`, never a result."""
         call = self._api.get_prediction(prediction_id, model_id, status_only=status_only, until=until)
         return self._call(call, retry=retry)
-
-    def wait_for_prediction(
-        self,
-        prediction_id: str,
-        *,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
-        deadline: float | None = None,
-        kind: str = "default",
-        created_at: float | None = None,
-        on_status_change: Callable[[Prediction, float], None] | None = None,
-        on_unavailable: OutageReport | None = None,
-        reread: Callable[[], VibeDreamClient | None] | None = None,
-        model_id: str | None = None,
-        large_answers: bool = True,
-    ) -> Prediction:
-        """Poll until the prediction is terminal, riding out outages; raise
-        :class:`VibeDreamTimeoutError` at ``deadline`` (epoch seconds). Returns the terminal
-        prediction, failed or not. The same decisions as the triggers' wait
-        (:mod:`airflow_vibedream.waiting.decisions`), in the calling thread.
-
-        :param kind: what kind of job (model and resolution): when to poll is learned per kind.
-        :param created_at: the job's creation, epoch seconds, if known.
-        :param reread: after a refused key, a client of the re-read connection if it changed (else
-            None); without it a refusal is final.
-        :param model_id: the model the prediction was asked of, if known (an answer naming another
-            model, or another prediction, is never adopted).
-        :param large_answers: base64 outputs may have been asked (the final answer then carries the
-            images); False reads a status answer's size at most.
-        """
-        # Imported here: the waiting package builds on this client, not the other way round.
-        from airflow_vibedream.waiting.blocking import WorkerHooks, wait_in_worker
-        from airflow_vibedream.waiting.decisions import PredictionWait
-        from airflow_vibedream.waiting.status import StatusTracker
-
-        wait = PredictionWait(
-            prediction_id,
-            interval=poll_interval,
-            deadline=deadline,
-            kind=kind,
-            created_at=created_at,
-            model_id=model_id,
-            large_answers=large_answers,
-        )
-        hooks = WorkerHooks(
-            observe=StatusTracker(on_status_change).observe, on_unavailable=on_unavailable, reread=reread
-        )
-        outcome = wait_in_worker(self, [wait], hooks=hooks)[prediction_id]
-        if isinstance(outcome, VibeDreamError):
-            raise outcome
-        return outcome
 
     def close(self) -> None:
         self._http.close()

@@ -45,6 +45,11 @@ class EmulatorProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    @property
+    def returncode(self) -> int | None:
+        """None while it runs (or before it started), else how it exited."""
+        return self._process.poll() if self._process else None
+
     def start(self) -> EmulatorProcess:
         self._log = self.log_path.open("a") if self.log_path else None
         self._process = subprocess.Popen(

@@ -109,6 +109,7 @@ def settings_from_connection(
         max_polls_in_flight=_extra_number(
             extra, "max_polls_in_flight", ClientSettings.max_polls_in_flight, whole=True
         ),
+        conn_id=conn_id,
     )
 
 

@@ -21,60 +21,14 @@ from airflow_vibedream.constants import (
     TARGET_RESOLUTIONS,
     UPSCALER_MODEL_ID,
 )
-from airflow_vibedream.downloads import DownloadPolicy
 from airflow_vibedream.errors import (
     VibeDreamValidationError,
 )
-from airflow_vibedream.hooks.vibedream import VibeDreamHook
-from airflow_vibedream.inputs import presign_seconds, resolve_image, validate_image_source
-from airflow_vibedream.lifecycle.batch import (
-    FAILED,
-    PENDING,
-    BatchImage,
-    BatchSubmitter,
-    SubmitResult,
-)
-from airflow_vibedream.lifecycle.batch_finish import (
-    ImageLines,
-    complete_in_ledger,
-    fail_for,
-    say_reasons,
-    summary_of,
-)
-from airflow_vibedream.lifecycle.batch_ledger import BatchLedger
-from airflow_vibedream.lifecycle.batch_wait import WorkerWait, wait_for_batch_in_worker
-from airflow_vibedream.lifecycle.budget import check_budget
-from airflow_vibedream.lifecycle.dataset import PRESENT, metadata_line, relative_name, write_metadata
-from airflow_vibedream.lifecycle.events import (
-    EVENT_SUCCESS,
-    EVENT_TIMEOUT,
-    error_from_event,
-)
-from airflow_vibedream.lifecycle.fingerprint import JobSpec
-from airflow_vibedream.lifecycle.identity import ContentIdentity, identity_of, s3_identity
-from airflow_vibedream.lifecycle.ledger import LOOKUP_THREADS, Ledger, LedgerEntry, TaskRef
-from airflow_vibedream.lifecycle.manifest import (
-    STATUS_UNKNOWN,
-    manifest_uri,
-)
-from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy, input_facts
-from airflow_vibedream.lifecycle.records import PROGRESS_XCOM_KEY, BatchProgress
-from airflow_vibedream.lifecycle.resize import is_larger_than_target, resized_data_uri
-from airflow_vibedream.lifecycle.rules import permanent_errors_fail_the_task
-from airflow_vibedream.lifecycle.settle import fire_not_before
-from airflow_vibedream.lifecycle.signing import RecordSigner, signer_for
-from airflow_vibedream.lifecycle.store import (
-    LOCAL,
-    REFUSED,
-    SKIPPED,
-    UNKNOWN,
-    SubmissionRecord,
-    SubmissionStore,
-)
-from airflow_vibedream.lifecycle.validation import choice, non_negative, positive_seconds, positive_whole
-from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
-from airflow_vibedream.links import VibeDreamGalleryLink, VibeDreamManifestLink
-from airflow_vibedream.sources import (
+from airflow_vibedream.files.downloads import DownloadPolicy
+from airflow_vibedream.files.inputs import presign_seconds, resolve_image, validate_image_source
+from airflow_vibedream.files.outputs import OutputTarget, download_policy, input_facts
+from airflow_vibedream.files.resize import is_larger_than_target, resized_data_uri
+from airflow_vibedream.files.sources import (
     DEFAULT_INCLUDE,
     LAYOUT_DATASET,
     LAYOUT_PER_RUN,
@@ -88,14 +42,55 @@ from airflow_vibedream.sources import (
     sha256_of,
     staging_folder,
 )
-from airflow_vibedream.storage import (
+from airflow_vibedream.files.storage import (
     DEFAULT_OUTPUT_NAME,
     StoredOutput,
     output_extension,
     validate_name_template,
     write_text_atomically,
 )
+from airflow_vibedream.files.verify import Expectation, ImageFacts
+from airflow_vibedream.hooks.vibedream import VibeDreamHook
+from airflow_vibedream.jobs.batch import BatchImage, BatchSubmitter, SubmitResult
+from airflow_vibedream.jobs.budget import check_budget
+from airflow_vibedream.jobs.fingerprint import JobSpec
+from airflow_vibedream.jobs.identity import ContentIdentity, identity_of, s3_identity
+from airflow_vibedream.jobs.ledger.batch import BatchLedger
+from airflow_vibedream.jobs.ledger.documents import LOOKUP_THREADS, Ledger, LedgerEntry, TaskRef
+from airflow_vibedream.jobs.signing import RecordSigner, signer_for
+from airflow_vibedream.jobs.submissions import (
+    LOCAL,
+    REFUSED,
+    SKIPPED,
+    UNKNOWN,
+    SubmissionRecord,
+    SubmissionStore,
+)
+from airflow_vibedream.links import VibeDreamGalleryLink, VibeDreamManifestLink
+from airflow_vibedream.tasks.batch_finish import (
+    ImageLines,
+    complete_in_ledger,
+    fail_for,
+    say_reasons,
+    summary_of,
+)
+from airflow_vibedream.tasks.batch_wait import WorkerWait, wait_for_batch_in_worker
+from airflow_vibedream.tasks.dataset import PRESENT, metadata_line, relative_name, write_metadata
+from airflow_vibedream.tasks.events import (
+    EVENT_SUCCESS,
+    EVENT_TIMEOUT,
+    error_from_event,
+)
+from airflow_vibedream.tasks.manifest import (
+    STATUS_UNKNOWN,
+    manifest_uri,
+)
+from airflow_vibedream.tasks.records import PROGRESS_XCOM_KEY, BatchProgress
+from airflow_vibedream.tasks.rules import permanent_errors_fail_the_task
+from airflow_vibedream.tasks.settle import fire_not_before
+from airflow_vibedream.tasks.validation import choice, non_negative, positive_seconds, positive_whole
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger
+from airflow_vibedream.waiting.decisions import FAILED, PENDING
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -393,7 +388,7 @@ class VibeDreamBatchUpscaleOperator(BaseOperator):
         return SubmissionStore(context, self._signer(), handover_key=XCOM_SUBMISSIONS)
 
     def _signer(self) -> RecordSigner:
-        """Signs this deployment's records (see :mod:`airflow_vibedream.lifecycle.signing`)."""
+        """Signs this deployment's records (see :mod:`airflow_vibedream.jobs.signing`)."""
         return signer_for(self.hook.get_client().settings.api_key)
 
     def ledger_use(self, context: Context) -> BatchLedger:

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import Asset
 
-from airflow_vibedream.storage import storage_uri
+from airflow_vibedream.files.storage import storage_uri
 
 
 def output_asset(output_path: str) -> Asset:

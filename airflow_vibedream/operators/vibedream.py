@@ -1,7 +1,7 @@
 """Operators: validate, submit, persist the prediction id, defer (or wait), finish.
 
 They stay thin: HTTP, retries and parsing live in :mod:`airflow_vibedream.client`, waiting in the
-trigger, and output persistence in :mod:`airflow_vibedream.storage`.
+trigger, and output persistence in :mod:`airflow_vibedream.files.storage`.
 """
 
 from __future__ import annotations
@@ -23,27 +23,28 @@ from airflow_vibedream.constants import (
     TARGET_RESOLUTIONS,
     UPSCALER_MODEL_ID,
 )
-from airflow_vibedream.downloads import DownloadPolicy
 from airflow_vibedream.errors import VibeDreamPredictionFailedError, VibeDreamValidationError
+from airflow_vibedream.files.downloads import DownloadPolicy
+from airflow_vibedream.files.inputs import presign_seconds, resolve_image, validate_image_source
+from airflow_vibedream.files.outputs import OutputTarget, download_policy, input_facts
+from airflow_vibedream.files.sources import input_file_name
+from airflow_vibedream.files.storage import DEFAULT_OUTPUT_NAME, validate_name_template
+from airflow_vibedream.files.verify import Expectation, ImageFacts
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
-from airflow_vibedream.inputs import presign_seconds, resolve_image, validate_image_source
-from airflow_vibedream.lifecycle.events import log_unavailable, prediction_from_event
-from airflow_vibedream.lifecycle.fingerprint import JobSpec
-from airflow_vibedream.lifecycle.identity import identity_of
-from airflow_vibedream.lifecycle.job import LedgerUse, SingleJob
-from airflow_vibedream.lifecycle.ledger import FAILED, Ledger, LedgerEntry
-from airflow_vibedream.lifecycle.outputs import OutputTarget, download_policy, input_facts
-from airflow_vibedream.lifecycle.records import RESULT_XCOM_KEY, image_record
-from airflow_vibedream.lifecycle.rules import input_is_bad, permanent_errors_fail_the_task
-from airflow_vibedream.lifecycle.settle import fire_not_before
-from airflow_vibedream.lifecycle.signing import RecordSigner, signer_for
-from airflow_vibedream.lifecycle.validation import choice, is_templated, positive_seconds
-from airflow_vibedream.lifecycle.verify import Expectation, ImageFacts
+from airflow_vibedream.jobs.fingerprint import JobSpec
+from airflow_vibedream.jobs.identity import identity_of
+from airflow_vibedream.jobs.ledger.documents import FAILED, Ledger, LedgerEntry
+from airflow_vibedream.jobs.signing import RecordSigner, signer_for
+from airflow_vibedream.jobs.single import LedgerUse, SingleJob
 from airflow_vibedream.links import VibeDreamOutputLink
 from airflow_vibedream.operators.lineage import input_image_of, lineage_for, output_asset
-from airflow_vibedream.sources import input_file_name
-from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, validate_name_template
+from airflow_vibedream.tasks.events import log_unavailable, prediction_from_event
+from airflow_vibedream.tasks.records import RESULT_XCOM_KEY, image_record
+from airflow_vibedream.tasks.rules import input_is_bad, permanent_errors_fail_the_task
+from airflow_vibedream.tasks.settle import fire_not_before
+from airflow_vibedream.tasks.validation import choice, is_templated, positive_seconds
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
+from airflow_vibedream.waiting.blocking import wait_for_prediction
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -187,7 +188,7 @@ class VibeDreamGenerateOperator(BaseOperator):
         )
 
     def _signer(self) -> RecordSigner:
-        """Signs this deployment's records (see :mod:`airflow_vibedream.lifecycle.signing`)."""
+        """Signs this deployment's records (see :mod:`airflow_vibedream.jobs.signing`)."""
         return signer_for(self.hook.get_client().settings.api_key)
 
     # -- the task ---------------------------------------------------------------------------------
@@ -238,7 +239,8 @@ class VibeDreamGenerateOperator(BaseOperator):
                     # at all, Airflow fails the try and the retry reconnects to the stored prediction.
                     timeout=timedelta(seconds=self.timeout + 60),
                 )
-            waited = client.wait_for_prediction(
+            waited = wait_for_prediction(
+                client,
                 prediction.id,
                 poll_interval=self.poll_interval,
                 deadline=deadline,

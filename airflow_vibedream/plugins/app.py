@@ -33,7 +33,6 @@ from fastapi.responses import (
     StreamingResponse,
 )
 
-from airflow_vibedream.lifecycle.records import PROGRESS_XCOM_KEY, RESULT_XCOM_KEY, BatchProgress, ImageResult
 from airflow_vibedream.plugins import pages, queries
 from airflow_vibedream.plugins.access import readable_dag_ids, require_dag, user_dependency
 from airflow_vibedream.plugins.manifests import ManifestPages
@@ -47,6 +46,7 @@ from airflow_vibedream.plugins.sources import (
     presigned_url,
 )
 from airflow_vibedream.plugins.thumbnails import Busy, NotAnImage, ThumbnailCache, ThumbnailPool
+from airflow_vibedream.tasks.records import PROGRESS_XCOM_KEY, RESULT_XCOM_KEY, BatchProgress, ImageResult
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,7 @@ class Settings:
     @cached_property
     def cache(self) -> ThumbnailCache:
         conf = self._conf()
-        home = Path(conf.get("core", "airflow_home", fallback=".") or ".")
-        directory = conf.get("vibedream", "gallery_cache_dir", fallback="") or str(
-            home / "vibedream-thumbnails"
-        )
+        directory = conf.get("vibedream", "gallery_cache_dir", fallback="") or str(default_cache_dir())
         return ThumbnailCache(
             Path(directory).expanduser(),
             conf.getint("vibedream", "gallery_cache_mb", fallback=256) * 1024 * 1024,
@@ -134,8 +131,23 @@ class Settings:
 settings = Settings()
 
 
+def default_cache_dir() -> Path:
+    """``$AIRFLOW_HOME/vibedream-thumbnails``, AIRFLOW_HOME as Airflow itself resolved it (the
+    environment variable, else ``~/airflow``): never the directory the api-server was started in."""
+    import airflow.configuration
+
+    return Path(airflow.configuration.AIRFLOW_HOME).expanduser() / "vibedream-thumbnails"
+
+
 class NotServed(Exception):
-    """A location the gallery does not read or redirect to (not under a root, not a listed host)."""
+    """A location the gallery does not read or redirect to (not under a root, not a listed host).
+
+    :param reason: the rule that kept it out, in words for the reader (never a server path).
+    """
+
+    def __init__(self, reason: str = "not under a gallery root") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _record(user: Any, ti: TaskInstanceRef, key: str) -> Any:
@@ -162,7 +174,7 @@ def _progress(user: Any, ti: TaskInstanceRef) -> BatchProgress:
 def _locate(uri: str | None, dag_id: str) -> Location:
     location = settings.roots.locate(uri, dag_id)
     if location is None:
-        raise NotServed
+        raise NotServed(settings.roots.refusal(uri, dag_id))
     return location
 
 
@@ -226,14 +238,16 @@ def _open(uri: str | None, dag_id: str, kinds: frozenset[str]) -> Response:
     redirect; nothing else."""
     location = settings.roots.locate(uri, dag_id)
     if location is not None and media_type(location.name) not in kinds:
-        raise NotServed
+        raise NotServed("not a kind of file this link opens")
     if isinstance(location, StoreLocation) and location.root.scheme == "s3":
         return RedirectResponse(presigned_url(location), status.HTTP_307_TEMPORARY_REDIRECT)
     if location is not None:
         return _stream(location)
     if uri is not None and _redirect_allowed(uri):
         return RedirectResponse(uri, status.HTTP_307_TEMPORARY_REDIRECT)
-    raise NotServed
+    if uri is not None and uri.lower().startswith(("http://", "https://")):
+        raise NotServed("an http(s) URL on a host not in [vibedream] gallery_redirect_hosts")
+    raise NotServed(settings.roots.refusal(uri, dag_id))
 
 
 async def _thumbnail(uri: str | None, tag: str, dag_id: str) -> Response:
@@ -257,7 +271,10 @@ async def _thumbnail(uri: str | None, tag: str, dag_id: str) -> Response:
 
 
 def _picture(uri: str | None, dag_id: str, route: str) -> Picture:
-    return pages.picture(uri, settings.roots.locate(uri, dag_id) is not None, route)
+    roots = settings.roots
+    if roots.locate(uri, dag_id) is not None:
+        return pages.picture(uri, True, route)
+    return pages.picture(uri, False, route, refusal=roots.refusal(uri, dag_id))
 
 
 def _image_card(row: queries.ResultRow) -> ImageCard:
@@ -300,7 +317,7 @@ def _manifest_location(progress: BatchProgress, dag_id: str) -> Location:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "The batch has not written its manifest yet")
     location = _locate(progress.manifest, dag_id)
     if media_type(location.name) not in MANIFEST_TYPES:
-        raise NotServed
+        raise NotServed("not a .jsonl manifest")
     return location
 
 
@@ -310,8 +327,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(NotServed)
     async def not_served(request: Request, exc: NotServed) -> JSONResponse:
-        log.warning("VibeDream gallery: refused %s: not under [vibedream] gallery_roots", request.url.path)
-        return answer(403, "Not in a location the gallery serves (see [vibedream] gallery_roots)")
+        log.warning("VibeDream gallery: refused %s: %s", request.url.path, exc.reason)
+        return answer(
+            403, f"Not in a location the gallery serves: {exc.reason} (see [vibedream] gallery_roots)"
+        )
 
     @app.exception_handler(SourceUnavailable)
     async def unavailable(request: Request, exc: SourceUnavailable) -> JSONResponse:
@@ -385,8 +404,8 @@ def create_app() -> FastAPI:
         if progress.manifest:
             try:
                 location = _manifest_location(progress, dag_id)
-            except NotServed:
-                error = "The manifest is not under a gallery root ([vibedream] gallery_roots)"
+            except NotServed as refused:
+                error = f"The manifest is {refused.reason} ([vibedream] gallery_roots)"
             else:
                 try:
                     found = settings.manifests.page(location, progress.updated_at, page)

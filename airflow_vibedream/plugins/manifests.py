@@ -12,10 +12,10 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from airflow_vibedream.lifecycle.records import ManifestLine
 from airflow_vibedream.plugins.roots import Location
 from airflow_vibedream.plugins.sources import CHUNK, ReadBounds, open_chunks
 from airflow_vibedream.plugins.thumbnails import Busy
+from airflow_vibedream.tasks.records import ManifestLine
 
 #: The longest manifest line read (a line is a few hundred bytes).
 MAX_LINE_BYTES = 64 * 1024

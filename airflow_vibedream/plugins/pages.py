@@ -16,8 +16,8 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from airflow_vibedream.lifecycle.records import FINISHED, BatchProgress, ImageResult, ManifestLine
 from airflow_vibedream.plugins.queries import Filters, Totals
+from airflow_vibedream.tasks.records import FINISHED, BatchProgress, ImageResult, ManifestLine
 
 #: The stylesheet, relative to the pages (served by the app; no inline style, no CDN).
 STYLESHEET = "static/gallery.css"
@@ -133,14 +133,20 @@ class Picture:
     text: str = ""
 
 
-def picture(uri: str | None, servable: bool, thumb: str) -> Picture:
-    """The thumbnail of a servable image, else a note with the location as text."""
+def picture(
+    uri: str | None, servable: bool, thumb: str, refusal: str = "not under a gallery root"
+) -> Picture:
+    """The thumbnail of a servable image, else a note with the location as text.
+
+    :param refusal: why an image that is no http(s) URL is not shown (the roots' rule that kept it
+        out, see :meth:`~airflow_vibedream.plugins.roots.GalleryRoots.refusal`).
+    """
     if servable:
         return Picture(thumb)
     if not uri:
         return Picture(None, "no image", "")
     external = uri.lower().startswith(("http://", "https://"))
-    return Picture(None, "external image (not fetched)" if external else "not under a gallery root", uri)
+    return Picture(None, "external image (not fetched)" if external else refusal, uri)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The gallery's reads from Airflow's metadata database: the operators' result and progress XComs,
 for the DAGs a user may read, newest first, filtered by DAG and date, with cost totals.
 
-Every value is parsed through its record model (:mod:`airflow_vibedream.lifecycle.records`): one
+Every value is parsed through its record model (:mod:`airflow_vibedream.tasks.records`): one
 that does not parse is skipped, logged and counted, never shown in part and never a failed page."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from airflow_vibedream.lifecycle.records import (
+from airflow_vibedream.tasks.records import (
     PROGRESS_XCOM_KEY,
     RESULT_XCOM_KEY,
     BatchProgress,

@@ -13,11 +13,16 @@ reads that root with (``null`` for local directories)::
 
 A root is **per DAG** by default: a record of DAG ``d`` is served only what lies under
 ``<root>/<folder of d>/`` (the operators store there: ``<output_path>/<dag folder>/<run folder>/...``,
-each folder named by :func:`~airflow_vibedream.storage.safe_segment`), so a record written in one
+each folder named by :func:`~airflow_vibedream.files.storage.safe_segment`), so a record written in one
 DAG cannot show another DAG's images to its readers. Every two DAG ids have different folders
 (``reports`` and ``reports_`` do not share ``reports/``) and none begins with ``_``, so no DAG's
 folder is the ledger's (``_vibedream_ledger``). A root whose files every reader may see (a bucket
 of inputs) says so: ``{"s3://inputs/photos/": {"conn_id": "aws_default", "shared": true}}``.
+
+When a record's image is not served, :meth:`GalleryRoots.refusal` says which rule kept it out, in
+words for the gallery's readers: a root is named by its ``name`` (``{"conn_id": null, "name":
+"outputs"}``), else an object-store root by its URI and a local one by its place in the setting
+(``gallery root #1``), never by its path on the api-server.
 """
 
 from __future__ import annotations
@@ -53,10 +58,12 @@ class LocalRoot:
 
     :param directory: the directory, resolved once when the configuration is read.
     :param shared: every DAG's records may be served its files (else only under ``<dag_id>/``).
+    :param label: how answers name it (its ``name``, or its place in the setting): never its path.
     """
 
     directory: Path
     shared: bool = False
+    label: str = "a gallery root"
 
     def __str__(self) -> str:
         return str(self.directory)
@@ -71,6 +78,7 @@ class StoreRoot:
     :param prefix: the key prefix, empty or ending in ``/``.
     :param conn_id: the connection the api-server reads it with (None: the store's default).
     :param shared: every DAG's records may be served its objects (else only under ``<dag_id>/``).
+    :param label: how answers name it: its ``name``, else its URI (no path of the api-server).
     """
 
     scheme: str
@@ -78,6 +86,7 @@ class StoreRoot:
     prefix: str
     conn_id: str | None
     shared: bool = False
+    label: str = ""
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.bucket}/{self.prefix}"
@@ -122,7 +131,7 @@ class StoreLocation:
 Location = LocalLocation | StoreLocation
 
 
-def _store_root(root: str, conn_id: str | None, shared: bool) -> StoreRoot:
+def _store_root(root: str, conn_id: str | None, shared: bool, name: str | None) -> StoreRoot:
     match = _STORE_URI.match(root if root.count("/") > 2 else root + "/")
     if match is None or match["scheme"] in _LOCAL_SCHEMES or not _CLEAN.match(root):
         raise RootsConfigError(f"gallery root {root!r} is not scheme://bucket/prefix/")
@@ -131,24 +140,36 @@ def _store_root(root: str, conn_id: str | None, shared: bool) -> StoreRoot:
         prefix += "/"
     if prefix and not _segments_ok(prefix[:-1].split("/")):
         raise RootsConfigError(f"gallery root {root!r} has an empty, '.' or '..' segment")
-    return StoreRoot(match["scheme"], match["bucket"], prefix, conn_id, shared)
+    label = name or f"{match['scheme']}://{match['bucket']}/{prefix}"
+    return StoreRoot(match["scheme"], match["bucket"], prefix, conn_id, shared, label)
 
 
-def _root_setting(root: object, setting: object) -> tuple[str | None, bool]:
-    """(connection id, shared) of one root: a connection id or null, or ``{"conn_id", "shared"}``."""
+#: The keys of a root's setting in its object form.
+_ROOT_KEYS = frozenset({"conn_id", "shared", "name"})
+
+
+def _root_setting(root: object, setting: object) -> tuple[str | None, bool, str | None]:
+    """(connection id, shared, name) of one root: a connection id or null, or
+    ``{"conn_id", "shared", "name"}`` (each optional)."""
     if setting is None or isinstance(setting, str):
-        return setting, False
+        return setting, False, None
     if (
         isinstance(setting, dict)
-        and set(setting) <= {"conn_id", "shared"}
+        and set(setting) <= _ROOT_KEYS
         and (setting.get("conn_id") is None or isinstance(setting.get("conn_id"), str))
         and isinstance(setting.get("shared", False), bool)
+        and (setting.get("name") is None or _is_label(setting.get("name")))
     ):
-        return setting.get("conn_id"), bool(setting.get("shared", False))
+        return setting.get("conn_id"), bool(setting.get("shared", False)), setting.get("name")
     raise RootsConfigError(
         f"gallery root {root!r}: the value must be a connection id, null, "
-        "or {'conn_id': ..., 'shared': true}"
+        "or {'conn_id': ..., 'shared': true, 'name': '...'}"
     )
+
+
+def _is_label(name: object) -> bool:
+    """A root's ``name``: short printable text (it is shown to the gallery's readers)."""
+    return isinstance(name, str) and 0 < len(name) <= 100 and bool(_CLEAN.match(name))
 
 
 @dataclass(frozen=True)
@@ -175,14 +196,15 @@ class GalleryRoots:
             raise RootsConfigError("[vibedream] gallery_roots must be a JSON object {root: conn_id}")
         local: list[LocalRoot] = []
         stores: list[StoreRoot] = []
-        for root, setting in value.items():
-            conn_id, shared = _root_setting(root, setting)
+        for number, (root, setting) in enumerate(value.items(), start=1):
+            conn_id, shared, name = _root_setting(root, setting)
             if not isinstance(root, str):
                 raise RootsConfigError(f"gallery root {root!r} must be a text")
             if root.startswith("/"):
-                local.append(LocalRoot(Path(root).resolve(), shared))
+                # Named by its place in the setting: its path is the api-server's business.
+                local.append(LocalRoot(Path(root).resolve(), shared, name or f"gallery root #{number}"))
             else:
-                stores.append(_store_root(root, conn_id or None, shared))
+                stores.append(_store_root(root, conn_id or None, shared, name))
         return cls(tuple(local), tuple(stores))
 
     @classmethod
@@ -199,53 +221,77 @@ class GalleryRoots:
     def locate(self, uri: object, dag_id: str) -> Location | None:
         """Where ``uri`` lies among the roots, for a record of ``dag_id``, or None when the gallery
         must not read it."""
+        for root, inside, key in self._beneath(uri) or []:
+            if root.shared or _in_dag_folder(inside, dag_id):
+                if isinstance(root, LocalRoot):
+                    return LocalLocation(root, tuple(inside))
+                return StoreLocation(root, key)
+        return None
+
+    def refusal(self, uri: object, dag_id: str) -> str:
+        """Why :meth:`locate` gives None for ``uri`` in a record of ``dag_id``: the rule that kept it
+        out, for the gallery's readers. A root is named by its label, never by a server path."""
+        beneath = self._beneath(uri)
+        if not beneath:  # another scheme, a bad segment, or simply outside every root
+            return "not under a gallery root"
+        # The innermost root the image lies under: the one its owner most likely meant.
+        root, _, _ = min(beneath, key=lambda found: len(found[1]))
+        folder = f"{root.label.rstrip('/')}/{_dag_folder(dag_id)}/"
+        return (
+            f"not under {folder} (a gallery root shows each DAG only its own folder): "
+            f'use the root itself as output_path, or mark the root "shared"'
+        )
+
+    def _beneath(self, uri: object) -> list[tuple[LocalRoot | StoreRoot, list[str], str]] | None:
+        """Every root ``uri`` lies beneath, with the path's segments below it and the full key (for
+        an object store); None when the text itself is refused (another scheme, a bad segment)."""
         if not isinstance(uri, str) or not _CLEAN.match(uri):
             return None
         if uri.startswith("file://"):
-            return self._local(uri[len("file://") :], dag_id)
+            return self._local(uri[len("file://") :])
         if uri.startswith("/"):
-            return self._local(uri, dag_id)
+            return self._local(uri)
         match = _STORE_URI.match(uri)
         if match is None:
             return None
         key = match["key"]
         if not key or not _segments_ok(key.split("/")):
             return None
-        for root in self.stores:
-            if (match["scheme"], match["bucket"]) != (root.scheme, root.bucket) or not key.startswith(
-                root.prefix
-            ):
-                continue
-            if root.shared or _in_dag_folder(key[len(root.prefix) :].split("/"), dag_id):
-                return StoreLocation(root, key)
-        return None
+        where = (match["scheme"], match["bucket"])
+        return [
+            (root, key[len(root.prefix) :].split("/"), key)
+            for root in self.stores
+            if where == (root.scheme, root.bucket) and key.startswith(root.prefix)
+        ]
 
-    def _local(self, path: str, dag_id: str) -> LocalLocation | None:
+    def _local(self, path: str) -> list[tuple[LocalRoot | StoreRoot, list[str], str]] | None:
         # ``file://host/...`` names another machine: refused like anything else not a plain path.
         if not path.startswith("/"):
             return None
         parts = path[1:].split("/")
         if not _segments_ok(parts):
             return None
+        found: list[tuple[LocalRoot | StoreRoot, list[str], str]] = []
         for root in self.local:
             below = root.directory.parts[1:]
-            if tuple(parts[: len(below)]) != below or len(parts) <= len(below):
-                continue
-            inside = parts[len(below) :]
-            if root.shared or _in_dag_folder(inside, dag_id):
-                return LocalLocation(root, tuple(inside))
-        return None
+            if tuple(parts[: len(below)]) == below and len(parts) > len(below):
+                found.append((root, parts[len(below) :], ""))
+        return found
+
+
+def _dag_folder(dag_id: str) -> str:
+    from airflow_vibedream.files.storage import safe_segment
+
+    return safe_segment(dag_id)
 
 
 def _in_dag_folder(parts: list[str], dag_id: str) -> bool:
     """Whether a path below a root lies in ``dag_id``'s folder, as the operators name it.
 
-    Exact text: :func:`~airflow_vibedream.storage.safe_segment` gives every DAG id a folder of its
+    Exact text: :func:`~airflow_vibedream.files.storage.safe_segment` gives every DAG id a folder of its
     own, so no other DAG's folder (nor the ledger's) equals it.
 
     :param parts: the path's segments below the root.
     :param dag_id: the DAG whose record names the path.
     """
-    from airflow_vibedream.storage import safe_segment
-
-    return len(parts) > 1 and parts[0] == safe_segment(dag_id)
+    return len(parts) > 1 and parts[0] == _dag_folder(dag_id)

@@ -88,7 +88,7 @@ def _open(location: Location) -> Iterator[IO[bytes]]:
         finally:
             body.close()
     else:
-        from airflow_vibedream.storage import as_storage_path
+        from airflow_vibedream.files.storage import as_storage_path
 
         with as_storage_path(location.uri, location.root.conn_id).open("rb") as handle:
             yield handle

@@ -14,10 +14,10 @@ from airflow_vibedream.client.request import validate_prediction_id
 from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
 from airflow_vibedream.errors import VibeDreamPredictionFailedError, VibeDreamProtocolError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
-from airflow_vibedream.lifecycle.events import prediction_from_event
-from airflow_vibedream.lifecycle.rules import permanent_errors_fail_the_task
-from airflow_vibedream.lifecycle.settle import fire_not_before
-from airflow_vibedream.lifecycle.validation import is_templated, positive_seconds
+from airflow_vibedream.tasks.events import prediction_from_event
+from airflow_vibedream.tasks.rules import permanent_errors_fail_the_task
+from airflow_vibedream.tasks.settle import fire_not_before
+from airflow_vibedream.tasks.validation import is_templated, positive_seconds
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
 
 if TYPE_CHECKING:

@@ -13,8 +13,7 @@ from airflow_vibedream.client.models import Prediction
 from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
 from airflow_vibedream.errors import VibeDreamError, VibeDreamTimeoutError
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
-from airflow_vibedream.lifecycle.batch import FAILED, poll_outcome
-from airflow_vibedream.lifecycle.events import (
+from airflow_vibedream.tasks.events import (
     EVENT_ERROR,
     EVENT_SUCCESS,
     EVENT_TIMEOUT,
@@ -28,9 +27,9 @@ from airflow_vibedream.lifecycle.events import (
     terminal_event,
     timeout_event,
 )
-from airflow_vibedream.lifecycle.progress import PUBLISH_EVERY, ProgressPublisher
-from airflow_vibedream.lifecycle.settle import settle
-from airflow_vibedream.waiting.decisions import PredictionWait
+from airflow_vibedream.tasks.progress import PUBLISH_EVERY, ProgressPublisher
+from airflow_vibedream.tasks.settle import settle
+from airflow_vibedream.waiting.decisions import FAILED, PredictionWait, poll_outcome
 from airflow_vibedream.waiting.scheduler import loop_scheduler
 from airflow_vibedream.waiting.status import StatusTracker
 
@@ -78,7 +77,7 @@ class VibeDreamPredictionTrigger(BaseTrigger):
     :param created_at: the job's creation, epoch seconds, if the operator knows it (the first poll
         can then wait until jobs of its kind start finishing).
     :param fire_not_before: epoch seconds before which the event is held back, so that the deferral
-        has settled in Airflow (see :mod:`airflow_vibedream.lifecycle.settle`); None: at once.
+        has settled in Airflow (see :mod:`airflow_vibedream.tasks.settle`); None: at once.
     :param model_id: the model the prediction was asked of, if known: an answer naming another model
         (or another prediction) is never adopted.
     :param large_answers: base64 outputs may have been asked, so the final answer may carry the
@@ -188,7 +187,7 @@ class VibeDreamBatchTrigger(BaseTrigger):
     :param progress_interval: seconds between progress lines.
     :param duration_kind: what kind of jobs these are (see :class:`VibeDreamPredictionTrigger`).
     :param progress: the batch's progress record when it deferred (see
-        :class:`airflow_vibedream.lifecycle.records.BatchProgress`); if given, the trigger keeps the
+        :class:`airflow_vibedream.tasks.records.BatchProgress`); if given, the trigger keeps the
         batch's progress XCom current for the gallery while it waits.
     :param fire_not_before: epoch seconds before which the event is held back (see
         :class:`VibeDreamPredictionTrigger`).
@@ -317,11 +316,9 @@ class _BatchWait:
         self.outstanding.discard(prediction_id)
         if state == FAILED:
             self.failed[prediction_id] = error or "failed (no reason given)"
-        await self.progress.publish(
-            self.trigger.task_instance,
-            done=self.total - len(self.outstanding),
-            failed=len(self.failed),
-            force=not self.outstanding,
+        # Never awaited: the last image's event must not wait for the gallery's progress.
+        self.progress.publish(
+            self.trigger.task_instance, done=self.total - len(self.outstanding), failed=len(self.failed)
         )
 
     async def report_progress(self) -> None:
@@ -332,7 +329,7 @@ class _BatchWait:
         while True:
             await asyncio.sleep(min(PUBLISH_EVERY, trigger.progress_interval))
             done = self.total - len(self.outstanding)
-            await self.progress.publish(trigger.task_instance, done=done, failed=len(self.failed))
+            self.progress.publish(trigger.task_instance, done=done, failed=len(self.failed))
             if time.monotonic() - last_line >= trigger.progress_interval:
                 last_line = time.monotonic()
                 self.log_progress()

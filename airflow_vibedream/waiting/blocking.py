@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_vibedream.client.models import Prediction
+from airflow_vibedream.constants import DEFAULT_POLL_INTERVAL
 from airflow_vibedream.errors import VibeDreamError
 from airflow_vibedream.waiting.decisions import Finished, Next, PredictionWait, RereadKey, Retry, Stop
 from airflow_vibedream.waiting.gate import OutageReport, poll_client
+from airflow_vibedream.waiting.status import StatusTracker
 
 if TYPE_CHECKING:
     from airflow_vibedream.client.sync import VibeDreamClient
@@ -199,3 +201,55 @@ def wait_in_worker(
     :param clock: epoch seconds (the deadlines' clock).
     """
     return _WorkerLoop(client, concurrency, hooks or WorkerHooks(), clock).run(waits)
+
+
+def wait_for_prediction(
+    client: VibeDreamClient,
+    prediction_id: str,
+    *,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    deadline: float | None = None,
+    kind: str = "default",
+    created_at: float | None = None,
+    on_status_change: Callable[[Prediction, float], None] | None = None,
+    on_unavailable: OutageReport | None = None,
+    reread: Callable[[], VibeDreamClient | None] | None = None,
+    model_id: str | None = None,
+    large_answers: bool = True,
+) -> Prediction:
+    """Poll one prediction with ``client`` until it is terminal, riding out outages; raise
+    :class:`~airflow_vibedream.errors.VibeDreamTimeoutError` at ``deadline`` (epoch seconds). Returns
+    the terminal prediction, failed or not. The same decisions as the triggers' wait
+    (:mod:`airflow_vibedream.waiting.decisions`), in the calling thread.
+
+    :param client: the blocking client.
+    :param prediction_id: the prediction.
+    :param poll_interval: seconds between polls where jobs of its kind finish.
+    :param deadline: epoch seconds (None: none).
+    :param kind: what kind of job (model and resolution): when to poll is learned per kind.
+    :param created_at: the job's creation, epoch seconds, if known.
+    :param on_status_change: called with each new status and the seconds waited.
+    :param on_unavailable: called while the API is unavailable.
+    :param reread: after a refused key, a client of the re-read connection if it changed (else
+        None); without it a refusal is final.
+    :param model_id: the model the prediction was asked of, if known (an answer naming another
+        model, or another prediction, is never adopted).
+    :param large_answers: base64 outputs may have been asked (the final answer then carries the
+        images); False reads a status answer's size at most.
+    """
+    wait = PredictionWait(
+        prediction_id,
+        interval=poll_interval,
+        deadline=deadline,
+        kind=kind,
+        created_at=created_at,
+        model_id=model_id,
+        large_answers=large_answers,
+    )
+    hooks = WorkerHooks(
+        observe=StatusTracker(on_status_change).observe, on_unavailable=on_unavailable, reread=reread
+    )
+    outcome = wait_in_worker(client, [wait], hooks=hooks)[prediction_id]
+    if isinstance(outcome, VibeDreamError):
+        raise outcome
+    return outcome

@@ -33,6 +33,7 @@ from airflow_vibedream.errors import (
     VibeDreamAnswerMismatchError,
     VibeDreamAuthError,
     VibeDreamError,
+    VibeDreamNotFoundError,
     VibeDreamProtocolError,
     VibeDreamTimeoutError,
 )
@@ -237,3 +238,24 @@ class PredictionWait:
         created, completed = iso_seconds(prediction.created_at), iso_seconds(prediction.completed_at)
         if created is not None and completed is not None:
             self.durations.observe(self.kind, completed - created)
+
+
+# -- reading poll answers: the same for the trigger and the worker loop ---------------------------------
+
+PENDING = "pending"
+DONE = "done"
+FAILED = "failed"
+
+
+def poll_outcome(answer: Prediction | VibeDreamError) -> tuple[str, str | None]:
+    """``(pending|done|failed, error)`` of one poll of one image. A prediction that is gone (404)
+    failed, for this image only; any other error is the whole batch's and is raised by the caller."""
+    if isinstance(answer, VibeDreamNotFoundError):
+        return FAILED, str(answer)
+    if isinstance(answer, VibeDreamError):
+        raise answer
+    if answer.failed:
+        return FAILED, answer.error or "failed (no reason given)"
+    if answer.succeeded:
+        return DONE, None
+    return PENDING, None

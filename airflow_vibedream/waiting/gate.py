@@ -153,7 +153,7 @@ _PROCESS_GATES_LOCK = threading.Lock()
 
 def loop_gate(base_url: str) -> AsyncOutageGate:
     """The gate of the API at ``base_url`` on the running event loop (kept by its :class:`LoopLocal`)."""
-    gates = loop_local().gates
+    gates: dict[str, AsyncOutageGate] = loop_local().gates
     gate = gates.get(base_url)
     if gate is None:
         gate = gates[base_url] = AsyncOutageGate()

@@ -15,13 +15,11 @@ import asyncio
 import weakref
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from airflow_vibedream.client.aio import AsyncVibeDreamClient
     from airflow_vibedream.client.settings import ClientSettings
-    from airflow_vibedream.waiting.gate import AsyncOutageGate
-    from airflow_vibedream.waiting.scheduler import PollScheduler
 
 
 @dataclass
@@ -34,10 +32,11 @@ class LoopLocal:
     clients: dict[ClientSettings, AsyncVibeDreamClient] = field(default_factory=dict)
     #: The settings each connection id resolved to last.
     current: dict[str, ClientSettings] = field(default_factory=dict)
-    #: The outage gate of each API (by base URL).
-    gates: dict[str, AsyncOutageGate] = field(default_factory=dict)
-    #: The poll scheduler of each connection id.
-    schedulers: dict[str, PollScheduler] = field(default_factory=dict)
+    #: The outage gate of each API (by base URL): typed where they are made (``waiting.gate``),
+    #: which builds on this module, not the other way round.
+    gates: dict[str, Any] = field(default_factory=dict)
+    #: The poll scheduler of each connection id (made in ``waiting.scheduler``, typed there).
+    schedulers: dict[str, Any] = field(default_factory=dict)
     #: Finalised by the loop's shutdown_asyncgens(): closes the clients, drops this owner.
     closer: AsyncGenerator[None, None] | None = None
 

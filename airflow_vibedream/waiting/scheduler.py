@@ -325,7 +325,7 @@ def loop_scheduler(
 ) -> PollScheduler:
     """The running loop's scheduler for ``key`` (a connection id), made on first use and kept by the
     loop's :class:`~airflow_vibedream.waiting.loop_local.LoopLocal` while it has waits to watch."""
-    schedulers = loop_local().schedulers
+    schedulers: dict[str, PollScheduler] = loop_local().schedulers
     scheduler = schedulers.get(key)
     if scheduler is None:
 

@@ -6,6 +6,12 @@ Before the fix, the cleared try kept submitting (each write of a job's id to the
 answered 404) and the new try paid for many images again: 48 jobs for 31 images. Now the cleared try
 journals every returned id in the ledger beside the outputs, stops sending at its first failed state
 write, and the new try follows the jobs already made: 30 images, 30 jobs, 60 cents.
+
+A second scenario kills the triggerer with SIGKILL (by its pid) while the new try is deferred and its
+trigger polls (every poll held by the emulator, so the trigger cannot finish there), and starts a
+new triggerer: it resumes the batch's trigger from its serialized form. Still 30 jobs and 60 cents,
+and the kill costs no try. Both scenarios share one deployment (module scope): PostgreSQL migrations
+and four Airflow processes take most of a test's time on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +31,7 @@ import pytest
 from airflow_vibedream.emulator.process import EmulatorProcess
 from tests.conftest import TEST_KEY, connection_json
 from tests.e2e.cluster import AirflowCluster, log_line, postgres_database, wait_for
-from tests.e2e.test_crash_safety import PG_ADMIN_URL, copy_dags, reset, stats
+from tests.e2e.test_crash_safety import FAST_TRIGGERER_FAILOVER, PG_ADMIN_URL, copy_dags, reset, stats
 from tests.e2e.test_lifecycle_e2e import clear, faults
 
 pytestmark = pytest.mark.e2e
@@ -39,6 +46,9 @@ CENTS_PER_JOB = 2
 SLOW_SUBMITS = {"route": "submit", "kind": "slow", "delay": 0.5}
 #: Jobs made before the clear.
 CLEAR_AFTER = 8
+#: While the new try is deferred (triggerer-kill scenario): submits fast, and every poll held longer
+#: than the client's 30 s timeout, so the first triggerer's trigger cannot finish before the kill.
+HOLD_POLLS = {"route": "poll", "kind": "slow", "delay": 45}
 #: Log lines worth reading in the report (lower-cased substrings).
 TELLING = (
     "state could not be written",
@@ -54,7 +64,12 @@ TELLING = (
 )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cleared")
+
+
+@pytest.fixture(scope="module")
 def metadata_db() -> Iterator[str | None]:
     """A fresh database on the machine's PostgreSQL; SQLite (None) when it is unreachable outside CI."""
     psycopg2 = pytest.importorskip("psycopg2")
@@ -69,22 +84,23 @@ def metadata_db() -> Iterator[str | None]:
         yield url
 
 
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[EmulatorProcess]:
+@pytest.fixture(scope="module")
+def emulator(module_tmp: Path) -> Iterator[EmulatorProcess]:
     with EmulatorProcess(
-        "--api-key", TEST_KEY, "--processing-seconds", "1", log_path=tmp_path / "emulator.log"
+        "--api-key", TEST_KEY, "--processing-seconds", "1", log_path=module_tmp / "emulator.log"
     ) as process:
         yield process
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster(
-    tmp_path: Path, dags_folder: Path, emulator: EmulatorProcess, metadata_db: str | None
+    module_tmp: Path, dags_folder: Path, emulator: EmulatorProcess, metadata_db: str | None
 ) -> Iterator[AirflowCluster]:
     airflow = AirflowCluster(
-        tmp_path / "airflow",
-        copy_dags(dags_folder, tmp_path / "dags", "vibedream_cleared_batch.py"),
-        env={"AIRFLOW_CONN_VIBEDREAM_DEFAULT": connection_json(emulator.base_url)},
+        module_tmp / "airflow",
+        copy_dags(dags_folder, module_tmp / "dags", "vibedream_cleared_batch.py"),
+        # A killed triggerer's triggers go to the new one once its heartbeat is 5 s old.
+        env={"AIRFLOW_CONN_VIBEDREAM_DEFAULT": connection_json(emulator.base_url), **FAST_TRIGGERER_FAILOVER},
         sql_alchemy_conn=metadata_db,
     )
     try:
@@ -120,8 +136,46 @@ def ledger_listing(output: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
 
 
+def trigger_log_files(cluster: AirflowCluster, run_id: str, try_number: int) -> list[str]:
+    """The try's trigger log files, one per triggerer job that ran its trigger."""
+    folder = cluster.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={TASK_ID}"
+    return sorted(p.name for p in folder.glob(f"attempt={try_number}.log.trigger.*.log"))
+
+
+def replace_the_triggerer_mid_wait(cluster: AirflowCluster, emulator: EmulatorProcess, run_id: str) -> str:
+    """Once the new try is deferred and its trigger polls (each poll held by the emulator), kill the
+    triggerer (SIGKILL to its pid's group), let polls answer again and start a new triggerer."""
+    polls_before = stats(emulator).get("polls", 0)
+    deferred = wait_for(
+        lambda: (
+            (ti := cluster.task_instance(DAG_ID, run_id, TASK_ID))["try_number"] >= 2
+            and ti["state"] == "deferred"
+            and ti.get("triggerer_job")
+            and stats(emulator).get("polls", 0) > polls_before
+            and ti
+        ),
+        timeout=180,
+        interval=0.25,
+        what="the new try's trigger to poll in the first triggerer",
+    )
+    [name] = [name for name in cluster.processes if name.startswith("triggerer")]
+    pid = cluster.processes[name].pid
+    polls_at_kill = stats(emulator).get("polls", 0)
+    cluster.kill(name, signal.SIGKILL)
+    faults(emulator)  # polls answer again: only the new triggerer can see the jobs finish
+    new_pid = cluster.start("triggerer", name=f"{name}-replacement")
+    return (
+        f"triggerer {name} (pid {pid}, job {deferred['triggerer_job'].get('id')}) killed with SIGKILL while "
+        f"try {deferred['try_number']} was deferred, {polls_at_kill - polls_before} of its polls held; "
+        f"new triggerer pid {new_pid}"
+    )
+
+
+# The plain clear is the same run without the kill: it proves nothing this one does not (30 jobs,
+# 60 cents, both measured in the closing note of the change), so CI runs only this one.
+@pytest.mark.parametrize("kill_triggerer", [True], ids=["cleared-and-triggerer-killed"])
 def test_a_batch_cleared_while_submitting_pays_once_per_image(
-    cluster: AirflowCluster, emulator: EmulatorProcess, tmp_path: Path
+    cluster: AirflowCluster, emulator: EmulatorProcess, tmp_path: Path, kill_triggerer: bool
 ) -> None:
     reset(emulator)
     faults(emulator, SLOW_SUBMITS)
@@ -148,7 +202,10 @@ def test_a_batch_cleared_while_submitting_pays_once_per_image(
     )
     jobs_at_new_try = jobs(emulator)
     seconds_to_new_try = time.monotonic() - cleared
-    faults(emulator)  # the new try's submits are fast
+    # The new try's submits are fast; with the kill, its trigger's polls are held until the kill.
+    # (A batch polls nothing in the worker before it defers: only the trigger meets the held polls.)
+    faults(emulator, *([HOLD_POLLS] if kill_triggerer else []))
+    killed = replace_the_triggerer_mid_wait(cluster, emulator, run_id) if kill_triggerer else None
     state = cluster.wait_for_run(DAG_ID, run_id, timeout=240)
     run_seconds = time.monotonic() - started
 
@@ -169,10 +226,13 @@ def test_a_batch_cleared_while_submitting_pays_once_per_image(
     ids = {line["prediction_id"] for line in manifest if line.get("prediction_id")}
     logs = try_logs(cluster, run_id)
     ledger = ledger_listing(output)
+    trigger_logs = trigger_log_files(cluster, run_id, ti["try_number"])
     report = [
-        f"cleared batch: run {state} in {run_seconds:.0f} s; try 1 was {first_try['state']} "
-        f"with {jobs_at_clear} jobs at the clear; try 2 was scheduled {seconds_to_new_try:.1f} s "
-        f"later with {jobs_at_new_try} jobs made; the last try was try {ti['try_number']}",
+        f"cleared batch{' + triggerer killed' if kill_triggerer else ''}: run {state} in "
+        f"{run_seconds:.0f} s; try 1 was {first_try['state']} with {jobs_at_clear} jobs at the clear; "
+        f"try 2 was scheduled {seconds_to_new_try:.1f} s later with {jobs_at_new_try} jobs made; the "
+        f"last try was try {ti['try_number']}",
+        *([f"  {killed}; trigger logs of the last try: {trigger_logs}"] if killed else []),
         f"  jobs made: {counters.get('accepted_submissions', 0)} (expected {IMAGES}); "
         f"submits: {counters.get('submissions', 0)}; emulator counters: {counters}",
         f"  reported total_cost_cents: {summary and summary.get('total_cost_cents')} "
@@ -201,3 +261,7 @@ def test_a_batch_cleared_while_submitting_pays_once_per_image(
     assert len(manifest) == IMAGES, evidence
     assert len(ids) == IMAGES, evidence
     assert summary["total_cost_cents"] == IMAGES * CENTS_PER_JOB, f"the spend reported\n{evidence}"
+    if kill_triggerer:
+        # The trigger ran in both triggerers (one log file per triggerer job), and resumed: no try lost.
+        assert len(trigger_logs) == 2, f"the trigger did not run in both triggerers\n{evidence}"
+        assert ti["try_number"] == 2, f"the triggerer's death cost a try\n{evidence}"

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from airflow_vibedream.emulator.process import EmulatorProcess
-from airflow_vibedream.storage import safe_segment
+from airflow_vibedream.files.storage import safe_segment
 from tests.conftest import TEST_KEY
 from tests.e2e.cluster import wait_for
 from tests.e2e.distributed import S3_BUCKET, DistributedAirflow, distributed_airflow

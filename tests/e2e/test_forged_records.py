@@ -23,8 +23,9 @@ from PIL import Image
 from airflow_vibedream.client.settings import ClientSettings
 from airflow_vibedream.client.sync import VibeDreamClient
 from airflow_vibedream.emulator.process import EmulatorProcess
-from airflow_vibedream.lifecycle.job import STATE_KEY
+from airflow_vibedream.jobs.single import STATE_KEY
 from airflow_vibedream.operators.vibedream import VibeDreamUpscaleImageOperator
+from airflow_vibedream.waiting.blocking import wait_for_prediction
 from tests.conftest import TEST_KEY, connection_json, emulator_stats
 from tests.e2e.cluster import AirflowCluster, log_line
 
@@ -102,7 +103,7 @@ def earlier_job(base_url: str, image: str) -> str:
     """A completed job on ``image``, made directly with the client (not by Airflow): its id."""
     with VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=base_url)) as client:
         submitted = client.submit("image-upscaler", {"image": image, **TASK})
-        done = client.wait_for_prediction(submitted.id, poll_interval=0.5)
+        done = wait_for_prediction(client, submitted.id, poll_interval=0.5)
     assert done.status == "completed" and done.outputs, done
     return done.id
 

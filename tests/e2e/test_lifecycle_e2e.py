@@ -208,7 +208,7 @@ def test_the_api_key_is_in_no_file_of_this_deployment(cluster: AirflowCluster) -
 
 def test_no_resumed_task_was_failed_by_a_stale_executor_event(cluster: AirflowCluster) -> None:
     # Every job above finishes (or fails for good) within seconds of its deferral: without the
-    # settle time (lifecycle/settle.py) Airflow's scheduler failed resumed attempts here, logging
+    # settle time (tasks/settle.py) Airflow's scheduler failed resumed attempts here, logging
     # this line (apache/airflow#71580, #72716).
     scheduler_log = (cluster.home / "scheduler.out").read_text(errors="replace")
     mismatches = [

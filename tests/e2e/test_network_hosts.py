@@ -38,14 +38,14 @@ CLIENT = textwrap.dedent(
     """
     import json, sys, time
     from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
-    from airflow_vibedream.lifecycle.outputs import download_policy
-    from airflow_vibedream.storage import persist_outputs
+    from airflow_vibedream.files.outputs import download_policy
+    from airflow_vibedream.files.storage import persist_outputs
 
     base_url, key, image, out = sys.argv[1:5]
     settings = ClientSettings(api_key=key, base_url=base_url, allow_insecure_http=True, timeout=10)
     client = VibeDreamClient(settings)
     submitted = client.upscale(UpscaleRequest(image, "2k", "png"))
-    done = client.wait_for_prediction(submitted.id, poll_interval=0.2, deadline=time.time() + 60)
+    done = wait_for_prediction(client, submitted.id, poll_interval=0.2, deadline=time.time() + 60)
     [stored] = persist_outputs(
         done.outputs, out, names={"prediction_id": done.id}, name_template="{prediction_id}.{ext}",
         policy=download_policy(settings),

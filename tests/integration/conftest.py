@@ -21,7 +21,7 @@ def airflow_db(airflow_home: Path) -> Path:
 @pytest.fixture(autouse=True)
 def no_settle_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """``dag.test()`` runs a trigger in the task's own process: there is no scheduler to race, so the
-    settle time after a deferral (lifecycle/settle.py, exercised by the e2e tests) is not waited."""
+    settle time after a deferral (tasks/settle.py, exercised by the e2e tests) is not waited."""
     monkeypatch.setenv("AIRFLOW__VIBEDREAM__RESUME_SETTLE_SECONDS", "0")
 
 

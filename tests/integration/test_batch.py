@@ -15,9 +15,9 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.emulator.imaging import sample_image
-from airflow_vibedream.lifecycle.batch import RateLimiter
-from airflow_vibedream.lifecycle.signing import RecordSigner
-from airflow_vibedream.lifecycle.store import SubmissionRecord
+from airflow_vibedream.jobs.batch import RateLimiter
+from airflow_vibedream.jobs.signing import RecordSigner
+from airflow_vibedream.jobs.submissions import SubmissionRecord
 from airflow_vibedream.operators.batch import XCOM_SUBMISSIONS, VibeDreamBatchUpscaleOperator
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger
 from tests.conftest import TEST_KEY, MotoS3, emulator_stats

@@ -12,10 +12,11 @@ import httpx
 import pytest
 
 from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
-from airflow_vibedream.downloads import DownloadPolicy
 from airflow_vibedream.emulator import EmulatorConfig, EmulatorServer
 from airflow_vibedream.errors import OutputStorageError, VibeDreamSubmissionStateUnknownError
-from airflow_vibedream.storage import persist_outputs
+from airflow_vibedream.files.downloads import DownloadPolicy
+from airflow_vibedream.files.storage import persist_outputs
+from airflow_vibedream.waiting.blocking import wait_for_prediction
 from tests.conftest import TEST_KEY
 
 ANYWHERE = DownloadPolicy(allow_private=True, timeout=5.0, read_timeout=5.0)
@@ -24,7 +25,7 @@ ANYWHERE = DownloadPolicy(allow_private=True, timeout=5.0, read_timeout=5.0)
 def completed_output(emulator: EmulatorServer) -> str:
     client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=emulator.base_url))
     prediction = client.upscale(UpscaleRequest(f"{emulator.base_url}/samples/64x48.png", "2k", "png"))
-    done = client.wait_for_prediction(prediction.id, poll_interval=0.1, deadline=time.time() + 30)
+    done = wait_for_prediction(client, prediction.id, poll_interval=0.1, deadline=time.time() + 30)
     assert done.outputs
     return done.outputs[0]
 
@@ -135,7 +136,7 @@ def test_a_dripping_poll_ends_the_workers_wait_at_its_deadline(emulator: Emulato
     client = VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=emulator.base_url, timeout=60.0))
     started = time.monotonic()
     with pytest.raises(VibeDreamTimeoutError):
-        client.wait_for_prediction(pid, poll_interval=0.1, deadline=time.time() + 2.0)
+        wait_for_prediction(client, pid, poll_interval=0.1, deadline=time.time() + 2.0)
     assert time.monotonic() - started < 4.0  # the deadline, plus one read at most
 
 

@@ -16,8 +16,8 @@ from PIL import Image
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.emulator.imaging import sample_image
 from airflow_vibedream.errors import VibeDreamValidationError
+from airflow_vibedream.files.sources import dataset_names
 from airflow_vibedream.operators.batch import VibeDreamBatchUpscaleOperator
-from airflow_vibedream.sources import dataset_names
 from tests.conftest import MotoS3
 from tests.helpers import FakeTI
 from tests.integration.emulated import jobs

@@ -15,7 +15,7 @@ from PIL import Image
 
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.emulator.imaging import sample_image
-from airflow_vibedream.lifecycle.ledger import LEDGER_DIR
+from airflow_vibedream.jobs.ledger.documents import LEDGER_DIR
 from tests.conftest import TEST_KEY, MotoS3, connection_json, emulator_stats
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_dags"

@@ -14,6 +14,7 @@ from airflow_vibedream.client import ClientSettings, RetryPolicy, UpscaleRequest
 from airflow_vibedream.emulator import EmulatorConfig, EmulatorServer
 from airflow_vibedream.errors import VibeDreamError, VibeDreamSubmissionStateUnknownError
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
+from airflow_vibedream.waiting.blocking import wait_for_prediction
 from tests.conftest import TEST_KEY, connection_json, emulator_stats
 
 PREDICTIONS = 100
@@ -124,13 +125,13 @@ def test_failed_and_stuck_predictions(emulator: EmulatorServer) -> None:
     client = fast_client(emulator.base_url)
     image = f"{emulator.base_url}/samples/32x32.png"
     set_faults(emulator.base_url, [{"route": "submit", "kind": "fail_prediction", "times": 1}])
-    failed = client.wait_for_prediction(
-        client.upscale(UpscaleRequest(image, "2k", "jpeg")).id, poll_interval=0.05
+    failed = wait_for_prediction(
+        client, client.upscale(UpscaleRequest(image, "2k", "jpeg")).id, poll_interval=0.05
     )
     assert failed.status == "failed"
     assert failed.error == "Your request was flagged by content moderation. Please modify your prompt."
     set_faults(emulator.base_url, [{"route": "submit", "kind": "stuck", "times": 1}])
     stuck_id = client.upscale(UpscaleRequest(image, "2k", "jpeg")).id
     with pytest.raises(VibeDreamError, match="did not finish before the deadline") as info:
-        client.wait_for_prediction(stuck_id, poll_interval=0.05, deadline=time.time() + 0.5)
+        wait_for_prediction(client, stuck_id, poll_interval=0.05, deadline=time.time() + 0.5)
     assert info.value.prediction_id == stuck_id

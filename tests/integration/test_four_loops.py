@@ -21,8 +21,9 @@ from airflow_vibedream.errors import (
     VibeDreamTimeoutError,
 )
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
-from airflow_vibedream.lifecycle.batch_wait import WorkerWait, wait_for_batch_in_worker
+from airflow_vibedream.tasks.batch_wait import WorkerWait, wait_for_batch_in_worker
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger, VibeDreamPredictionTrigger
+from airflow_vibedream.waiting.blocking import wait_for_prediction
 from tests.conftest import TEST_KEY, connection_json, emulator_stats
 from tests.integration.emulated import faults, fire
 
@@ -96,8 +97,13 @@ async def batch_trigger_loop(pid: str, deadline: float) -> str:
 def worker_loop(pid: str, deadline: float) -> str:
     hook = VibeDreamHook()
     try:
-        done = hook.get_client().wait_for_prediction(
-            pid, poll_interval=INTERVAL, deadline=deadline, reread=hook.reread_client, model_id=MODEL
+        done = wait_for_prediction(
+            hook.get_client(),
+            pid,
+            poll_interval=INTERVAL,
+            deadline=deadline,
+            reread=hook.reread_client,
+            model_id=MODEL,
         )
     except VibeDreamError as exc:
         SAID.append(str(exc))

@@ -212,7 +212,7 @@ def test_names_that_would_escape_output_path_are_refused_when_the_operator_is_bu
 def test_a_hostile_data_uri_subtype_never_becomes_an_extension(
     vibedream_conn: EmulatorServer, tmp_path: Path
 ) -> None:
-    from airflow_vibedream.storage import persist_outputs
+    from airflow_vibedream.files.storage import persist_outputs
 
     [stored] = persist_outputs(
         ["data:image/../../evil;base64,iVBORw0KGgo="],

@@ -18,12 +18,12 @@ import pytest
 
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.errors import UnsafeLocalPathError
-from airflow_vibedream.lifecycle.identity import s3_identity
-from airflow_vibedream.lifecycle.ledger import LEDGER_DIR, Ledger, LedgerEntry, TaskRef, new_entry
-from airflow_vibedream.lifecycle.ledger_store import MAX_PAGE_BYTES, S3Store
-from airflow_vibedream.lifecycle.manifest import manifest_uri
-from airflow_vibedream.lifecycle.signing import RecordSigner
-from airflow_vibedream.storage import StoredOutput, persist_outputs, write_text_atomically
+from airflow_vibedream.files.storage import StoredOutput, persist_outputs, write_text_atomically
+from airflow_vibedream.jobs.identity import s3_identity
+from airflow_vibedream.jobs.ledger.documents import LEDGER_DIR, Ledger, LedgerEntry, TaskRef, new_entry
+from airflow_vibedream.jobs.ledger.store import MAX_PAGE_BYTES, S3Store
+from airflow_vibedream.jobs.signing import RecordSigner
+from airflow_vibedream.tasks.manifest import manifest_uri
 from tests.conftest import MotoS3
 from tests.helpers import FakeTI
 from tests.integration.emulated import jobs, upscale
@@ -182,7 +182,7 @@ def test_a_group_name_never_leads_out_of_the_ledger(tmp_path: Path, secret: Path
 def test_an_s3_document_over_its_cap_is_not_read(
     moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import airflow_vibedream.lifecycle.ledger_store as ledger_store
+    import airflow_vibedream.jobs.ledger.store as ledger_store
 
     monkeypatch.setattr(ledger_store, "MAX_ENTRY_BYTES", 64)
     store = S3Store(f"s3://{moto_s3.bucket}/hostile-cap/{LEDGER_DIR}", "aws_default")
@@ -288,7 +288,7 @@ def test_an_upscale_with_a_linked_folder_fails_loudly_and_writes_nothing_there(
 
 
 def test_a_recorded_output_swapped_for_a_link_or_a_fifo_is_no_output(tmp_path: Path, secret: Path) -> None:
-    from airflow_vibedream.lifecycle.ledger_store import stored_facts
+    from airflow_vibedream.jobs.ledger.store import stored_facts
 
     folder = tmp_path / "out" / "dag"
     folder.mkdir(parents=True)

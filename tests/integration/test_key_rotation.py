@@ -20,8 +20,9 @@ from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamCl
 from airflow_vibedream.emulator import EmulatorConfig, EmulatorServer
 from airflow_vibedream.hooks.shared import aclose_shared_async_clients
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
-from airflow_vibedream.lifecycle.batch_wait import WorkerWait, wait_for_batch_in_worker
+from airflow_vibedream.tasks.batch_wait import WorkerWait, wait_for_batch_in_worker
 from airflow_vibedream.triggers.vibedream import VibeDreamBatchTrigger, VibeDreamPredictionTrigger
+from airflow_vibedream.waiting.blocking import wait_for_prediction
 from airflow_vibedream.waiting.loop_local import _LOCALS
 from tests.conftest import TEST_KEY, connection_json, emulator_stats
 from tests.helpers import async_until
@@ -99,8 +100,8 @@ def test_a_wait_in_the_worker_picks_up_a_rotated_key_on_a_401(
     rotate(slow_emulator, monkeypatch)
     deadline = time.time() + 30
     if kind == "operator":
-        done = client.wait_for_prediction(
-            prediction_id, poll_interval=0.2, deadline=deadline, reread=hook.reread_client
+        done = wait_for_prediction(
+            client, prediction_id, poll_interval=0.2, deadline=deadline, reread=hook.reread_client
         )
         assert done.succeeded
     else:

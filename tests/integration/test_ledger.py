@@ -17,11 +17,11 @@ from PIL import Image
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.emulator.imaging import sample_image
 from airflow_vibedream.errors import VibeDreamSubmissionStateUnknownError
+from airflow_vibedream.files.outputs import download_policy
 from airflow_vibedream.hooks.vibedream import VibeDreamHook
-from airflow_vibedream.lifecycle.identity import identity_of
-from airflow_vibedream.lifecycle.ledger import LEDGER_DIR, Ledger, TaskRef, new_entry
-from airflow_vibedream.lifecycle.outputs import download_policy
-from airflow_vibedream.lifecycle.signing import RecordSigner
+from airflow_vibedream.jobs.identity import identity_of
+from airflow_vibedream.jobs.ledger.documents import LEDGER_DIR, Ledger, TaskRef, new_entry
+from airflow_vibedream.jobs.signing import RecordSigner
 from airflow_vibedream.operators.batch import VibeDreamBatchUpscaleOperator
 from tests.conftest import TEST_KEY, MotoS3
 from tests.helpers import FakeTI

@@ -13,10 +13,10 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow.sdk.execution_time.timeout import timeout
 
 from airflow_vibedream.emulator import EmulatorServer
-from airflow_vibedream.lifecycle.batch import SubmitsStopped
-from airflow_vibedream.lifecycle.job import STATE_KEY
-from airflow_vibedream.lifecycle.signing import RecordSigner
-from airflow_vibedream.lifecycle.store import SubmissionRecord
+from airflow_vibedream.jobs.batch import SubmitsStopped
+from airflow_vibedream.jobs.signing import RecordSigner
+from airflow_vibedream.jobs.single import STATE_KEY
+from airflow_vibedream.jobs.submissions import SubmissionRecord
 from airflow_vibedream.operators.batch import VibeDreamBatchUpscaleOperator
 from tests.conftest import TEST_KEY, emulator_stats
 from tests.helpers import FakeStateStore, FakeTI, recorded
@@ -211,7 +211,7 @@ def test_transient_failures_leave_the_batch_retryable(vibedream_conn: EmulatorSe
 def test_an_unexpected_error_storing_one_image_still_writes_the_manifest(
     vibedream_conn: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from airflow_vibedream.lifecycle.outputs import OutputTarget
+    from airflow_vibedream.files.outputs import OutputTarget
 
     real_store = OutputTarget.store
     calls = {"n": 0}

@@ -12,13 +12,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from airflow_vibedream.downloads import DownloadPolicy
 from airflow_vibedream.emulator import EmulatorServer
 from airflow_vibedream.emulator.imaging import sample_image
 from airflow_vibedream.errors import OutputStorageError
-from airflow_vibedream.inputs import resolve_image
+from airflow_vibedream.files.downloads import DownloadPolicy
+from airflow_vibedream.files.inputs import resolve_image
+from airflow_vibedream.files.storage import persist_outputs
 from airflow_vibedream.operators.vibedream import VibeDreamUpscaleImageOperator
-from airflow_vibedream.storage import persist_outputs
 from tests.conftest import MotoS3
 from tests.helpers import FakeTI
 

@@ -12,6 +12,7 @@ import pytest
 from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
 from airflow_vibedream.emulator import EmulatorConfig, EmulatorServer
 from airflow_vibedream.triggers.vibedream import VibeDreamPredictionTrigger
+from airflow_vibedream.waiting.blocking import wait_for_prediction
 from tests.conftest import TEST_KEY, connection_json
 
 
@@ -55,10 +56,13 @@ async def test_success_event(vibedream_conn: EmulatorServer) -> None:
 
 async def test_the_event_waits_for_the_deferral_to_settle(vibedream_conn: EmulatorServer) -> None:
     # A job already over when the trigger starts: its event is still held until fire_not_before, so
-    # Airflow has read the deferring process's exit before the task resumes (lifecycle/settle.py).
+    # Airflow has read the deferring process's exit before the task resumes (tasks/settle.py).
     prediction_id = submit(vibedream_conn)
-    VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=vibedream_conn.base_url)).wait_for_prediction(
-        prediction_id, poll_interval=0.1, deadline=time.time() + 30
+    wait_for_prediction(
+        VibeDreamClient(ClientSettings(api_key=TEST_KEY, base_url=vibedream_conn.base_url)),
+        prediction_id,
+        poll_interval=0.1,
+        deadline=time.time() + 30,
     )
     not_before = time.time() + 1.5
     trigger = VibeDreamPredictionTrigger(prediction_id, poll_interval=0.1, fire_not_before=not_before)

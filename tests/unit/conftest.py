@@ -17,7 +17,7 @@ def input_probe(request: pytest.FixtureRequest) -> Iterator[mock.MagicMock | Non
     if request.node.get_closest_marker("real_input_probe"):
         yield None
         return
-    with mock.patch("airflow_vibedream.lifecycle.outputs.probe_input", return_value=INPUT_FACTS) as probe:
+    with mock.patch("airflow_vibedream.files.outputs.probe_input", return_value=INPUT_FACTS) as probe:
         yield probe
 
 

@@ -16,18 +16,11 @@ from airflow_vibedream.errors import (
     VibeDreamSubmissionStateUnknownError,
     VibeDreamValidationError,
 )
-from airflow_vibedream.lifecycle.batch import (
-    DONE,
-    FAILED,
-    PENDING,
-    BatchSubmitter,
-    SubmitsStopped,
-    TaskStateGone,
-    poll_outcome,
-)
-from airflow_vibedream.lifecycle.signing import RecordSigner
-from airflow_vibedream.lifecycle.store import UNKNOWN, SubmissionRecord, SubmissionStore
+from airflow_vibedream.jobs.batch import BatchSubmitter, SubmitsStopped, TaskStateGone
+from airflow_vibedream.jobs.signing import RecordSigner
+from airflow_vibedream.jobs.submissions import UNKNOWN, SubmissionRecord, SubmissionStore
 from airflow_vibedream.operators.batch import VibeDreamBatchUpscaleOperator
+from airflow_vibedream.waiting.decisions import DONE, FAILED, PENDING, poll_outcome
 from tests.helpers import FakeStateStore, FakeTI
 
 SIGNER = RecordSigner("test-record-secret")

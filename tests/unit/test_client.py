@@ -29,6 +29,7 @@ from airflow_vibedream.errors import (
     VibeDreamTransportError,
     VibeDreamValidationError,
 )
+from airflow_vibedream.waiting.blocking import wait_for_prediction
 
 BASE = "https://api.vibedream.test"
 SUBMIT_URL = f"{BASE}/api/v1/models/image-upscaler/generate"
@@ -291,7 +292,7 @@ def test_wait_for_prediction_times_out_with_the_id(client: VibeDreamClient) -> N
     with respx.mock:
         respx.get(POLL_URL).respond(200, json={**COMPLETED, "status": "processing", "outputs": None})
         with pytest.raises(VibeDreamTimeoutError) as info:
-            client.wait_for_prediction(PRED_ID, poll_interval=0.01, deadline=time.time() + 0.05)
+            wait_for_prediction(client, PRED_ID, poll_interval=0.01, deadline=time.time() + 0.05)
     assert info.value.prediction_id == PRED_ID
     assert PRED_ID in str(info.value)
 
@@ -305,8 +306,8 @@ def test_wait_for_prediction_reports_status_changes(client: VibeDreamClient) -> 
             httpx.Response(200, json=processing),
             httpx.Response(200, json=COMPLETED),
         ]
-        result = client.wait_for_prediction(
-            PRED_ID, poll_interval=0.001, on_status_change=lambda p, elapsed: seen.append(p.status)
+        result = wait_for_prediction(
+            client, PRED_ID, poll_interval=0.001, on_status_change=lambda p, elapsed: seen.append(p.status)
         )
     assert result.succeeded
     assert seen == ["processing", "completed"]
@@ -357,7 +358,7 @@ def test_sync_mode_504_with_the_id_falls_back_to_polling(client: VibeDreamClient
             UpscaleRequest("https://example.com/a.jpg", "2k", "png", enable_sync_mode=True)
         )
         assert submitted.id == PRED_ID and submitted.status == "processing"
-        assert client.wait_for_prediction(submitted.id, poll_interval=0.01).succeeded
+        assert wait_for_prediction(client, submitted.id, poll_interval=0.01).succeeded
 
 
 def test_504_without_an_id_leaves_the_state_unknown(client: VibeDreamClient) -> None:

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from airflow_vibedream.downloads import (
+from airflow_vibedream.errors import OutputStorageError
+from airflow_vibedream.files.downloads import (
     DownloadPolicy,
     check_destination,
     download_chunks,
@@ -31,7 +32,6 @@ from airflow_vibedream.downloads import (
     is_non_public_host,
     is_public_address,
 )
-from airflow_vibedream.errors import OutputStorageError
 
 #: A globally routable address no test ever reaches (connections to it are faked or mocked).
 PUBLIC = "93.184.216.34"

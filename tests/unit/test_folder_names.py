@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from airflow_vibedream.lifecycle.ledger import LEDGER_DIR
-from airflow_vibedream.lifecycle.manifest import manifest_uri
-from airflow_vibedream.storage import DEFAULT_OUTPUT_NAME, MAX_KEPT_NAME, persist_outputs, safe_segment
+from airflow_vibedream.files.storage import DEFAULT_OUTPUT_NAME, MAX_KEPT_NAME, persist_outputs, safe_segment
+from airflow_vibedream.jobs.ledger.documents import LEDGER_DIR
+from airflow_vibedream.tasks.manifest import manifest_uri
 
 #: What any name may hold: the characters kept as they are, and the hash mark.
 NAME = re.compile(r"^[A-Za-z0-9=-][A-Za-z0-9._=~-]*$")

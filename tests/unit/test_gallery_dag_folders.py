@@ -21,20 +21,20 @@ from fastapi import Request
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from airflow_vibedream.lifecycle.manifest import manifest_uri
-from airflow_vibedream.lifecycle.records import (
-    PROGRESS_XCOM_KEY,
-    RESULT_XCOM_KEY,
-    BatchProgress,
-    ImageResult,
-)
+from airflow_vibedream.files.storage import safe_segment
 from airflow_vibedream.plugins import access, queries
 from airflow_vibedream.plugins import app as gallery
 from airflow_vibedream.plugins.manifests import ManifestPages
 from airflow_vibedream.plugins.roots import GalleryRoots
 from airflow_vibedream.plugins.sources import ReadBounds
 from airflow_vibedream.plugins.thumbnails import ThumbnailCache, ThumbnailPool
-from airflow_vibedream.storage import safe_segment
+from airflow_vibedream.tasks.manifest import manifest_uri
+from airflow_vibedream.tasks.records import (
+    PROGRESS_XCOM_KEY,
+    RESULT_XCOM_KEY,
+    BatchProgress,
+    ImageResult,
+)
 
 RUN = "manual__2026-01-01T00:00:00+00:00"
 #: Who reads which DAG (the auth manager's answer).
@@ -171,9 +171,15 @@ def test_a_record_cannot_show_the_other_teams_files(
     output, thumb_output, thumb_input, manifest, batch, thumb_line = answers
     for answer in (output, thumb_output, thumb_input, manifest, thumb_line):
         assert answer.status_code == 403, (answer.request.url, answer.status_code)
-    assert batch.status_code == 200 and "not under a gallery root" in batch.text
+    # Each refusal names the rule that kept the file out (the reader's own DAG folder of the root,
+    # the root named by its place in the setting), never the api-server's path of the root.
+    rule = f"not under gallery root #1/{safe_segment(DAG_OF[reader])}/"
+    assert batch.status_code == 200 and rule in batch.text
+    for answer in (output, thumb_output, manifest):
+        assert rule in answer.json()["detail"] and "shared" in answer.json()["detail"]
     for answer in answers:
         assert stolen.marker not in answer.content and stolen.output.read_bytes()[:64] not in answer.content
+        assert str(stolen.output.parents[3]) not in answer.text
     # And the victim's DAG stays closed to the reader by the auth manager.
     refused = client.get(
         "/output",

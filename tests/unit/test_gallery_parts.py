@@ -16,14 +16,8 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from airflow_vibedream.lifecycle.ledger import LEDGER_DIR
-from airflow_vibedream.lifecycle.records import (
-    FINISHED,
-    BatchProgress,
-    ImageResult,
-    ManifestLine,
-    image_record,
-)
+from airflow_vibedream.files.storage import safe_segment
+from airflow_vibedream.jobs.ledger.documents import LEDGER_DIR
 from airflow_vibedream.links import VibeDreamGalleryLink, VibeDreamManifestLink, VibeDreamOutputLink
 from airflow_vibedream.plugins import pages
 from airflow_vibedream.plugins.manifests import MAX_LINE_BYTES, read_page
@@ -37,7 +31,13 @@ from airflow_vibedream.plugins.thumbnails import (
     ThumbnailPool,
     make_thumbnail,
 )
-from airflow_vibedream.storage import safe_segment
+from airflow_vibedream.tasks.records import (
+    FINISHED,
+    BatchProgress,
+    ImageResult,
+    ManifestLine,
+    image_record,
+)
 
 TI_KEY = SimpleNamespace(dag_id="d", run_id="manual__2026-01-01T00:00:00+00:00", task_id="t", map_index=3)
 
@@ -208,6 +208,51 @@ def test_roots_are_per_dag_unless_shared(root: Path) -> None:
     assert isinstance(shared, StoreLocation) and shared.root.conn_id == "aws_in" and shared.root.shared
     with pytest.raises(RootsConfigError):
         GalleryRoots.parse(json.dumps({str(root): {"conn_id": None, "shared": "yes"}}))
+
+
+def test_a_root_set_to_the_parent_of_output_path_shows_nothing_and_says_which_rule(tmp_path: Path) -> None:
+    # What a user does first: the operators store under <output_path>/<dag folder>/..., and the root
+    # is set one level up. The per-DAG rule keeps the image out; the refusal says so and how to fix
+    # it, naming the root by its place in the setting, never by its path on the api-server.
+    output_path = tmp_path / "home" / "outputs"
+    image = f"{output_path}/my_dag/manual__1/upscale/p-0.png"
+    roots = GalleryRoots.parse(json.dumps({"s3://other/": "aws", str(tmp_path / "home"): None}))
+    assert roots.locate(image, "my_dag") is None
+    said = roots.refusal(image, "my_dag")
+    assert said.startswith("not under gallery root #2/my_dag/ ") and "shared" in said
+    assert str(tmp_path) not in said
+    # The fix it names works: the root is output_path itself (or the root is shared).
+    assert GalleryRoots.parse(json.dumps({str(output_path): None})).locate(image, "my_dag") is not None
+    shared = {str(tmp_path / "home"): {"conn_id": None, "shared": True}}
+    assert GalleryRoots.parse(json.dumps(shared)).locate(image, "my_dag") is not None
+
+
+def test_a_refusal_names_a_root_by_its_name_or_uri_and_a_dag_by_its_folder(root: Path) -> None:
+    roots = GalleryRoots.parse(
+        json.dumps(
+            {
+                str(root): {"conn_id": None, "name": "team outputs"},
+                "s3://bucket/out/": "aws_out",
+                str(root / "inner"): None,
+            }
+        )
+    )
+    folder = safe_segment("odd:dag")
+    assert roots.refusal(f"{root}/elsewhere/a.png", "odd:dag").startswith(f"not under team outputs/{folder}/")
+    assert roots.refusal("s3://bucket/out/x/a.png", "d").startswith("not under s3://bucket/out/d/")
+    # Under two roots: the innermost one is named.
+    assert roots.refusal(f"{root}/inner/x/a.png", "d").startswith("not under gallery root #3/d/")
+    # Outside every root, or refused on its text: said plainly.
+    for uri in ("/etc/passwd", f"{root}/../x.png", "local:///x", None, "s3://bucket/elsewhere/a.png"):
+        assert roots.refusal(uri, "d") == "not under a gallery root"
+    with pytest.raises(RootsConfigError):
+        GalleryRoots.parse(json.dumps({str(root): {"conn_id": None, "name": "a\nb"}}))
+
+
+def test_the_gallery_page_says_which_rule_kept_an_image_out() -> None:
+    refused = pages.picture("/srv/x/other/a.png", False, "thumb?x", refusal="not under gallery root #1/d/ …")
+    assert refused.thumb is None and refused.note == "not under gallery root #1/d/ …"
+    assert pages.picture("https://e.com/a.png", False, "thumb").note == "external image (not fetched)"
 
 
 @pytest.mark.parametrize("victim", ["reports", "reports_", "_reports", "reports.", "reports:x", "a/b"])
@@ -488,3 +533,39 @@ def test_media_types() -> None:
         media_type("y") == "application/octet-stream"
         and media_type("page.html") == "application/octet-stream"
     )
+
+
+def test_the_thumbnail_cache_is_in_airflow_home_not_where_the_api_server_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_vibedream.plugins.app import Settings
+
+    monkeypatch.chdir(tmp_path)  # an api-server started from some other directory
+    monkeypatch.delenv("AIRFLOW__VIBEDREAM__GALLERY_CACHE_DIR", raising=False)
+    cache = Settings().cache
+    assert cache.directory == Path(os.environ["AIRFLOW_HOME"]) / "vibedream-thumbnails"
+    assert cache.directory.is_dir() and not (tmp_path / "vibedream-thumbnails").exists()
+    # The setting, when given, wins.
+    monkeypatch.setenv("AIRFLOW__VIBEDREAM__GALLERY_CACHE_DIR", str(tmp_path / "cache"))
+    assert Settings().cache.directory == tmp_path / "cache"
+
+
+def test_a_batch_card_counts_reused_resized_and_skipped_images_apart() -> None:
+    from airflow_vibedream.plugins.pages import environment
+
+    progress = BatchProgress(
+        images=10, jobs=4, unsubmitted=6, reused=3, resized=1, skipped=1, cost_cents=8
+    ).finished(
+        completed_images=8,
+        manifest="s3://b/m.jsonl",
+        by_status={"completed": 4, "reused": 3, "resized_locally": 1, "skipped": 1, "<b>x</b>": 1},
+    )
+    block = (
+        environment()
+        .from_string('{% from "macros.html" import progress_block %}{{ progress_block(p) }}')
+        .render(p=progress)
+    )
+    text = " ".join(block.split())
+    assert "3 reused" in text and "1 resized locally" in text and "1 skipped" in text
+    assert "1 not waited for" in text  # the one left: no job, not reused, resized or skipped
+    assert "resized_locally: 1" in text and "&lt;b&gt;x&lt;/b&gt;: 1" in text  # statuses are data

@@ -11,9 +11,9 @@ from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferr
 
 from airflow_vibedream.client import ClientSettings, Prediction
 from airflow_vibedream.errors import VibeDreamNotFoundError, VibeDreamSubmissionStateUnknownError
-from airflow_vibedream.lifecycle.fingerprint import JobSpec, fingerprint_of, what_changed
-from airflow_vibedream.lifecycle.job import STATE_KEY
-from airflow_vibedream.lifecycle.signing import MAC_FIELD, RecordSigner
+from airflow_vibedream.jobs.fingerprint import JobSpec, fingerprint_of, what_changed
+from airflow_vibedream.jobs.signing import MAC_FIELD, RecordSigner
+from airflow_vibedream.jobs.single import STATE_KEY
 from airflow_vibedream.operators.vibedream import XCOM_PREDICTION_ID, VibeDreamUpscaleImageOperator
 from tests.helpers import COMPLETED, NEW_PID, PID, SUBMITTED, FakeStateStore, FakeTI, recorded
 
@@ -62,7 +62,7 @@ def unsigned_record_of(task: VibeDreamUpscaleImageOperator, prediction_id: str =
 def client() -> mock.MagicMock:
     with (
         mock.patch("airflow_vibedream.hooks.vibedream.VibeDreamHook.get_conn") as get_conn,
-        mock.patch("airflow_vibedream.lifecycle.job.first_gone_output", return_value=None),
+        mock.patch("airflow_vibedream.jobs.single.first_gone_output", return_value=None),
     ):
         get_conn.return_value.submit.return_value = Prediction(id=NEW_PID, status="processing", cost_cents=2)
         get_conn.return_value.settings = ClientSettings(api_key="k", base_url="http://127.0.0.1:9")
@@ -215,7 +215,7 @@ def test_a_completed_prediction_whose_outputs_expired_is_submitted_anew(
     client.get_prediction.return_value = COMPLETED
     task = operator()
     gone = (COMPLETED.outputs[0], 410)  # type: ignore[index]
-    with mock.patch("airflow_vibedream.lifecycle.job.first_gone_output", return_value=gone):
+    with mock.patch("airflow_vibedream.jobs.single.first_gone_output", return_value=gone):
         deferred, _ = run(task, FakeStateStore({STATE_KEY: record_of(task)}))
     client.submit.assert_called_once()
     assert deferred.trigger.prediction_id == NEW_PID

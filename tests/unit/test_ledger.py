@@ -10,8 +10,17 @@ from typing import Any
 
 import pytest
 
-from airflow_vibedream.lifecycle.identity import ContentIdentity, decisive_ask, ledger_key, s3_identity
-from airflow_vibedream.lifecycle.ledger import (
+from airflow_vibedream.files.storage import StoredOutput
+from airflow_vibedream.jobs.identity import ContentIdentity, decisive_ask, ledger_key, s3_identity
+from airflow_vibedream.jobs.ledger.decision import (
+    KNOWN_BAD,
+    NEW,
+    RECONNECT,
+    REUSE,
+    UNKNOWN,
+    decide,
+)
+from airflow_vibedream.jobs.ledger.documents import (
     COMPLETED,
     FAILED,
     SUBMITTED,
@@ -22,17 +31,8 @@ from airflow_vibedream.lifecycle.ledger import (
     TaskRef,
     new_entry,
 )
-from airflow_vibedream.lifecycle.ledger_decision import (
-    KNOWN_BAD,
-    NEW,
-    RECONNECT,
-    REUSE,
-    UNKNOWN,
-    decide,
-)
-from airflow_vibedream.lifecycle.ledger_store import LocalStore, intact
-from airflow_vibedream.lifecycle.signing import RecordSigner
-from airflow_vibedream.storage import StoredOutput
+from airflow_vibedream.jobs.ledger.store import LocalStore, intact
+from airflow_vibedream.jobs.signing import RecordSigner
 
 SIGNER = RecordSigner("test-record-secret")
 
@@ -326,7 +326,7 @@ def test_a_group_document_not_signed_names_no_ids(tmp_path: Path) -> None:
 
 
 def test_an_output_swapped_for_a_huge_sparse_file_is_not_read_at_all(tmp_path: Path) -> None:
-    from airflow_vibedream.lifecycle.ledger_store import stored_facts
+    from airflow_vibedream.jobs.ledger.store import stored_facts
 
     ledger = Ledger(str(tmp_path), None, SIGNER)
     entry = completed_entry(tmp_path, VICTIM, "out.png")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from unittest import mock
 
 from airflow_vibedream.client import ClientSettings
+from airflow_vibedream.files.storage import StoredOutput
 from airflow_vibedream.operators.lineage import dataset_name
 from airflow_vibedream.operators.vibedream import VibeDreamUpscaleImageOperator
-from airflow_vibedream.storage import StoredOutput
 from tests.helpers import COMPLETED, FakeTI
 
 
@@ -36,7 +36,7 @@ def test_openlineage_names_input_and_stored_outputs() -> None:
     stored = [StoredOutput("s3://bucket/upscaled/a.png", 10, "00", 2048, 1024, "PNG", checks)]
     with (
         mock.patch("airflow_vibedream.hooks.vibedream.VibeDreamHook.get_conn") as get_conn,
-        mock.patch("airflow_vibedream.lifecycle.outputs.persist_outputs", return_value=stored),
+        mock.patch("airflow_vibedream.files.outputs.persist_outputs", return_value=stored),
         mock.patch(
             "airflow_vibedream.operators.vibedream.resolve_image", return_value="https://signed.example/x"
         ),

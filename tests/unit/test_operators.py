@@ -104,15 +104,16 @@ def test_deferrable_submits_pushes_the_id_and_defers(client: mock.MagicMock) -> 
 
 def test_sync_answer_finishes_without_waiting(client: mock.MagicMock) -> None:
     client.submit.return_value = Prediction.from_dict({**COMPLETED.to_dict(), "cost_cents": 2})
-    result = operator(deferrable=True, enable_sync_mode=True).execute({"ti": FakeTI()})
+    with mock.patch("airflow_vibedream.operators.vibedream.wait_for_prediction") as waited:
+        result = operator(deferrable=True, enable_sync_mode=True).execute({"ti": FakeTI()})
     assert result["status"] == "completed" and result["cost_cents"] == 2
-    client.wait_for_prediction.assert_not_called()
+    waited.assert_not_called()
 
 
 def test_worker_path_waits_and_returns_the_contract(client: mock.MagicMock) -> None:
     client.submit.return_value = SUBMITTED
-    client.wait_for_prediction.return_value = COMPLETED
-    result = operator(deferrable=False).execute({"ti": FakeTI()})
+    with mock.patch("airflow_vibedream.operators.vibedream.wait_for_prediction", return_value=COMPLETED):
+        result = operator(deferrable=False).execute({"ti": FakeTI()})
     assert result == {
         "id": PID,
         "model_id": "image-upscaler",

@@ -1,4 +1,4 @@
-"""The earliest time a trigger's event fires after its deferral (lifecycle/settle.py)."""
+"""The earliest time a trigger's event fires after its deferral (tasks/settle.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from airflow_vibedream.lifecycle.settle import (
+from airflow_vibedream.tasks.settle import (
     SCHEDULER_MARGIN_SECONDS,
     fire_not_before,
     settle,

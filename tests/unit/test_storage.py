@@ -13,10 +13,10 @@ import httpx
 import pytest
 import respx
 
-from airflow_vibedream.downloads import DownloadPolicy, first_gone_output
 from airflow_vibedream.errors import OutputStorageError, VibeDreamValidationError
-from airflow_vibedream.inputs import validate_image_source
-from airflow_vibedream.storage import (
+from airflow_vibedream.files.downloads import DownloadPolicy, first_gone_output
+from airflow_vibedream.files.inputs import validate_image_source
+from airflow_vibedream.files.storage import (
     DEFAULT_OUTPUT_NAME,
     _decoded_chunks,
     is_data_output,
@@ -122,7 +122,7 @@ def test_first_gone_output_counts_a_network_error_or_inline_output_as_available(
 
 
 def test_only_http_urls_are_downloaded_and_private_ones_only_when_allowed() -> None:
-    from airflow_vibedream.downloads import check_destination
+    from airflow_vibedream.files.downloads import check_destination
 
     for url in ("ftp://example.com/a.png", "file:///etc/passwd", "gopher://x/"):
         with pytest.raises(OutputStorageError, match="only http"):
