@@ -52,7 +52,9 @@ def local_path_message(field_name: str, value: str) -> str:
     """What to do with a local file: the API downloads every input itself, so it must have a URL."""
     return (
         f"{field_name} is a local path ({value!r}), which VibeDream cannot download: it fetches every "
-        "input itself. Put the images in S3 and pass s3://bucket/key (presigned for the job), or serve "
+        "input itself. For a folder of images, use VibeDreamBatchUpscaleOperator(source=<the folder>, "
+        "staging_path='s3://bucket/prefix'): local images are staged there for their jobs. Or put the "
+        "images in S3 and pass s3://bucket/key (presigned for the job), or serve "
         "the folder over http(s) where the API can reach it and pass its URLs (for the emulator on this "
         "machine: `python -m http.server 8000 --bind 127.0.0.1` in the folder, then "
         "http://127.0.0.1:8000/<file name>)"
