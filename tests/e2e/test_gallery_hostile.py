@@ -424,7 +424,8 @@ def test_no_file_outside_the_roots_is_read_through_any_scheme(
         # A manifest outside the roots is said to be so; one inside that is no manifest (a page of
         # HTML) shows unreadable lines; neither offers a thumbnail.
         assert batch_pages and all('alt="input"' not in a.text for a in batch_pages)
-        said = ("cannot be read", "not under a gallery root", "unreadable manifest line")
+        # The refusal names its rule (a root's DAG folder, a manifest that is no .jsonl), never a path.
+        said = ("cannot be read", "not under ", "not a .jsonl manifest", "unreadable manifest line")
         unsaid = [
             (str(a.request.url), a.text[-1500:]) for a in batch_pages if not any(w in a.text for w in said)
         ]
