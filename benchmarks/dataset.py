@@ -12,8 +12,9 @@ tests of the API surface, and a batch that stores its outputs cannot be run on i
 runs here with one 2K JPEG served as every job's output (rendered once, by its own resampler, from
 an input of the benchmark's size): the API still fetches each input (the staged copy, or the
 object), the provider still downloads, checks and stores a real 2K output per image, and the
-emulator spends no CPU resampling. Staging's own CPU is also measured inside ``Staging.stage`` and
-``Staging.clean`` (thread CPU of every call), not estimated.
+emulator spends no CPU resampling. Staging's own CPU is also measured by itself, after the runs:
+every image copied by ``Staging.stage`` and deleted by ``Staging.clean`` with nothing else running
+(this process's CPU, every thread).
 
 The runs alternate (local, s3, s3, local: ``VIBEDREAM_BENCH_DATASET_ROUNDS`` runs of each, default
 2), after one unmeasured warm-up batch of each kind. ``VIBEDREAM_BENCH_DATASET_IMAGES`` (default
@@ -22,6 +23,8 @@ The runs alternate (local, s3, s3, local: ``VIBEDREAM_BENCH_DATASET_ROUNDS`` run
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import io
 import os
 import shutil
@@ -67,14 +70,15 @@ def free_port() -> int:
 # -- the emulator with one real output for every job (a child process) ----------------------------
 
 
-def serve_emulator(argv: list[str]) -> int:
-    """``python -m benchmarks.dataset --emulator <emulator args>``: the emulator, each job's output
-    the same pre-rendered 2K JPEG (downloadable, unlike ``--synthetic-outputs``'s)."""
+def serve_emulator(folder: Path, argv: list[str]) -> int:
+    """``python -m benchmarks.dataset --emulator <folder> <emulator args>``: the emulator, each job's
+    output the same 2K JPEG rendered into ``folder`` (downloadable, unlike ``--synthetic-outputs``'s;
+    the parent removes the folder)."""
     from airflow_vibedream.emulator import __main__ as emulator_main
     from airflow_vibedream.emulator.imaging import sample_image, upscale_to_file
     from airflow_vibedream.emulator.state import EmulatedPrediction, EmulatorState
 
-    output = Path(tempfile.mkdtemp(prefix="vibedream-bench-dataset-output-")) / OUTPUT_NAME
+    output = folder / OUTPUT_NAME
     upscale_to_file(sample_image(*INPUT_SIZE, "PNG"), "2k", "jpeg", output)
 
     async def render(self: EmulatorState, prediction: EmulatedPrediction) -> list[str]:
@@ -90,25 +94,23 @@ def serve_emulator(argv: list[str]) -> int:
 
 
 @contextmanager
-def emulator_process(log: Path) -> Iterator[tuple[str, int]]:
-    """The emulator above as a child process: (its URL, its pid); stopped by its pid."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.dataset",
-            "--emulator",
-            "--api-key",
-            KEY,
-            "--processing-seconds",
-            "0",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=log.open("ab"),
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+def emulator_process(work: Path) -> Iterator[tuple[str, int]]:
+    """The emulator above as a child process, its output and log in ``work``: (its URL, its pid);
+    stopped by its pid."""
+    (work / "emulator").mkdir()
+    log = work / "emulator.log"
+    with log.open("ab") as stderr:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "benchmarks.dataset", "--emulator", str(work / "emulator")),
+                *("--api-key", KEY, "--processing-seconds", "0"),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()  # the ready line, or "" if it died first
@@ -129,11 +131,12 @@ def moto_process(log: Path) -> Iterator[tuple[str, int]]:
     """moto's S3 server as a child process on a free loopback port: (its URL, its pid)."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
         while True:  # no ready line: its port answering is the event, polled with a bound
@@ -201,8 +204,9 @@ class Ti:
 
 
 class Timed:
-    """Calls, thread-CPU seconds and thread-seconds spent inside one method of a class, over every
-    call in every thread (the method is wrapped in place until :meth:`restore`)."""
+    """Calls of one method of a class and the thread-seconds spent inside them, over every call in
+    every thread (the method is wrapped in place until :meth:`restore`). Not its CPU: an upload's
+    work is done by s3transfer's own threads (see :func:`staging_alone`)."""
 
     def __init__(self, owner: type, name: str) -> None:
         self.owner, self.name = owner, name
@@ -212,22 +216,46 @@ class Timed:
         original = self.original
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            wall, cpu = time.perf_counter(), time.thread_time()
+            started = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
                 with self.lock:
                     self.calls += 1
-                    self.seconds += time.perf_counter() - wall
-                    self.cpu_seconds += time.thread_time() - cpu
+                    self.seconds += time.perf_counter() - started
 
         setattr(owner, name, timed)
 
     def reset(self) -> None:
-        self.calls, self.seconds, self.cpu_seconds = 0, 0.0, 0.0
+        self.calls, self.seconds = 0, 0.0
 
     def restore(self) -> None:
         setattr(self.owner, self.name, self.original)
+
+
+def staging_alone(
+    staging_class: type, staging_path: str, root: Path, files: dict[str, bytes]
+) -> dict[str, Any]:
+    """Staging by itself, measured: every image of the local folder copied by ``Staging.stage`` (one
+    after another, nothing else running in this process) and all deleted by ``Staging.clean``; this
+    process's CPU with every thread (s3transfer uploads from threads of its own). The hashes are
+    known beforehand, as the batch knows them from the ledger's identities."""
+    staging = staging_class(staging_path, "alone/run/batch", "aws_default")
+    todo = [(str(root / name), hashlib.sha256(data).hexdigest()) for name, data in files.items()]
+    cpu, wall = time.process_time(), time.perf_counter()
+    for path, sha in todo:
+        staging.stage(path, sha)
+    stage_cpu, stage_seconds = time.process_time() - cpu, time.perf_counter() - wall
+    cpu, wall = time.process_time(), time.perf_counter()
+    deleted = staging.clean()
+    return {
+        "copies": len(todo),
+        "deleted": deleted,
+        "stage_cpu_seconds": stage_cpu,
+        "stage_seconds": stage_seconds,
+        "clean_cpu_seconds": time.process_time() - cpu,
+        "clean_seconds": time.perf_counter() - wall,
+    }
 
 
 def run_batch(source: str, output: Path, run_id: str, staging_path: str | None) -> dict[str, Any]:
@@ -256,18 +284,22 @@ def run_batch(source: str, output: Path, run_id: str, staging_path: str | None) 
 
 
 def main() -> dict[str, Any]:
-    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="vibedream-bench-airflow-"))
+    if "AIRFLOW_HOME" not in os.environ:  # a throwaway one, removed when this process exits
+        home = tempfile.mkdtemp(prefix="vibedream-bench-airflow-")
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+        os.environ["AIRFLOW_HOME"] = home
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     import boto3
 
     work = Path(tempfile.mkdtemp(prefix="vibedream-bench-dataset-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # also when interrupted
     generated = time.perf_counter()
     images = generate(work / "images", 0, IMAGES)
     warmup = generate(work / "warmup", IMAGES, WARMUP_IMAGES)
     generated = time.perf_counter() - generated
     with (
         moto_process(work / "moto.log") as (endpoint, moto_pid),
-        emulator_process(work / "emulator.log") as (base_url, emulator_pid),
+        emulator_process(work) as (base_url, emulator_pid),
     ):
         s3 = boto3.client(
             "s3",
@@ -330,16 +362,10 @@ def main() -> dict[str, Any]:
                     "completed": summary["completed"],
                     "metadata_lines": len(metadata),
                     "staged_left": staged(),
-                    "stage": {
-                        "calls": stage.calls,
-                        "cpu_seconds": stage.cpu_seconds,
-                        "seconds": stage.seconds,
-                    },
-                    "clean": {
-                        "calls": clean.calls,
-                        "cpu_seconds": clean.cpu_seconds,
-                        "seconds": clean.seconds,
-                    },
+                    # Other work on the machine lengthens the wall time (not this process's CPU).
+                    "load_average": os.getloadavg()[0],
+                    "stage": {"calls": stage.calls, "seconds": stage.seconds},
+                    "clean": {"calls": clean.calls, "seconds": clean.seconds},
                 }
                 # A figure of a batch that did not do the whole job is no figure.
                 done = (measured["completed"], measured["jobs"], len(metadata), measured["staged_left"])
@@ -355,6 +381,11 @@ def main() -> dict[str, Any]:
         finally:
             stage.restore()
             clean.restore()
+        try:
+            alone = staging_alone(staging_class, staging_path, work / "images", images)
+            if (alone["deleted"], staged()) != (IMAGES, 0):
+                raise RuntimeError(f"staging alone did not copy and delete every image: {alone}")
+        finally:
             shutil.rmtree(work, ignore_errors=True)
 
     data = {
@@ -365,7 +396,8 @@ def main() -> dict[str, Any]:
         "output": "2K JPEG (2048x1536), the same for every job",
         "generated_seconds": round(generated, 1),
         "runs": [rounded(run) for run in runs],
-        **ratios(runs),
+        "staging_alone": rounded(alone),
+        **ratios(runs, alone),
     }
     write_result("dataset", data, table(runs, data))
     return data
@@ -383,51 +415,54 @@ def total(runs: list[dict[str, Any]], kind: str, field: str) -> float:
     return float(sum(run[field] for run in runs if run["source"] == kind))
 
 
-def ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
-    """Local over S3, from each side's total (as many runs on each side); staging's measured CPU."""
-    staging_cpu = sum(run["stage"]["cpu_seconds"] + run["clean"]["cpu_seconds"] for run in runs)
+def ratios(runs: list[dict[str, Any]], alone: dict[str, Any]) -> dict[str, float]:
+    """Local over S3, from each side's total (as many runs on each side), and the difference per
+    image; staging's own CPU per image, measured alone."""
+    local_cpu, s3_cpu = total(runs, LOCAL, "cpu_seconds"), total(runs, S3, "cpu_seconds")
+    alone_cpu = alone["stage_cpu_seconds"] + alone["clean_cpu_seconds"]
     return {
         "wall_ratio": round(total(runs, LOCAL, "seconds") / total(runs, S3, "seconds"), 4),
-        "cpu_ratio": round(total(runs, LOCAL, "cpu_seconds") / total(runs, S3, "cpu_seconds"), 4),
-        "staging_cpu_ms_per_image": round(1000 * staging_cpu / (ROUNDS * IMAGES), 3),
-        "staging_cpu_share_of_local": round(staging_cpu / total(runs, LOCAL, "cpu_seconds"), 4),
+        "cpu_ratio": round(local_cpu / s3_cpu, 4),
+        "cpu_ms_per_image_local_minus_s3": round(1000 * (local_cpu - s3_cpu) / (ROUNDS * IMAGES), 3),
+        "staging_alone_cpu_ms_per_image": round(1000 * alone_cpu / alone["copies"], 3),
+        "staging_alone_share_of_local": round(
+            alone_cpu / alone["copies"] / (local_cpu / (ROUNDS * IMAGES)), 4
+        ),
     }
 
 
 def table(runs: list[dict[str, Any]], data: dict[str, Any]) -> str:
     rows = [
         f"| {r['run']} | {r['source']} | {r['seconds']:.1f} s | {r['cpu_seconds']:.1f} s | "
-        f"{1000 * r['cpu_seconds'] / IMAGES:.1f} ms | "
-        f"{1000 * (r['stage']['cpu_seconds'] + r['clean']['cpu_seconds']) / IMAGES:.1f} ms | "
-        f"{r['stage']['calls']:,} | {r['jobs']:,} | {r['metadata_lines']:,} | "
-        f"{r['moto_cpu_seconds']:.1f} s | {r['emulator_cpu_seconds']:.1f} s |"
+        f"{1000 * r['cpu_seconds'] / IMAGES:.1f} ms | {r['stage']['calls']:,} | {r['jobs']:,} | "
+        f"{r['metadata_lines']:,} | {r['moto_cpu_seconds']:.1f} s | {r['emulator_cpu_seconds']:.1f} s | "
+        f"{r['load_average']:.1f} |"
         for r in runs
     ]
-    local_staged = [r for r in runs if r["source"] == LOCAL]
-    upload_ms = (
-        1000
-        * sum(r["stage"]["seconds"] for r in local_staged)
-        / sum(r["stage"]["calls"] for r in local_staged)
-    )
+    local = [r for r in runs if r["source"] == LOCAL]
+    upload_ms = 1000 * sum(r["stage"]["seconds"] for r in local) / sum(r["stage"]["calls"] for r in local)
+    alone = data["staging_alone"]
     return "\n".join(
         [
             f"### Staging: a dataset batch of {IMAGES:,} tiny PNGs from a local folder (staged in S3) vs "
             "the same images from an s3:// prefix",
             "",
-            "| run | source | wall time | the provider's CPU (task process) | its CPU per image | of which "
-            "staging (inside `Staging.stage`, `.clean`) | staged copies | jobs | metadata.jsonl lines | "
-            "moto CPU | emulator CPU |",
+            "| run | source | wall time | the provider's CPU (task process) | per image | staged copies | "
+            "jobs | metadata.jsonl lines | moto CPU | emulator CPU | machine load (1 min, at the end) |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
-            f"| **local / s3** | | **{data['wall_ratio']:.2f}x** | **{data['cpu_ratio']:.2f}x** | | "
-            f"{data['staging_cpu_ms_per_image']:.1f} ms ({data['staging_cpu_share_of_local']:.1%} of the "
-            "local runs' CPU) | | | | | |",
+            f"| **local / s3** | | **{data['wall_ratio']:.2f}x** | **{data['cpu_ratio']:.2f}x** | "
+            f"{data['cpu_ms_per_image_local_minus_s3']:+.1f} ms | | | | | | |",
             "",
+            f"- staging alone, measured in the same process: {alone['copies']:,} copies by `Staging.stage` "
+            f"in {alone['stage_seconds']:.1f} s, then `Staging.clean` in {alone['clean_seconds']:.1f} s: "
+            f"**{data['staging_alone_cpu_ms_per_image']:.1f} ms of CPU per image** "
+            f"({data['staging_alone_share_of_local']:.1%} of a local run's CPU per image)",
+            f"- in the batch, a staged copy's upload held its submit thread {upload_ms:.0f} ms on average "
+            "(16 at once, waiting on S3 more than working)",
             f"- every run: {IMAGES:,} jobs, {IMAGES:,} outputs in the dataset layout and as many "
             "`metadata.jsonl` lines; the staging prefix empty after each local run "
-            f"({', '.join(str(r['staged_left']) for r in local_staged)} objects left)",
-            f"- a staged copy's upload takes {upload_ms:.0f} ms of a submit thread's time on average "
-            "(waiting on S3, not CPU): each local image's submit starts that much later",
+            f"({', '.join(str(r['staged_left']) for r in local)} objects left)",
             "",
         ]
     )
@@ -435,5 +470,5 @@ def table(runs: list[dict[str, Any]], data: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--emulator"]:
-        sys.exit(serve_emulator(sys.argv[2:]))
+        sys.exit(serve_emulator(Path(sys.argv[2]), sys.argv[3:]))
     main()
