@@ -40,6 +40,7 @@ CLIENT = textwrap.dedent(
     from airflow_vibedream.client import ClientSettings, UpscaleRequest, VibeDreamClient
     from airflow_vibedream.files.outputs import download_policy
     from airflow_vibedream.files.storage import persist_outputs
+    from airflow_vibedream.waiting.blocking import wait_for_prediction
 
     base_url, key, image, out = sys.argv[1:5]
     settings = ClientSettings(api_key=key, base_url=base_url, allow_insecure_http=True, timeout=10)
